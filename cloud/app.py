@@ -1,0 +1,171 @@
+"""The relay as one object: its parts wired together, its routes, and its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+from cloud.cache import Cache
+from cloud.config import CloudConfig
+from cloud.control import ControlSettings, PitsConnection, Registry, Transport
+from cloud.handlers import (
+    ControlHandler,
+    DataHandler,
+    Generate204Handler,
+    HealthHandler,
+    IndexHandler,
+    MetricsHandler,
+    ReadyHandler,
+)
+from cloud.keys import KeySet
+from cloud.metrics import Metrics
+from cloud.relay import Freshness, Relay
+from wire import ErrorCode, ProtocolError
+from wire.errors import PathError
+from wire.paths import Allowlist
+
+log = logging.getLogger("pitlink.cloud")
+
+PITS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class CloudRelay:
+    """The cloud relay: registry of pits connections, cache, relay logic and HTTP server."""
+
+    def __init__(self, config: CloudConfig, *, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.keys = KeySet.load(config.jwks)
+        self.revoked: frozenset[str] = frozenset()
+        self.registry = Registry(self.metrics)
+        self.cache = Cache(max_entries=config.cache_max_entries, max_bytes=config.cache_max_bytes)
+        self.relay = Relay(
+            registry=self.registry,
+            cache=self.cache,
+            metrics=self.metrics,
+            freshness=Freshness(config.freshness, config.ttl),
+            fetch_timeout=config.fetch_timeout,
+            clock=clock,
+        )
+        self.public_allowlist = Allowlist(config.public_allowlist)
+        self.active_pits = config.active_pits
+        self.control_settings = ControlSettings(
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            handshake_timeout=config.ping_timeout,
+            limits={"maxBodyBytes": config.max_body_bytes},
+        )
+        self.app = self.make_app()
+        self.server: tornado.httpserver.HTTPServer | None = None
+        self.port: int | None = None
+        self._ticker: tornado.ioloop.PeriodicCallback | None = None
+
+    def make_app(self) -> tornado.web.Application:
+        args: dict[str, Any] = {"relay": self}
+        return tornado.web.Application(
+            [
+                (r"/control", ControlHandler, args),
+                (r"/pits/.*", DataHandler, args),
+                (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
+                (r"/healthz", HealthHandler, args),
+                (r"/readyz", ReadyHandler, args),
+                (r"/generate_204", Generate204Handler, args),
+                (r"/metrics", MetricsHandler, args),
+                (r"/", IndexHandler, args),
+            ],
+            # A frame carries a base64 body (4/3 of its size) plus the envelope.
+            websocket_max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
+            default_handler_class=_NotFound,
+            default_handler_args=args,
+        )
+
+    # -- used by handlers ---------------------------------------------------------------------
+
+    def verify_token(self, token: str, *, role: str) -> dict[str, Any]:
+        return self.keys.verify(token, role=role, revoked=self.revoked)
+
+    def new_connection(self, claims: dict[str, Any], transport: Transport) -> PitsConnection:
+        conn = PitsConnection(
+            pits_id=claims["sub"],
+            claims=claims,
+            transport=transport,
+            registry=self.registry,
+            settings=self.control_settings,
+            metrics=self.metrics,
+            clock=self.clock,
+        )
+        self.registry.add(conn)
+        return conn
+
+    def route(self, path: str) -> tuple[str, str]:
+        """Map a normalized public path to (pits id, FPVTrackside path), or raise."""
+        if path == "/pits" or path.startswith("/pits/"):
+            _, _, rest = path.partition("/pits/")
+            pits_id, slash, tail = rest.partition("/")
+            if not PITS_ID.match(pits_id):
+                raise PathError(ErrorCode.BAD_REQUEST, "not a pits id")
+            target = "/" + tail if slash else "/"
+        else:
+            pits_id = self.current_active()
+            target = path
+        if not self.public_allowlist.allows(target):
+            raise PathError(ErrorCode.DENIED, "path not allowed")
+        return pits_id, target
+
+    def current_active(self) -> str:
+        """The pits behind `/events` and `/httpfiles`: the chosen one, or the only one."""
+        if self.active_pits:
+            return self.active_pits
+        live = self.registry.live()
+        if len(live) == 1:
+            return live[0].pits_id
+        if not live:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "no pits is connected")
+        raise ProtocolError(
+            ErrorCode.UNAVAILABLE, "several pits are connected and none is active: use /pits/<id>/"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> int:
+        """Listen (on the configured address, or the given sockets) and start pinging."""
+        if sockets is None:
+            sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host)
+        self.server = tornado.httpserver.HTTPServer(self.app, xheaders=False)
+        self.server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
+        self._ticker = tornado.ioloop.PeriodicCallback(self.registry.tick, tick * 1000)
+        self._ticker.start()
+        log.info("relay listening", extra={"host": self.config.host, "port": self.port})
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close every pits connection."""
+        if self._ticker is not None:
+            self._ticker.stop()
+        if self.server is not None:
+            self.server.stop()
+        for conn in list(self.registry.all):
+            conn.close(1001, "relay shutting down")
+        if self.server is not None:
+            await self.server.close_all_connections()
+        await asyncio.sleep(0)
+
+
+class _NotFound(DataHandler):
+    """Anything unrouted: a JSON 404, with CORS like every other answer."""
+
+    async def _serve(self, *, head: bool) -> None:
+        self.write_json_error(ErrorCode.DENIED, "no such endpoint", 404)

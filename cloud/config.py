@@ -1,0 +1,142 @@
+"""The relay's configuration: one frozen dataclass, built in one place from flags and env."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wire.paths import DEFAULT_ALLOWLIST
+from wire.settings import resolve
+
+MIB = 1024 * 1024
+
+
+def _ttl_rule(text: str) -> tuple[str, float]:
+    pattern, sep, seconds = text.rpartition("=")
+    if not sep or not pattern.startswith("/"):
+        raise ValueError("expected PATTERN=SECONDS, e.g. /events/*/Results.json=5")
+    value = float(seconds)
+    if value < 0:
+        raise ValueError("seconds must not be negative")
+    return pattern, value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudConfig:
+    """Everything `cloud-relay serve` can be told."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    jwks: Path
+    active_pits: str | None = None
+    fetch_timeout: float = 8.0
+    freshness: float = 1.0
+    ttl: tuple[tuple[str, float], ...] = ()
+    cache_max_entries: int = 10_000
+    cache_max_bytes: int = 256 * MIB
+    max_body_bytes: int = 8 * MIB
+    ping_interval: float = 5.0
+    ping_timeout: float = 15.0
+    public_allowlist: tuple[str, ...] = field(default=DEFAULT_ALLOWLIST)
+    log_level: str = "INFO"
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    d = CloudConfig(jwks=Path("."))
+    a = parser.add_argument
+    a("--host", default=d.host, help="address to listen on (default %(default)s)")
+    a("--port", type=int, default=d.port, help="port to listen on (default %(default)s)")
+    a("--jwks", type=Path, help="the key set file (JWKS) that verifies tokens (required)")
+    a(
+        "--active-pits",
+        default=None,
+        help="pits served at /events and /httpfiles (default: the only one)",
+    )
+    a(
+        "--fetch-timeout",
+        type=float,
+        default=d.fetch_timeout,
+        help="overall deadline of a public request, s (default %(default)s)",
+    )
+    a(
+        "--freshness",
+        type=float,
+        default=d.freshness,
+        help="seconds a cached copy is served without asking the pits (default %(default)s)",
+    )
+    a(
+        "--ttl",
+        type=_ttl_rule,
+        action="append",
+        default=[],
+        help="PATTERN=SECONDS freshness for matching paths; repeatable",
+    )
+    a(
+        "--cache-max-entries",
+        type=int,
+        default=d.cache_max_entries,
+        help="cache bound in entries (default %(default)s)",
+    )
+    a(
+        "--cache-max-bytes",
+        type=int,
+        default=d.cache_max_bytes,
+        help="cache bound in body bytes (default %(default)s)",
+    )
+    a(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="largest body accepted from a pits (default %(default)s)",
+    )
+    a(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval,
+        help="seconds between pings (default %(default)s)",
+    )
+    a(
+        "--ping-timeout",
+        type=float,
+        default=d.ping_timeout,
+        help="close a pits connection silent this long, s (default %(default)s)",
+    )
+    a(
+        "--public-allowlist",
+        action="append",
+        default=[],
+        help="path pattern served publicly; repeatable (default / /events/** /httpfiles/**)",
+    )
+    a(
+        "--log-level",
+        default=d.log_level,
+        help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
+    )
+    return parser
+
+
+def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> CloudConfig:
+    """Parse `serve` flags (with PITLINK_* environment defaults) into a CloudConfig."""
+    parser = build_parser(argparse.ArgumentParser(prog="cloud-relay serve"))
+    ns = resolve(parser, argv, os.environ if env is None else env)
+    if ns.jwks is None:
+        parser.error("--jwks (or PITLINK_JWKS) is required")
+    return CloudConfig(
+        host=ns.host,
+        port=ns.port,
+        jwks=ns.jwks,
+        active_pits=ns.active_pits or None,
+        fetch_timeout=ns.fetch_timeout,
+        freshness=ns.freshness,
+        ttl=tuple(ns.ttl),
+        cache_max_entries=ns.cache_max_entries,
+        cache_max_bytes=ns.cache_max_bytes,
+        max_body_bytes=ns.max_body_bytes,
+        ping_interval=ns.ping_interval,
+        ping_timeout=ns.ping_timeout,
+        public_allowlist=tuple(ns.public_allowlist) or DEFAULT_ALLOWLIST,
+        log_level=ns.log_level.upper(),
+    )

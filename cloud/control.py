@@ -1,0 +1,292 @@
+"""Pits connections: the handshake, pending fetches, liveness, and who is connected.
+
+`PitsConnection` holds the logic of one pits WebSocket and talks to it through a two-method
+transport, so it is tested without a server. `Registry` knows the live connection of each
+pits; a newer connection of the same pits replaces the older one (closed with 4003).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cloud.metrics import Metrics
+from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
+from wire import messages as m
+
+log = logging.getLogger("pitlink.cloud.control")
+
+GOING_AWAY = 1001
+
+
+class Transport(Protocol):
+    """What a connection needs from its WebSocket."""
+
+    def send(self, text: str) -> None: ...
+
+    def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class ControlSettings:
+    """Liveness and handshake timings of pits connections."""
+
+    ping_interval: float = 5.0
+    ping_timeout: float = 15.0
+    handshake_timeout: float = 15.0
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+class PitsConnection:
+    """One pits WebSocket: handshake state, fetches awaiting replies, liveness."""
+
+    def __init__(
+        self,
+        *,
+        pits_id: str,
+        claims: dict[str, Any],
+        transport: Transport,
+        registry: Registry,
+        settings: ControlSettings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
+        self.pits_id = pits_id
+        self.claims = claims
+        self.transport = transport
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.wall = wall
+        self.state = "handshake"
+        self.hello: m.PitsHello | None = None
+        self.opened_at = clock()
+        self.connected_since_wall = wall()
+        self.last_rx = self.opened_at
+        self.last_ping_sent = self.opened_at
+        self.round_trip: float | None = None
+        self.errors = 0
+        self.fetches = 0
+        self.rx_bytes = 0
+        self._pending: dict[str, asyncio.Future[m.Response]] = {}
+        self._pings: dict[str, float] = {}
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    def _send(self, message: m.Message, frame_id: str | None = None) -> str:
+        frame_id = frame_id or m.new_id()
+        self.transport.send(m.encode(message, frame_id=frame_id, now_ms=int(self.wall() * 1000)))
+        return frame_id
+
+    def start(self) -> None:
+        """Send the cloud's hello; the pits must answer within the handshake timeout."""
+        self._send(
+            m.CloudHello(
+                protocol_version=PROTOCOL_VERSION,
+                server_time_ms=int(self.wall() * 1000),
+                limits=self.settings.limits,
+            )
+        )
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state != "closed":
+            log.info("closing pits connection", extra={"pits_id": self.pits_id, "code": code})
+            self.transport.close(code, reason)
+            self.closed()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def fetch(
+        self, fetch: m.Fetch, timeout: float, *, frame_id: str | None = None
+    ) -> m.Response:
+        """Send one fetch and wait for its reply; raises ProtocolError on failure.
+
+        The frame id is the public request's id where there is one, so that one grep follows
+        a request through the relay's and the agent's logs.
+        """
+        if self.state != "open":
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "pits is not connected")
+        if frame_id is None or frame_id in self._pending:
+            frame_id = m.new_id()
+        future: asyncio.Future[m.Response] = asyncio.get_running_loop().create_future()
+        self._pending[frame_id] = future
+        self.fetches += 1
+        self.metrics.fetches.inc()
+        self.metrics.fetch_in_flight.inc()
+        try:
+            self._send(fetch, frame_id)
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProtocolError(
+                ErrorCode.TIMEOUT, f"pits did not answer in {timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(frame_id, None)
+            self.metrics.fetch_in_flight.dec()
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def on_text(self, data: str | bytes) -> None:
+        """Handle one frame from the pits. Nothing a pits sends can raise out of here."""
+        self.last_rx = self.clock()
+        self.rx_bytes += len(data)
+        try:
+            frame = m.decode(data, sender="pits")
+        except ProtocolError as exc:
+            self._drop("malformed", exc.message)
+            self._send(m.Error(code=ErrorCode.BAD_REQUEST, message=exc.message), m.peek_id(data))
+            return
+        msg = frame.message
+        if isinstance(msg, m.PitsHello):
+            self._on_hello(msg)
+        elif self.state != "open":
+            self._drop("before_hello", f"{frame.type} before hello")
+        elif isinstance(msg, m.Response | m.Error):
+            self._on_reply(frame.id, msg)
+        elif isinstance(msg, m.Ping):
+            self._send(m.Pong(), frame.id)
+        elif isinstance(msg, m.Pong):
+            sent = self._pings.pop(frame.id, None)
+            if sent is None:
+                self._drop("unknown_id", "pong for an unknown ping")
+            else:
+                self.round_trip = self.clock() - sent
+                self.metrics.ws_roundtrip.observe(self.round_trip)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.errors += 1
+        self.metrics.frames_dropped.labels(reason).inc()
+        log.warning(
+            "dropped frame", extra={"pits_id": self.pits_id, "reason": reason, "detail": detail}
+        )
+
+    def _on_hello(self, hello: m.PitsHello) -> None:
+        if self.state != "handshake":
+            self._drop("unexpected", "second hello")
+            return
+        if hello.protocol_version not in SUPPORTED_VERSIONS:
+            self.close(
+                CloseCode.VERSION_REFUSED,
+                f"protocol version {hello.protocol_version} not supported; "
+                f"this relay speaks {sorted(SUPPORTED_VERSIONS)}",
+            )
+            return
+        if hello.pits_id != self.pits_id:
+            self.close(CloseCode.POLICY, "pitsId does not match the token")
+            return
+        self.hello = hello
+        self.state = "open"
+        self.registry.register(self)
+        log.info(
+            "pits connected",
+            extra={"pits_id": self.pits_id, "sw_version": hello.sw_version},
+        )
+
+    def _on_reply(self, frame_id: str, msg: m.Response | m.Error) -> None:
+        future = self._pending.get(frame_id)
+        if future is None or future.done():
+            self._drop("unknown_id", "reply for an unknown or expired id")
+            return
+        if isinstance(msg, m.Error):
+            future.set_exception(msg.exception())
+        else:
+            future.set_result(msg)
+
+    def closed(self) -> None:
+        """The WebSocket is gone: fail every pending fetch now, not at its deadline."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ProtocolError(ErrorCode.UNAVAILABLE, "pits connection lost"))
+        self._pending.clear()
+        self.registry.unregister(self)
+        log.info("pits disconnected", extra={"pits_id": self.pits_id})
+
+    # -- liveness ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Ping when due; close a connection silent past the timeout (a half-open link)."""
+        if self.state == "closed":
+            return
+        now = self.clock()
+        if self.state == "handshake" and now - self.opened_at > self.settings.handshake_timeout:
+            self.close(CloseCode.POLICY, "no hello received")
+            return
+        if now - self.last_rx > self.settings.ping_timeout:
+            self.close(GOING_AWAY, f"silent for {self.settings.ping_timeout:g} s")
+            return
+        if now - self.last_ping_sent >= self.settings.ping_interval:
+            self.last_ping_sent = now
+            self._pings = {
+                k: t for k, t in self._pings.items() if now - t < self.settings.ping_timeout
+            }
+            self._pings[self._send(m.Ping())] = now
+
+    def describe(self) -> dict[str, Any]:
+        """What the admin view shows of this connection."""
+        return {
+            "pitsId": self.pits_id,
+            "state": self.state,
+            "since": self.connected_since_wall,
+            "swVersion": self.hello.sw_version if self.hello else None,
+            "protocolVersion": self.hello.protocol_version if self.hello else None,
+            "roundTripMs": None if self.round_trip is None else round(self.round_trip * 1000, 1),
+            "inFlight": self.in_flight,
+            "errors": self.errors,
+            "fetches": self.fetches,
+        }
+
+
+class Registry:
+    """Every pits connection, and the one live connection of each pits."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.all: set[PitsConnection] = set()
+        self._live: dict[str, PitsConnection] = {}
+
+    def add(self, conn: PitsConnection) -> None:
+        self.all.add(conn)
+        self._gauge()
+
+    def register(self, conn: PitsConnection) -> None:
+        """A connection finished its handshake; it replaces any older one of the same pits."""
+        old = self._live.get(conn.pits_id)
+        self._live[conn.pits_id] = conn
+        if old is not None and old is not conn:
+            old.close(CloseCode.REPLACED, "replaced by a newer connection of the same pits")
+        self._gauge()
+
+    def unregister(self, conn: PitsConnection) -> None:
+        self.all.discard(conn)
+        if self._live.get(conn.pits_id) is conn:
+            del self._live[conn.pits_id]
+        self._gauge()
+
+    def get(self, pits_id: str) -> PitsConnection | None:
+        return self._live.get(pits_id)
+
+    def live(self) -> list[PitsConnection]:
+        return list(self._live.values())
+
+    def tick(self) -> None:
+        for conn in list(self.all):
+            conn.tick()
+
+    def _gauge(self) -> None:
+        counts = {"handshake": 0, "open": 0}
+        for conn in self.all:
+            if conn.state in counts:
+                counts[conn.state] += 1
+        for state, n in counts.items():
+            self.metrics.control_connections.labels(state).set(n)

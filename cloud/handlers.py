@@ -1,0 +1,243 @@
+"""Tornado handlers of the relay: each a few lines around the plain objects that hold the logic."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import tornado.web
+import tornado.websocket
+import ujson
+from tornado.escape import url_escape, xhtml_escape
+
+from cloud import TokenError
+from cloud.control import PitsConnection
+from cloud.relay import Served
+from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
+from wire.canonical import etag_matches
+from wire.errors import HTTP_STATUS
+from wire.paths import check_method, normalize_path
+
+if TYPE_CHECKING:
+    from cloud.app import CloudRelay
+
+log = logging.getLogger("pitlink.cloud.http")
+
+EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
+RETRY_AFTER = {ErrorCode.BUSY: "1", ErrorCode.UNAVAILABLE: "5"}
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """CORS on everything, JSON error bodies, no framework ETags (ours come from the pits)."""
+
+    def initialize(self, relay: CloudRelay) -> None:
+        self.relay = relay
+
+    def set_default_headers(self) -> None:
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Expose-Headers", EXPOSED)
+
+    def compute_etag(self) -> None:
+        return None
+
+    def write_json_error(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+        self.set_status(status or HTTP_STATUS[code])
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        if code in RETRY_AFTER:
+            self.set_header("Retry-After", RETRY_AFTER[code])
+        self.relay.metrics.errors.labels(str(code)).inc()
+        self.finish(ujson.dumps({"error": {"code": str(code), "message": message}}))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        code = {404: ErrorCode.DENIED, 405: ErrorCode.DENIED}.get(status_code, ErrorCode.INTERNAL)
+        if status_code == 405:
+            self.set_header("Allow", "GET, HEAD, OPTIONS")
+        message = self._reason if status_code != 500 else "internal error"
+        self.clear_header("Retry-After")
+        self.write_json_error(code, message, status_code)
+
+
+class DataHandler(BaseHandler):
+    """`/pits/<pitsId>/<path>`, and `/events/**` and `/httpfiles/**` of the active pits."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")
+
+    async def get(self) -> None:
+        await self._serve(head=False)
+
+    async def head(self) -> None:
+        await self._serve(head=True)
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "If-None-Match, Cache-Control")
+        self.set_header("Access-Control-Max-Age", "86400")
+        self.set_status(204)
+        self.finish()
+
+    def _refuse_method(self) -> None:
+        self.set_header("Allow", "GET, HEAD, OPTIONS")
+        self.write_json_error(ErrorCode.DENIED, "only GET and HEAD are served", 405)
+
+    post = put = delete = patch = _refuse_method
+
+    async def _serve(self, *, head: bool) -> None:
+        request_id = uuid.uuid4().hex
+        self.set_header("X-Request-Id", request_id)
+        try:
+            check_method(self.request.method or "")
+            pits_id, path = self.relay.route(normalize_path(self.request.path))
+            served = await self.relay.relay.get(pits_id, path, request_id=request_id)
+        except ProtocolError as exc:
+            self.write_json_error(exc.code, exc.message)
+            return
+        self._write_served(served, head=head)
+
+    def _write_served(self, served: Served, *, head: bool) -> None:
+        age = max(0.0, self.relay.clock() - served.fetched_at)
+        self.set_status(served.status)
+        self.set_header("Content-Type", served.content_type)
+        self.set_header("X-Pitlink-Cache", served.cache)
+        self.set_header("Age", str(int(age)))
+        if served.etag:
+            self.set_header("ETag", served.etag)
+        if served.cache == "STALE":
+            self.set_header("X-Pitlink-Stale", str(int(age)))
+            self.set_header("Warning", '110 - "Response is Stale"')
+            self.set_header("Cache-Control", "no-cache")
+        elif served.status == 200:
+            self.set_header("Cache-Control", f"public, max-age={max(0, int(served.ttl - age))}")
+        else:
+            self.set_header("Cache-Control", "no-store")
+        if served.etag and etag_matches(self.request.headers.get("If-None-Match"), served.etag):
+            self.set_status(304)
+            self.clear_header("Content-Type")
+            self.finish()
+            return
+        if head:
+            self.set_header("Content-Length", str(len(served.body)))
+            self.finish()
+        else:
+            self.finish(served.body)
+
+
+class ControlHandler(tornado.websocket.WebSocketHandler):
+    """`/control`: the pits' WebSocket. The token is checked before the upgrade."""
+
+    def initialize(self, relay: CloudRelay) -> None:
+        self.relay = relay
+        self.conn: PitsConnection | None = None
+        self.claims: dict[str, Any] = {}
+        self.version_ok = True
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.get_query_argument("role", "") != "pits":
+            self._refuse(400, ErrorCode.BAD_REQUEST, "role=pits is required")
+            return
+        auth = self.request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            self._refuse(401, ErrorCode.UNAUTHORIZED, "a Bearer token is required")
+            return
+        try:
+            self.claims = self.relay.verify_token(token.strip(), role="pits")
+        except TokenError as exc:
+            self.relay.metrics.auth_failures.inc()
+            log.warning("control connection refused", extra={"reason": str(exc)})
+            self._refuse(401, ErrorCode.UNAUTHORIZED, str(exc))
+            return
+        version = self.get_query_argument("version", "")
+        self.version_ok = version.isdigit() and int(version) in SUPPORTED_VERSIONS
+        await super().get(*args, **kwargs)
+
+    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="pitlink"')
+        self.finish(ujson.dumps({"error": {"code": str(code), "message": message}}))
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # pits agents are not browsers; the token is the credential
+
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.set_nodelay(True)
+        self.conn = self.relay.new_connection(self.claims, self)
+        if not self.version_ok:
+            versions = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
+            self.conn.close(CloseCode.VERSION_REFUSED, f"relay speaks protocol {versions}")
+            return
+        self.conn.start()
+
+    def on_message(self, message: str | bytes) -> None:
+        if self.conn is not None:
+            self.conn.on_text(message)
+
+    def on_close(self) -> None:
+        if self.conn is not None:
+            self.conn.closed()
+
+    # The transport a PitsConnection talks through.
+    def send(self, text: str) -> None:
+        try:
+            self.write_message(text)
+        except tornado.websocket.WebSocketClosedError:
+            pass
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if reason is not None:
+            reason = reason.encode("utf-8")[:120].decode("utf-8", "ignore")
+        super().close(code, reason)
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"status": "ok", "connections": len(self.relay.registry.live())})
+
+
+class ReadyHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.finish({"ready": True, "connections": len(self.relay.registry.live())})
+
+
+class Generate204Handler(BaseHandler):
+    """The appliance's connectivity probe: an empty 204 means the Internet is really there."""
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_status(204)
+        self.finish()
+
+    head = get
+
+
+class MetricsHandler(BaseHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.relay.metrics.render())
+
+
+class IndexHandler(BaseHandler):
+    """A plain page listing the connected pits and their spectator URLs."""
+
+    def get(self) -> None:
+        rows = "".join(
+            f'<li><a href="/pits/{url_escape(c.pits_id)}/">{xhtml_escape(c.pits_id)}</a> '
+            f"(connected {int(time.time() - c.connected_since_wall)} s)</li>"
+            for c in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            "<!doctype html><meta charset=utf-8>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            "<title>Pitlink relay</title><h1>Pitlink relay</h1>"
+            f"<p>Connected pits:</p><ul>{rows or '<li>none yet</li>'}</ul>"
+        )

@@ -1,0 +1,168 @@
+"""Signing keys (a JWKS file) and the tokens they sign.
+
+The key set is a standard JWKS document of symmetric (`oct`, HS256) keys. The first key signs;
+every key verifies, so a new key can be put first and the old one removed later without
+reflashing a single pits box. The algorithm comes from the key, never from the token header,
+so `alg=none` and algorithm confusion are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from cloud import TokenError
+
+ROLES = ("pits", "admin")
+_ALGORITHMS = {"oct": "HS256"}
+LEEWAY_S = 30.0
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class KeySet:
+    """Verification keys by `kid`, and the signing key (the first in the file)."""
+
+    def __init__(self, jwks: dict[str, Any]):
+        keys = jwks.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise ValueError("key set has no keys")
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self.kids: list[str] = []
+        for raw in keys:
+            if not isinstance(raw, dict) or raw.get("kty") not in _ALGORITHMS or not raw.get("kid"):
+                raise ValueError("every key needs kty 'oct' and a kid")
+            key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]])
+            self._keys[raw["kid"]] = key
+            self.kids.append(raw["kid"])
+
+    @classmethod
+    def load(cls, path: Path) -> KeySet:
+        """Read a JWKS file."""
+        with open(path, encoding="utf-8") as f:
+            return cls(json.load(f))
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """Sign claims with the newest key."""
+        kid = self.kids[0]
+        key = self._keys[kid]
+        return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": kid})
+
+    def issue(self, *, sub: str, role: str, ttl: float, now: float | None = None) -> str:
+        """A new token for `sub` in `role`, valid for `ttl` seconds from `now`."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        issued = int(time.time() if now is None else now)
+        return self.sign(
+            {
+                "sub": sub,
+                "role": role,
+                "iat": issued,
+                "nbf": issued,
+                "exp": issued + int(ttl),
+                "jti": uuid.uuid4().hex,
+            }
+        )
+
+    def verify(
+        self,
+        token: str,
+        *,
+        role: str | None = None,
+        revoked: frozenset[str] = frozenset(),
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """The claims of a valid token, or TokenError saying why not."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenError("token is malformed") from None
+        kid = header.get("kid")
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenError("token signed by an unknown key")
+        if header.get("alg") != key.algorithm_name:
+            raise TokenError("token algorithm does not match its key")
+        options: dict[str, Any] = {"require": ["sub", "exp", "iat", "jti"]}
+        if now is not None:
+            # PyJWT reads the clock itself; for an injected time check expiry here instead.
+            options.update(verify_exp=False, verify_nbf=False, verify_iat=False)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],
+                options=options,  # type: ignore[arg-type]
+                leeway=LEEWAY_S,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenError("token not yet valid") from None
+        except jwt.PyJWTError as exc:
+            raise TokenError(f"token refused: {type(exc).__name__}") from None
+        if now is not None:
+            if claims["exp"] + LEEWAY_S < now:
+                raise TokenError("token expired")
+            if claims.get("nbf", claims["iat"]) - LEEWAY_S > now:
+                raise TokenError("token not yet valid")
+        if claims["jti"] in revoked:
+            raise TokenError("token revoked")
+        if role is not None and claims.get("role") != role:
+            raise TokenError(f"token is not a {role} token")
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise TokenError("token has no subject")
+        return claims
+
+
+def new_key(kid: str | None = None) -> dict[str, Any]:
+    """A fresh 256-bit HS256 key as a JWK."""
+    return {
+        "kty": "oct",
+        "kid": kid or uuid.uuid4().hex[:12],
+        "alg": "HS256",
+        "use": "sig",
+        "k": _b64url(secrets.token_bytes(32)),
+    }
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file atomically, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def keygen(path: Path, kid: str | None = None) -> str:
+    """Create the key set, or put a new signing key first in it; returns the new kid."""
+    keys: list[dict[str, Any]] = []
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            keys = list(json.load(f).get("keys", []))
+    key = new_key(kid)
+    if any(k.get("kid") == key["kid"] for k in keys):
+        raise ValueError(f"kid {key['kid']} is already in {path}")
+    keys.insert(0, key)
+    KeySet({"keys": keys})  # refuse to write a set we could not read back
+    write_private(path, json.dumps({"keys": keys}, indent=2) + "\n")
+    return str(key["kid"])

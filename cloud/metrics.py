@@ -1,0 +1,66 @@
+"""The relay's Prometheus metrics, in a registry of their own per relay instance.
+
+A registry per instance (not the process-global one) lets several relays live in one test
+process without their numbers mixing. Label sets are bounded: no path or request id labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+P = "pitlink_"
+
+
+class Metrics:
+    """Every metric the relay exports."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.control_connections = Gauge(
+            P + "control_connections", "Pits WebSocket connections by state", ["state"], registry=r
+        )
+        self.ws_roundtrip = Histogram(
+            P + "ws_roundtrip_seconds",
+            "Ping to pong round trip on pits connections",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.fetch_in_flight = Gauge(
+            P + "fetch_in_flight", "Fetches sent to pits and not yet answered", registry=r
+        )
+        self.fetch_queue_depth = Gauge(
+            P + "fetch_queue_depth", "Fetches waiting for a free slot, all pits", registry=r
+        )
+        self.fetches = Counter(P + "fetches", "Fetches sent to pits", registry=r)
+        self.cache_hits = Counter(P + "cache_hits", "Requests served fresh from cache", registry=r)
+        self.cache_misses = Counter(
+            P + "cache_misses", "Requests that needed a body from the pits", registry=r
+        )
+        self.cache_revalidations = Counter(
+            P + "cache_revalidations", "Revalidations the pits answered 304", registry=r
+        )
+        self.cache_stale = Counter(
+            P + "cache_stale_served", "Requests served a stale copy", registry=r
+        )
+        self.cache_bytes_saved = Counter(
+            P + "cache_bytes_saved",
+            "Body bytes the uplink did not carry thanks to 304s",
+            registry=r,
+        )
+        self.cache_entries = Gauge(P + "cache_entries", "Entries in the cache", registry=r)
+        self.cache_bytes = Gauge(P + "cache_bytes", "Body bytes held in the cache", registry=r)
+        self.errors = Counter(
+            P + "errors", "Public requests answered with an error", ["code"], registry=r
+        )
+        self.frames_dropped = Counter(
+            P + "frames_dropped",
+            "Frames from pits dropped (malformed, unknown or expired id)",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            P + "auth_failures", "Control connections refused before upgrade", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

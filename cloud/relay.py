@@ -1,0 +1,220 @@
+"""Serving public requests from the cache and the pits: freshness, coalescing, stale copies.
+
+One revalidation per cache key is in flight at a time; every request for that key that arrives
+meanwhile waits on it, so 1,000 simultaneous requests for one path make one fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cloud.cache import Cache, CacheKey, Entry
+from cloud.control import Registry
+from cloud.metrics import Metrics
+from wire import ErrorCode, ProtocolError
+from wire.canonical import etag_of
+from wire.errors import STALE_OK
+from wire.messages import Fetch
+from wire.paths import Allowlist
+
+log = logging.getLogger("pitlink.cloud.relay")
+audit = logging.getLogger("pitlink.cloud.audit")
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+class Freshness:
+    """How long a cached copy is served without asking the pits: per-path rules, then default."""
+
+    def __init__(self, default: float = 1.0, rules: Iterable[tuple[str, float]] = ()):
+        self.default = default
+        self.rules = [(Allowlist([pattern]), float(seconds)) for pattern, seconds in rules]
+
+    def ttl(self, path: str) -> float:
+        for matcher, seconds in self.rules:
+            if matcher.allows(path):
+                return seconds
+        return self.default
+
+
+@dataclass(frozen=True, kw_only=True)
+class Served:
+    """What a public request gets: a body (maybe stale) and how the cache came by it."""
+
+    status: int
+    body: bytes
+    etag: str | None
+    content_type: str
+    fetched_at: float
+    cache: str  # HIT, MISS, REVALIDATED or STALE
+    ttl: float
+    stale_reason: ErrorCode | None = None
+
+
+def _served(entry: Entry, cache: str, ttl: float, reason: ErrorCode | None = None) -> Served:
+    return Served(
+        status=200,
+        body=entry.body,
+        etag=entry.etag,
+        content_type=entry.content_type,
+        fetched_at=entry.fetched_at,
+        cache=cache,
+        ttl=ttl,
+        stale_reason=reason,
+    )
+
+
+class Relay:
+    """Answers (pits id, normalized path) from the cache, revalidating with the pits when due."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        cache: Cache,
+        metrics: Metrics,
+        freshness: Freshness,
+        fetch_timeout: float = 8.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.registry = registry
+        self.cache = cache
+        self.metrics = metrics
+        self.freshness = freshness
+        self.fetch_timeout = fetch_timeout
+        self.clock = clock
+        self._flights: dict[CacheKey, asyncio.Future[Served]] = {}
+        self.waiting = 0  # public requests waiting on a revalidation
+
+    @property
+    def flights(self) -> int:
+        """Keys with a revalidation in flight."""
+        return len(self._flights)
+
+    async def get(self, pits_id: str, path: str, *, request_id: str) -> Served:
+        """Serve one public GET or HEAD; raises ProtocolError when there is nothing to serve."""
+        key: CacheKey = (pits_id, "GET", path)
+        ttl = self.freshness.ttl(path)
+        entry = self.cache.get(key)
+        if entry is not None and entry.age(self.clock()) < ttl:
+            self.metrics.cache_hits.inc()
+            return _served(entry, "HIT", ttl)
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._revalidate(key, entry, ttl, request_id))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda f: self._forget(key, f))
+        # A caller that goes away must not cancel the fetch the others are waiting on.
+        self.waiting += 1
+        try:
+            served = await asyncio.shield(flight)
+        finally:
+            self.waiting -= 1
+        if served.cache == "STALE":
+            self.metrics.cache_stale.inc()
+        elif served.cache == "REVALIDATED":
+            self.metrics.cache_hits.inc()
+        else:
+            self.metrics.cache_misses.inc()
+        return served
+
+    def _forget(self, key: CacheKey, flight: asyncio.Future[Served]) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.cancelled():
+            flight.exception()  # mark retrieved: waiters may all have gone
+
+    async def _revalidate(
+        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str
+    ) -> Served:
+        pits_id, _, path = key
+        started = self.clock()
+        status: int | None = None
+        code: ErrorCode | None = None
+        try:
+            served = await self._fetch(key, entry, ttl, request_id)
+            status = served.status
+            return served
+        except ProtocolError as exc:
+            code = exc.code
+            if entry is not None and exc.code in STALE_OK:
+                log.warning(
+                    "serving stale copy",
+                    extra={"pits_id": pits_id, "path": path, "code": str(exc.code)},
+                )
+                status = 200
+                return _served(entry, "STALE", ttl, exc.code)
+            raise
+        finally:
+            audit.info(
+                "fetch",
+                extra={
+                    "pits_id": pits_id,
+                    "request_id": request_id,
+                    "path": path,
+                    "status": status,
+                    "code": None if code is None else str(code),
+                    "latency_ms": round((self.clock() - started) * 1000, 1),
+                },
+            )
+
+    async def _fetch(
+        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str
+    ) -> Served:
+        pits_id, method, path = key
+        conn = self.registry.get(pits_id)
+        if conn is None:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
+        fetch = Fetch(
+            method=method,
+            path=path,
+            timeout_ms=max(1, int(self.fetch_timeout * 1000) - 250),
+            if_none_match=entry.etag if entry is not None else None,
+        )
+        reply = await conn.fetch(fetch, self.fetch_timeout, frame_id=request_id)
+        now = self.clock()
+        if reply.status == 304 and entry is not None and reply.etag in (None, entry.etag):
+            self.metrics.cache_revalidations.inc()
+            self.metrics.cache_bytes_saved.inc(len(entry.body))
+            refreshed = self.cache.refresh(key, now)
+            if refreshed is None:  # purged or evicted meanwhile: keep what we know is current
+                refreshed = Entry(
+                    body=entry.body,
+                    etag=entry.etag,
+                    content_type=entry.content_type,
+                    fetched_at=now,
+                )
+                self.cache.put(key, refreshed)
+            return _served(refreshed, "REVALIDATED", ttl)
+        body = reply.body if reply.body is not None else b""
+        if reply.status != 200:
+            if reply.status == 304:
+                raise ProtocolError(
+                    ErrorCode.INTERNAL, "pits answered 304 to an unconditional fetch"
+                )
+            return Served(
+                status=reply.status,
+                body=body,
+                etag=None,
+                content_type=reply.content_type or DEFAULT_CONTENT_TYPE,
+                fetched_at=now,
+                cache="MISS",
+                ttl=0.0,
+            )
+        etag = etag_of(body)
+        if reply.etag is not None and reply.etag != etag:
+            raise ProtocolError(ErrorCode.BAD_CONTENT, "body does not match its ETag")
+        fresh = Entry(
+            body=body,
+            etag=etag,
+            content_type=reply.content_type or DEFAULT_CONTENT_TYPE,
+            fetched_at=now,
+        )
+        self.cache.put(key, fresh)
+        self.metrics.cache_entries.set(len(self.cache))
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        return _served(fresh, "MISS", ttl)

@@ -1,0 +1,3 @@
+from pits_appliance.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""The agent's configuration: one frozen dataclass built from flags, environment and file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pits_appliance import ConfigError
+from wire.paths import DEFAULT_ALLOWLIST
+from wire.settings import SettingsError, parse_conf, resolve
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Everything `pits-agent` can be told."""
+
+    cloud_url: str
+    token_file: Path
+    fpvtrackside: str = "http://127.0.0.1:8080"
+    pits_id: str | None = None
+    status_host: str = "0.0.0.0"
+    status_port: int = 8081
+    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST
+    fetch_timeout: float = 5.0
+    max_body_bytes: int = 8 * MIB
+    origin_concurrency: int = 2
+    ping_interval: float = 5.0
+    ping_timeout: float = 15.0
+    reconnect_base: float = 1.0
+    reconnect_cap: float = 60.0
+    origin_check_interval: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def control_url(self) -> str:
+        """The relay's WebSocket endpoint for this agent."""
+        return control_url(self.cloud_url)
+
+
+def control_url(cloud_url: str) -> str:
+    """`https://relay.example` or `wss://relay.example` -> `wss://relay.example/control?...`."""
+    parts = urlsplit(cloud_url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(f"cloud URL {cloud_url!r} must look like https://relay.example.com")
+    path = parts.path.rstrip("/") + "/control"
+    return urlunsplit((scheme, parts.netloc, path, "role=pits&version=1", ""))
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text if "://" in text else "http://" + text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an address like http://192.168.1.20:8080")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = AgentConfig(cloud_url="", token_file=Path("."))
+    p = argparse.ArgumentParser(
+        prog="pits-agent",
+        description="Dial out to the Pitlink cloud relay and serve FPVTrackside's data through it.",
+    )
+    a = p.add_argument
+    a("--config", type=Path, help="a KEY=VALUE file read before environment and flags")
+    a("--cloud-url", help="the relay, e.g. https://relay.example.com (required)")
+    a("--token-file", type=Path, help="file holding this pits' token (required)")
+    a(
+        "--fpvtrackside",
+        type=_http_url,
+        default=d.fpvtrackside,
+        help="FPVTrackside's web server (default %(default)s)",
+    )
+    a("--pits-id", help="this pits' id (default: the token's subject)")
+    a(
+        "--status-host",
+        default=d.status_host,
+        help="address of the status page (default %(default)s)",
+    )
+    a(
+        "--status-port",
+        type=int,
+        default=d.status_port,
+        help="port of the status page (default %(default)s)",
+    )
+    a(
+        "--allow",
+        action="append",
+        default=[],
+        help="path pattern the cloud may fetch; repeatable (default / /events/** /httpfiles/**)",
+    )
+    a(
+        "--fetch-timeout",
+        type=float,
+        default=d.fetch_timeout,
+        help="deadline of one request to FPVTrackside, s (default %(default)s)",
+    )
+    a(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="largest body read from FPVTrackside (default %(default)s)",
+    )
+    a(
+        "--origin-concurrency",
+        type=int,
+        default=d.origin_concurrency,
+        help="requests to FPVTrackside at once (default %(default)s)",
+    )
+    a(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval,
+        help="seconds between pings (default %(default)s)",
+    )
+    a(
+        "--ping-timeout",
+        type=float,
+        default=d.ping_timeout,
+        help="reconnect when the cloud is silent this long, s (default %(default)s)",
+    )
+    a(
+        "--reconnect-base",
+        type=float,
+        default=d.reconnect_base,
+        help="first reconnect delay ceiling, s (default %(default)s)",
+    )
+    a(
+        "--reconnect-cap",
+        type=float,
+        default=d.reconnect_cap,
+        help="largest reconnect delay, s (default %(default)s)",
+    )
+    a(
+        "--origin-check-interval",
+        type=float,
+        default=d.origin_check_interval,
+        help="seconds between checks that FPVTrackside answers (default %(default)s)",
+    )
+    a(
+        "--log-level",
+        default=d.log_level,
+        help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
+    )
+    return p
+
+
+def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Flags beat environment, environment beats the config file. Raises ConfigError."""
+    env = os.environ if env is None else env
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(list(argv))
+    config_path = known.config or (
+        Path(env["PITLINK_CONFIG"]) if env.get("PITLINK_CONFIG") else None
+    )
+    file_values: dict[str, str] = {}
+    try:
+        if config_path is not None:
+            try:
+                text = config_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read config file {config_path}: {exc.strerror}"
+                ) from None
+            file_values = parse_conf(text, source=str(config_path))
+        ns = resolve(build_parser(), argv, env, file_values)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    if not ns.cloud_url:
+        raise ConfigError("no cloud URL: set CLOUD_URL in the config file or --cloud-url")
+    if ns.token_file is None:
+        raise ConfigError("no token file: set TOKEN_FILE in the config file or --token-file")
+    control_url(ns.cloud_url)  # refuse a bad URL now, in plain words
+    return AgentConfig(
+        cloud_url=ns.cloud_url,
+        token_file=ns.token_file,
+        fpvtrackside=ns.fpvtrackside,
+        pits_id=ns.pits_id or None,
+        status_host=ns.status_host,
+        status_port=ns.status_port,
+        allowlist=tuple(ns.allow) or DEFAULT_ALLOWLIST,
+        fetch_timeout=ns.fetch_timeout,
+        max_body_bytes=ns.max_body_bytes,
+        origin_concurrency=ns.origin_concurrency,
+        ping_interval=ns.ping_interval,
+        ping_timeout=ns.ping_timeout,
+        reconnect_base=ns.reconnect_base,
+        reconnect_cap=ns.reconnect_cap,
+        origin_check_interval=ns.origin_check_interval,
+        log_level=ns.log_level.upper(),
+    )

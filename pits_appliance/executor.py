@@ -1,0 +1,72 @@
+"""Executing one `fetch` command: the allowlist, the origin, the canonical body and the ETag.
+
+This is the LAN's last line of defence: whatever the cloud asks, only GET and HEAD of an
+allowed, normalized path ever reach FPVTrackside, and a `.json` body that does not decode is
+refused (BAD_CONTENT) instead of replacing good data anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+
+from pits_appliance.origin import Origin
+from wire import ProtocolError
+from wire.canonical import etag_matches, is_json_path, prepare_body
+from wire.messages import Fetch, Response
+from wire.paths import Allowlist, check_method, normalize_path
+
+log = logging.getLogger("pitlink.pits.fetch")
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+def content_type_for(path: str, origin_type: str | None) -> str:
+    """What the body is: JSON for `.json` paths (it was just validated), else what it says."""
+    if is_json_path(path):
+        return JSON_TYPE
+    if origin_type:
+        return origin_type
+    if path.endswith("/"):
+        return "text/html; charset=utf-8"
+    guessed, _ = mimetypes.guess_type(path)
+    return guessed or "application/octet-stream"
+
+
+class Executor:
+    """Turns a Fetch into a Response, or raises ProtocolError."""
+
+    def __init__(self, origin: Origin, allowlist: Allowlist, *, fetch_timeout: float = 5.0):
+        self.origin = origin
+        self.allowlist = allowlist
+        self.fetch_timeout = fetch_timeout
+
+    async def execute(self, fetch: Fetch) -> Response:
+        method = check_method(fetch.method)
+        path = normalize_path(fetch.path)
+        self.allowlist.check(path)
+        timeout = min(self.fetch_timeout, fetch.timeout_ms / 1000)
+        # Always GET, even for HEAD: the ETag is the hash of the body.
+        reply = await self.origin.get(path, timeout)
+        if reply.status != 200:
+            return Response(
+                status=reply.status,
+                content_type=reply.content_type,
+                body=None if method == "HEAD" else reply.body,
+            )
+        try:
+            body, etag = prepare_body(path, reply.body)
+        except ProtocolError as exc:
+            log.warning(
+                "origin body refused",
+                extra={"path": path, "code": str(exc.code), "origin_type": reply.content_type},
+            )
+            raise
+        if etag_matches(fetch.if_none_match, etag):
+            return Response(status=304, etag=etag)
+        return Response(
+            status=200,
+            etag=etag,
+            content_type=content_type_for(path, reply.content_type),
+            body=None if method == "HEAD" else body,
+        )

@@ -1,0 +1,47 @@
+"""What the agent knows about its world, for the status page, /healthz and the logs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class AgentState:
+    """Mutable, owned by the agent; times are wall-clock seconds (they are shown to people)."""
+
+    pits_id: str = ""
+    ws_connected: bool = False
+    connected_since: float | None = None
+    last_success: float | None = None
+    last_fetch: float | None = None
+    origin_reachable: bool | None = None
+    origin_checked: float | None = None
+    origin_event: str | None = None
+    origin_error: str | None = None
+    cloud_error: str | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    round_trip: float | None = None
+    reconnects: int = 0
+    next_attempt_in: float | None = None
+    changed_at: dict[str, float] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, now: float | None = None) -> None:
+        """Set a field, remembering when its value last changed."""
+        if getattr(self, name) != value:
+            setattr(self, name, value)
+            self.changed_at[name] = time.time() if now is None else now
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "pitsId": self.pits_id,
+            "wsConnected": self.ws_connected,
+            "connectedSince": self.connected_since,
+            "lastSuccess": self.last_success,
+            "originReachable": self.origin_reachable,
+            "originEvent": self.origin_event,
+            "cloudError": self.cloud_error,
+            "reconnects": self.reconnects,
+        }

@@ -1,0 +1,124 @@
+"""Helpers for tests that run the real parts on loopback: waiting, keys, a whole system."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import tornado.httpclient
+
+from cloud.app import CloudRelay
+from cloud.config import CloudConfig
+from cloud.keys import KeySet, keygen
+from pits_appliance.agent import Agent
+from pits_appliance.config import AgentConfig
+
+
+async def wait_for(
+    predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "condition",
+) -> Any:
+    """Poll until `predicate` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def make_keys(directory: Path, kid: str = "k1") -> tuple[Path, KeySet]:
+    path = directory / "jwks.json"
+    keygen(path, kid)
+    return path, KeySet.load(path)
+
+
+class System:
+    """A simulator, a relay and an agent on loopback, with handles on all three."""
+
+    def __init__(self, tmp: Path, sim: Any, *, pits_id: str = "pits-1"):
+        self.tmp = tmp
+        self.sim = sim
+        self.pits_id = pits_id
+        self.jwks, self.keys = make_keys(tmp)
+        self.token_file = tmp / "token"
+        self.token_file.write_text(self.keys.issue(sub=pits_id, role="pits", ttl=3600))
+        self.relay: CloudRelay | None = None
+        self.agent: Agent | None = None
+        self.relay_port = 0
+        self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=64)
+
+    def relay_config(self, **overrides: Any) -> CloudConfig:
+        base = CloudConfig(host="127.0.0.1", port=self.relay_port, jwks=self.jwks)
+        return replace(base, **overrides)
+
+    def agent_config(self, **overrides: Any) -> AgentConfig:
+        base = AgentConfig(
+            cloud_url=f"http://127.0.0.1:{self.relay_port}",
+            token_file=self.token_file,
+            fpvtrackside=self.sim.url,
+            status_host="127.0.0.1",
+            status_port=0,
+            reconnect_base=0.05,
+            reconnect_cap=0.5,
+            origin_check_interval=30.0,
+        )
+        return replace(base, **overrides)
+
+    async def start_relay(self, **overrides: Any) -> CloudRelay:
+        self.relay = CloudRelay(self.relay_config(**overrides))
+        self.relay_port = await self.relay.start()
+        return self.relay
+
+    async def stop_relay(self) -> None:
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
+
+    async def start_agent(self, *, wait: bool = True, **overrides: Any) -> Agent:
+        self.agent = Agent(self.agent_config(**overrides))
+        await self.agent.start()
+        if wait:
+            await self.connected()
+        return self.agent
+
+    async def stop_agent(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+
+    async def connected(self, timeout: float = 10.0) -> None:
+        def up() -> bool:
+            return bool(
+                self.relay is not None
+                and self.relay.registry.get(self.pits_id) is not None
+                and self.agent is not None
+                and self.agent.state.ws_connected
+            )
+
+        await wait_for(up, timeout=timeout, what="the agent to connect")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.relay_port}"
+
+    async def get(self, path: str, **kwargs: Any) -> tornado.httpclient.HTTPResponse:
+        kwargs.setdefault("raise_error", False)
+        kwargs.setdefault("request_timeout", 20.0)
+        return await self.http.fetch(self.url + path, **kwargs)
+
+    async def close(self) -> None:
+        await self.stop_agent()
+        await self.stop_relay()
+        self.http.close()

@@ -1,0 +1,333 @@
+"""Frames of protocol version 1: the envelope, the payloads, and their validation.
+
+Every frame is one JSON object `{"id", "type", "ts", "payload"}`. Decoding checks the envelope
+and the payload of its type and returns a typed message; anything else (not JSON, not an
+object, a missing field, a wrong type) raises ProtocolError(BAD_REQUEST), never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ujson
+
+from wire.errors import ErrorCode, ProtocolError
+
+MAX_ID_LENGTH = 128
+Sender = Literal["cloud", "pits"]
+
+
+def new_id() -> str:
+    """A fresh frame id (uuid4: unique across connections and restarts)."""
+    return uuid.uuid4().hex
+
+
+def _bad(message: str, frame_id: str | None = None) -> ProtocolError:
+    details = {"id": frame_id} if frame_id else None
+    return ProtocolError(ErrorCode.BAD_REQUEST, message, details)
+
+
+def _get(
+    p: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False
+) -> Any:
+    if key not in p or p[key] is None:
+        if optional:
+            return None
+        raise _bad(f"payload lacks {key}")
+    value = p[key]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise _bad(f"payload field {key} has the wrong type")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudHello:
+    """The cloud's first frame after the upgrade."""
+
+    protocol_version: int
+    server_time_ms: int
+    limits: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "protocolVersion": self.protocol_version,
+            "serverTimeMs": self.server_time_ms,
+            "limits": self.limits,
+        }
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> CloudHello:
+        return cls(
+            protocol_version=_get(p, "protocolVersion", int),
+            server_time_ms=_get(p, "serverTimeMs", int),
+            limits=_get(p, "limits", dict, optional=True) or {},
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PitsHello:
+    """The pits' answer to the cloud's hello."""
+
+    protocol_version: int
+    pits_id: str
+    sw_version: str
+    features: tuple[str, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "protocolVersion": self.protocol_version,
+            "pitsId": self.pits_id,
+            "swVersion": self.sw_version,
+            "features": list(self.features),
+        }
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> PitsHello:
+        features = _get(p, "features", list, optional=True) or []
+        if not all(isinstance(f, str) for f in features):
+            raise _bad("features must be strings")
+        return cls(
+            protocol_version=_get(p, "protocolVersion", int),
+            pits_id=_get(p, "pitsId", str),
+            sw_version=_get(p, "swVersion", str),
+            features=tuple(features),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fetch:
+    """Cloud to pits: fetch one path from FPVTrackside."""
+
+    method: str
+    path: str
+    timeout_ms: int
+    if_none_match: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"method": self.method, "path": self.path, "timeoutMs": self.timeout_ms}
+        if self.if_none_match is not None:
+            p["ifNoneMatch"] = self.if_none_match
+        return p
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Fetch:
+        timeout_ms = _get(p, "timeoutMs", int)
+        if timeout_ms <= 0:
+            raise _bad("timeoutMs must be positive")
+        return cls(
+            method=_get(p, "method", str),
+            path=_get(p, "path", str),
+            timeout_ms=timeout_ms,
+            if_none_match=_get(p, "ifNoneMatch", str, optional=True),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Response:
+    """Pits to cloud: the answer to a fetch; no body on 304 and HEAD."""
+
+    status: int
+    etag: str | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+
+    def payload(self) -> dict[str, Any]:
+        headers: dict[str, str] = {}
+        if self.etag is not None:
+            headers["ETag"] = self.etag
+        if self.content_type is not None:
+            headers["Content-Type"] = self.content_type
+        p: dict[str, Any] = {"status": self.status, "headers": headers}
+        if self.body is not None:
+            p["bodyB64"] = base64.b64encode(self.body).decode("ascii")
+        return p
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Response:
+        status = _get(p, "status", int)
+        if not 100 <= status <= 599:
+            raise _bad("status out of range")
+        headers = _get(p, "headers", dict, optional=True) or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise _bad("headers must map strings to strings")
+        lowered = {k.lower(): v for k, v in headers.items()}
+        body_b64 = _get(p, "bodyB64", str, optional=True)
+        body = None
+        if body_b64 is not None:
+            try:
+                body = base64.b64decode(body_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise _bad("bodyB64 is not base64") from None
+        return cls(
+            status=status,
+            etag=lowered.get("etag"),
+            content_type=lowered.get("content-type"),
+            body=body,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    """Either direction: a request failed, or a frame was refused."""
+
+    code: ErrorCode
+    message: str
+    details: dict[str, Any] | None = None
+
+    def payload(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        if self.details:
+            p["details"] = self.details
+        return p
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Error:
+        code = _get(p, "code", str)
+        try:
+            known = ErrorCode(code)
+        except ValueError:
+            raise _bad(f"unknown error code {code[:40]!r}") from None
+        return cls(
+            code=known,
+            message=_get(p, "message", str),
+            details=_get(p, "details", dict, optional=True),
+        )
+
+    def exception(self) -> ProtocolError:
+        return ProtocolError(self.code, self.message, self.details)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    """Either direction: liveness; answered with a pong echoing the id."""
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Ping:
+        return cls()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong:
+    """Either direction: the answer to a ping."""
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Pong:
+        return cls()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Token:
+    """Cloud to pits: a renewed token for the pits to store and use from its next connection."""
+
+    token: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"token": self.token}
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Token:
+        return cls(token=_get(p, "token", str))
+
+
+Message = CloudHello | PitsHello | Fetch | Response | Error | Ping | Pong | Token
+
+_TYPE_OF: dict[type, str] = {
+    CloudHello: "hello",
+    PitsHello: "hello",
+    Fetch: "fetch",
+    Response: "response",
+    Error: "error",
+    Ping: "ping",
+    Pong: "pong",
+    Token: "token",
+}
+
+# What each side may send.
+_PARSERS: dict[Sender, dict[str, Any]] = {
+    "cloud": {
+        "hello": CloudHello,
+        "fetch": Fetch,
+        "error": Error,
+        "ping": Ping,
+        "pong": Pong,
+        "token": Token,
+    },
+    "pits": {"hello": PitsHello, "response": Response, "error": Error, "ping": Ping, "pong": Pong},
+}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame: its envelope and its typed message."""
+
+    id: str
+    type: str
+    ts: int
+    message: Message
+
+
+def encode(message: Message, *, frame_id: str | None = None, now_ms: int) -> str:
+    """Encode a message as one frame; `frame_id` defaults to a fresh id."""
+    return ujson.dumps(
+        {
+            "id": frame_id or new_id(),
+            "type": _TYPE_OF[type(message)],
+            "ts": now_ms,
+            "payload": message.payload(),
+        },
+        ensure_ascii=False,
+        escape_forward_slashes=False,
+    )
+
+
+def peek_id(data: str | bytes) -> str | None:
+    """The id of a frame that failed to decode, if one can be read, to address the error."""
+    try:
+        obj = ujson.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(obj, dict):
+        frame_id = obj.get("id")
+        if isinstance(frame_id, str) and 0 < len(frame_id) <= MAX_ID_LENGTH:
+            return frame_id
+    return None
+
+
+def decode(data: str | bytes, *, sender: Sender) -> Frame:
+    """Decode and validate one frame sent by `sender`."""
+    try:
+        obj = ujson.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("frame is not JSON") from None
+    if not isinstance(obj, dict):
+        raise _bad("frame is not a JSON object")
+    frame_id = obj.get("id")
+    if not isinstance(frame_id, str) or not 0 < len(frame_id) <= MAX_ID_LENGTH:
+        raise _bad("frame id must be a non-empty string of at most 128 characters")
+    kind = obj.get("type")
+    ts = obj.get("ts")
+    payload = obj.get("payload")
+    if not isinstance(kind, str):
+        raise _bad("frame type must be a string", frame_id)
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise _bad("frame ts must be an integer", frame_id)
+    if not isinstance(payload, dict):
+        raise _bad("frame payload must be an object", frame_id)
+    parser = _PARSERS[sender].get(kind)
+    if parser is None:
+        raise _bad(f"unexpected frame type {kind[:40]!r} from {sender}", frame_id)
+    try:
+        message = parser.parse(payload)
+    except ProtocolError as exc:
+        raise _bad(exc.message, frame_id) from None
+    return Frame(frame_id, kind, ts, message)
