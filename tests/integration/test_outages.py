@@ -1,0 +1,91 @@
+"""The pits goes away, the relay restarts: stale copies, fast failures, reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from support import System, wait_for
+
+
+async def test_agent_stopped_serves_stale_and_503(system: System) -> None:
+    cached = f"/pits/{system.pits_id}/httpfiles/Channels.json"
+    good = await system.get(cached)
+    assert good.code == 200
+    await system.stop_agent()
+    await wait_for(lambda: system.relay.registry.get(system.pits_id) is None, what="disconnect")
+
+    stale = await system.get(cached)
+    assert stale.code == 200
+    assert stale.body == good.body
+    assert stale.headers["X-Pitlink-Cache"] == "STALE"
+    assert stale.headers["Warning"] == '110 - "Response is Stale"'
+    assert "X-Pitlink-Stale" in stale.headers
+
+    uncached = await system.get(f"/pits/{system.pits_id}{system.sim.event_path}/Pilots.json")
+    assert uncached.code == 503
+    assert json.loads(uncached.body)["error"]["code"] == "UNAVAILABLE"
+    assert uncached.headers["Retry-After"]
+    alias = await system.get(f"{system.sim.event_path}/Pilots.json")
+    assert alias.code == 503
+
+
+async def test_pending_fetches_fail_at_once_when_the_pits_drops(
+    tmp_path, sim
+) -> None:
+    s = System(tmp_path, sim)
+    # A deadline far beyond the test's own timeout: only an immediate failure passes.
+    await s.start_relay(fetch_timeout=300.0)
+    await s.start_agent()
+    try:
+        sim.hold = asyncio.Event()
+        pending = asyncio.ensure_future(s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json"))
+        await wait_for(lambda: sim.queued + sim.in_flight >= 1, what="the fetch to reach the origin")
+        started = time.monotonic()
+        await s.stop_agent()
+        got = await pending
+        assert got.code == 503
+        assert json.loads(got.body)["error"]["code"] == "UNAVAILABLE"
+        assert time.monotonic() - started < 30
+    finally:
+        sim.hold.set()
+        await s.close()
+
+
+async def test_agent_reconnects_by_itself_after_a_relay_restart(system: System) -> None:
+    port = system.relay_port
+    sessions = system.agent.link.sessions
+    await system.stop_relay()
+    await wait_for(lambda: not system.agent.state.ws_connected, what="the agent to notice")
+    await system.start_relay()
+    assert system.relay_port == port
+    await system.connected(timeout=20)
+    assert system.agent.link.sessions == sessions + 1
+    got = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
+    assert got.code == 200
+
+
+async def test_agent_health_says_connected_and_origin(system: System) -> None:
+    agent = system.agent
+    await wait_for(lambda: agent.state.origin_reachable is not None, what="an origin check")
+    got = await system.http.fetch(f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False)
+    assert got.code == 200
+    health = json.loads(got.body)
+    assert health["wsConnected"] is True
+    assert health["originReachable"] is True
+    assert health["originEvent"] == system.sim.event_id
+    assert health["pitsId"] == system.pits_id
+    await system.stop_relay()
+    await wait_for(lambda: not agent.state.ws_connected, what="the agent to notice")
+    down = await system.http.fetch(f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False)
+    assert down.code == 503
+    assert json.loads(down.body)["wsConnected"] is False
+
+
+async def test_origin_down_is_502_origin_unreachable(system: System) -> None:
+    await system.sim.stop()
+    got = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
+    assert got.code == 502
+    assert json.loads(got.body)["error"]["code"] == "ORIGIN_UNREACHABLE"
+    assert system.agent.state.origin_reachable is False
