@@ -1,0 +1,229 @@
+"""Run the simulator, the relay and the agent as real processes and print where to look.
+
+Called by `scripts/demo` inside the project's virtual environment. Keys and tokens for the
+demo are made fresh in `.demo/` (ignored by git) on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PITS_ID = "demo-pits"
+
+
+def free_port(preferred: int) -> int:
+    """The preferred port if nothing listens there, else any free one."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def wait_until(what: str, check, timeout: float = 30.0, procs=()) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        for name, proc in procs:
+            if proc.poll() is not None:
+                sys.exit(f"demo: {name} exited with code {proc.returncode}; see its output above")
+        if time.monotonic() > deadline:
+            sys.exit(f"demo: timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--relay-port", type=int, default=8000)
+    parser.add_argument("--sim-port", type=int, default=8080)
+    parser.add_argument("--status-port", type=int, default=8081)
+    parser.add_argument("--lap-interval", type=float, default=2.0)
+    args = parser.parse_args()
+
+    state = ROOT / ".demo"
+    state.mkdir(exist_ok=True)
+    jwks = state / "jwks.json"
+    jwks.unlink(missing_ok=True)
+    relay_cli = [str(VENV_BIN / "cloud-relay")]
+    subprocess.run(
+        [*relay_cli, "keygen", "--jwks", str(jwks), "--kid", "demo"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+    def token(sub: str, role: str) -> str:
+        out = subprocess.run(
+            [
+                *relay_cli,
+                "token",
+                "--jwks",
+                str(jwks),
+                "--sub",
+                sub,
+                "--role",
+                role,
+                "--ttl",
+                "86400",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    token_file = state / "pits.token"
+    token_file.write_text(token(PITS_ID, "pits") + "\n")
+    token_file.chmod(0o600)
+
+    sim_port = free_port(args.sim_port)
+    relay_port = free_port(args.relay_port)
+    status_port = free_port(args.status_port)
+    relay = f"http://127.0.0.1:{relay_port}"
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        out = open(logs / f"{name}.log", "wb")  # the child keeps it open
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        procs.append((name, proc))
+        return proc
+
+    def stop_all(*_: object) -> None:
+        for _, proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print("\ndemo stopped")
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+
+    start(
+        "fpvtrackside",
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "fpvtrackside_sim.py"),
+            "--port",
+            str(sim_port),
+            "--lap-interval",
+            str(args.lap_interval),
+        ],
+    )
+    start(
+        "relay",
+        [
+            *relay_cli,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(relay_port),
+            "--jwks",
+            str(jwks),
+        ],
+    )
+    wait_until(
+        "the simulator and the relay",
+        lambda: (
+            http_get(f"http://127.0.0.1:{sim_port}/")[0] == 200
+            and http_get(f"{relay}/healthz")[0] == 200
+        ),
+        procs=procs,
+    )
+    start(
+        "agent",
+        [
+            str(VENV_BIN / "pits-agent"),
+            "--cloud-url",
+            relay,
+            "--token-file",
+            str(token_file),
+            "--fpvtrackside",
+            f"http://127.0.0.1:{sim_port}",
+            "--status-host",
+            "127.0.0.1",
+            "--status-port",
+            str(status_port),
+        ],
+    )
+    health = f"http://127.0.0.1:{status_port}/healthz"
+    wait_until("the agent to connect", lambda: http_get(health)[0] == 200, procs=procs)
+
+    _, page = http_get(f"http://127.0.0.1:{sim_port}/")
+    found = re.search(rb'new EventManager\("events/([a-z0-9-]+)"', page)
+    event = found.group(1).decode() if found else "?"
+    base = f"{relay}/pits/{PITS_ID}"
+    _, event_json = http_get(f"{base}/events/{event}/Event.json")
+    try:
+        race = json.loads(event_json)[0]["Races"][-1]
+    except (ValueError, LookupError, TypeError):
+        race = "<race id>"
+    print(
+        f"""
+Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits agent.
+
+  Spectator view, through the relay:
+    {base}/                                    FPVTrackside's page
+    {base}/events/{event}/Event.json
+    {base}/events/{event}/Pilots.json
+    {base}/events/{event}/{race}/Race.json   the live race, a lap at a time
+    {base}/events/{event}/Results.json         grows as races finish
+    {relay}/events/{event}/Rounds.json         the same data at the root (the active pits)
+  Try a 304:  curl -si {base}/events/{event}/Event.json  then repeat with
+              -H 'If-None-Match: <the ETag it printed>'
+  Try stale:  stop the agent (kill the pits-agent process) and ask again.
+
+  Relay:      {relay}/healthz   {relay}/metrics
+  Pits agent: {health}   http://127.0.0.1:{status_port}/metrics
+  Origin:     http://127.0.0.1:{sim_port}/  (the simulator, as the pits LAN sees it)
+  Logs:       {logs}/
+
+Press Ctrl-C to stop everything."""
+    )
+    sys.stdout.flush()
+    while True:
+        for name, proc in procs:
+            if proc.poll() is not None:
+                print(f"demo: {name} exited with code {proc.returncode}; see {logs}/{name}.log")
+                stop_all()
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+# Shared by scripts/test and scripts/demo: make .venv from nothing and keep it in step with
+# setup.cfg. Sourced, not run.
+
+repo_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
+
+pick_python() {
+    for candidate in python3.13 python3.12 python3.11 python3; do
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    echo "Pitlink needs Python 3.11 or newer (apt-get install python3)" >&2
+    return 1
+}
+
+# apt_install PKG...: install Debian packages that are missing (as root, or through sudo).
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing Debian packages: ${missing[*]}" >&2
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+# ensure_venv EXTRAS: create .venv if needed and install the project with those extras
+# whenever setup.cfg or pyproject.toml changed since the last install.
+ensure_venv() {
+    local extras="$1" root python stamp want
+    root="$(repo_root)"
+    python="$(pick_python)" || return 1
+    if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        local minor
+        minor="$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+        apt_install "python${minor}-venv" || apt_install python3-venv
+    fi
+    if [ ! -x "$root/.venv/bin/python" ]; then
+        echo "creating $root/.venv" >&2
+        "$python" -m venv "$root/.venv"
+    fi
+    stamp="$root/.venv/.pitlink-installed"
+    want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "installing Pitlink and its dependencies into .venv (log: .venv/pip.log)" >&2
+        if ! { "$root/.venv/bin/python" -m pip install --upgrade pip &&
+            "$root/.venv/bin/python" -m pip install -e "$root[$extras]"; } >"$root/.venv/pip.log" 2>&1; then
+            tail -n 30 "$root/.venv/pip.log" >&2
+            echo "installing the dependencies failed; the whole log is in .venv/pip.log" >&2
+            return 1
+        fi
+        echo "$want" >"$stamp"
+    fi
+}
