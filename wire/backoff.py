@@ -26,7 +26,7 @@ class Backoff:
         reset_after: float = 60.0,
         rand: Callable[[], float] = random.random,
     ):
-        if base <= 0 or cap < base:
+        if not 0 < base <= cap:  # also refuses NaN
             raise ValueError("backoff needs 0 < base <= cap")
         self.base = base
         self.cap = cap

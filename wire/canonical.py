@@ -51,7 +51,10 @@ def canonical_json(value: Any) -> bytes:
         )
     except OverflowError as exc:
         raise ContentError(f"body holds a number JSON cannot carry: {exc}") from None
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ContentError("body holds a lone surrogate escape, which is not Unicode") from None
 
 
 def etag_of(data: bytes) -> str:

@@ -285,7 +285,8 @@ def encode(message: Message, *, frame_id: str | None = None, now_ms: int) -> str
             "ts": now_ms,
             "payload": message.payload(),
         },
-        ensure_ascii=False,
+        # ASCII out: a lone surrogate a peer sent (in an id, say) is escaped, not unencodable.
+        ensure_ascii=True,
         escape_forward_slashes=False,
     )
 

@@ -16,7 +16,7 @@ from wire.errors import ErrorCode, PathError
 
 DEFAULT_ALLOWLIST = ("/", "/events/**", "/httpfiles/**")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _SLASHES = re.compile(r"/{2,}")
 
 
@@ -37,7 +37,7 @@ def normalize_path(raw: str) -> str:
         raise _refuse(raw, "must start with /")
     try:
         decoded = unquote_to_bytes(path).decode("utf-8")
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, UnicodeEncodeError):
         raise _refuse(raw, "not valid UTF-8") from None
     if "%" in decoded:
         raise _refuse(raw, "encoded twice")
