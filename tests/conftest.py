@@ -22,6 +22,7 @@ def fixtures_root() -> Path:
         pytest.skip(f"real event fixtures not found at {FIXTURES} (../shared is absent)")
     return FIXTURES
 
+
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))

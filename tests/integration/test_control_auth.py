@@ -97,16 +97,12 @@ async def test_role_query_is_required(relay_only: System) -> None:
     assert caught.value.code == 400
 
 
-async def handshake(
-    ws: tornado.websocket.WebSocketClientConnection, pits_id: str
-) -> m.CloudHello:
+async def handshake(ws: tornado.websocket.WebSocketClientConnection, pits_id: str) -> m.CloudHello:
     hello = m.decode(await ws.read_message(), sender="cloud").message
     assert isinstance(hello, m.CloudHello)
     assert hello.protocol_version == PROTOCOL_VERSION
     await ws.write_message(
-        m.encode(
-            m.PitsHello(protocol_version=1, pits_id=pits_id, sw_version="test"), now_ms=0
-        )
+        m.encode(m.PitsHello(protocol_version=1, pits_id=pits_id, sw_version="test"), now_ms=0)
     )
     return hello
 

@@ -31,9 +31,7 @@ async def test_agent_stopped_serves_stale_and_503(system: System) -> None:
     assert alias.code == 503
 
 
-async def test_pending_fetches_fail_at_once_when_the_pits_drops(
-    tmp_path, sim
-) -> None:
+async def test_pending_fetches_fail_at_once_when_the_pits_drops(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     # A deadline far beyond the test's own timeout: only an immediate failure passes.
     await s.start_relay(fetch_timeout=300.0)
@@ -41,7 +39,9 @@ async def test_pending_fetches_fail_at_once_when_the_pits_drops(
     try:
         sim.hold = asyncio.Event()
         pending = asyncio.ensure_future(s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json"))
-        await wait_for(lambda: sim.queued + sim.in_flight >= 1, what="the fetch to reach the origin")
+        await wait_for(
+            lambda: sim.queued + sim.in_flight >= 1, what="the fetch to reach the origin"
+        )
         started = time.monotonic()
         await s.stop_agent()
         got = await pending
@@ -69,7 +69,9 @@ async def test_agent_reconnects_by_itself_after_a_relay_restart(system: System) 
 async def test_agent_health_says_connected_and_origin(system: System) -> None:
     agent = system.agent
     await wait_for(lambda: agent.state.origin_reachable is not None, what="an origin check")
-    got = await system.http.fetch(f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False)
+    got = await system.http.fetch(
+        f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False
+    )
     assert got.code == 200
     health = json.loads(got.body)
     assert health["wsConnected"] is True
@@ -78,7 +80,9 @@ async def test_agent_health_says_connected_and_origin(system: System) -> None:
     assert health["pitsId"] == system.pits_id
     await system.stop_relay()
     await wait_for(lambda: not agent.state.ws_connected, what="the agent to notice")
-    down = await system.http.fetch(f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False)
+    down = await system.http.fetch(
+        f"http://127.0.0.1:{agent.status_port}/healthz", raise_error=False
+    )
     assert down.code == 503
     assert json.loads(down.body)["wsConnected"] is False
 
