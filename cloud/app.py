@@ -27,8 +27,9 @@ from cloud.handlers import (
     MetricsHandler,
     ReadyHandler,
 )
-from cloud.keys import KeySet
+from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
+from cloud.ratelimit import RateLimiter, parse_networks
 from cloud.relay import Freshness, Relay
 from wire import ErrorCode, ProtocolError
 from wire.errors import PathError
@@ -46,9 +47,11 @@ class CloudRelay:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.keys = KeySet.load(config.jwks)
-        self.revoked: frozenset[str] = frozenset()
+        self.keystore = KeyStore(config.jwks, config.revoked)
         self.registry = Registry(self.metrics)
+        self.keystore.listeners.append(lambda: self.registry.revoke(self.keystore.revoked))
+        self.client_limiter = RateLimiter(config.client_rate, config.client_burst)
+        self.trusted_proxies = parse_networks(config.trusted_proxy)
         self.cache = Cache(max_entries=config.cache_max_entries, max_bytes=config.cache_max_bytes)
         self.relay = Relay(
             registry=self.registry,
@@ -56,6 +59,7 @@ class CloudRelay:
             metrics=self.metrics,
             freshness=Freshness(config.freshness, config.ttl),
             fetch_timeout=config.fetch_timeout,
+            pits_limiter=RateLimiter(config.pits_fetch_rate, config.pits_fetch_burst),
             clock=clock,
         )
         self.public_allowlist = Allowlist(config.public_allowlist)
@@ -64,7 +68,15 @@ class CloudRelay:
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             handshake_timeout=config.ping_timeout,
-            limits={"maxBodyBytes": config.max_body_bytes},
+            max_in_flight=config.per_conn_concurrency,
+            queue_size=config.queue_size,
+            max_body_bytes=config.max_body_bytes,
+            renew_before=config.renew_before,
+            limits={
+                "maxBodyBytes": config.max_body_bytes,
+                "maxInFlight": config.per_conn_concurrency,
+                "fetchTimeoutMs": int(config.fetch_timeout * 1000),
+            },
         )
         self.app = self.make_app()
         self.server: tornado.httpserver.HTTPServer | None = None
@@ -93,7 +105,20 @@ class CloudRelay:
     # -- used by handlers ---------------------------------------------------------------------
 
     def verify_token(self, token: str, *, role: str) -> dict[str, Any]:
-        return self.keys.verify(token, role=role, revoked=self.revoked)
+        return self.keystore.verify(token, role=role)
+
+    def renew_token(self, claims: dict[str, Any]) -> str:
+        """A new token for a connected pits, as long-lived as the one it replaces."""
+        lifetime = max(3600, int(claims["exp"]) - int(claims.get("iat", claims["exp"])))
+        return self.keystore.issue(sub=claims["sub"], role="pits", ttl=lifetime)
+
+    def ready(self) -> bool:
+        """Ready unless some pits queue is deeper than the threshold."""
+        return self.registry.max_queue() <= self.config.ready_queue_threshold
+
+    def _tick(self) -> None:
+        self.keystore.maybe_reload()
+        self.registry.tick()
 
     def new_connection(self, claims: dict[str, Any], transport: Transport) -> PitsConnection:
         conn = PitsConnection(
@@ -104,6 +129,7 @@ class CloudRelay:
             settings=self.control_settings,
             metrics=self.metrics,
             clock=self.clock,
+            renew=self.renew_token,
         )
         self.registry.add(conn)
         return conn
@@ -146,7 +172,7 @@ class CloudRelay:
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
-        self._ticker = tornado.ioloop.PeriodicCallback(self.registry.tick, tick * 1000)
+        self._ticker = tornado.ioloop.PeriodicCallback(self._tick, tick * 1000)
         self._ticker.start()
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port

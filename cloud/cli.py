@@ -10,9 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import jwt
+
 from cloud import __version__
 from cloud.config import config_from_args
 from cloud.keys import ROLES, KeySet, keygen
+from cloud.keystore import revoke, revoked_path_for
 from wire import jsonlog
 from wire.settings import SettingsError
 
@@ -30,6 +33,8 @@ async def _serve(argv: Sequence[str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: re-read the key set and the revocation list now.
+    loop.add_signal_handler(signal.SIGHUP, lambda: relay.keystore.maybe_reload(force=True))
     await stop.wait()
     log.info("relay stopping")
     await relay.stop()
@@ -60,7 +65,32 @@ def _token(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "keygen": _keygen, "token": _token}
+def _revoke(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="cloud-relay revoke",
+        description="Refuse a token from now on; a running relay picks the change up by itself.",
+    )
+    p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
+    p.add_argument(
+        "--revoked", type=Path, help="the revocation list (default: JWKS name + .revoked)"
+    )
+    p.add_argument("--jti", help="the token id to revoke")
+    p.add_argument("--token", help="or the token itself (its jti is read from it)")
+    p.add_argument("--note", default="", help="a word on why, kept in the file")
+    ns = p.parse_args(argv)
+    jti = ns.jti
+    if ns.token:
+        # Expired or not, the token names its own id; the signature is not the question here.
+        jti = jwt.decode(ns.token.strip(), options={"verify_signature": False}).get("jti")
+    if not jti:
+        p.error("give --jti or --token")
+    path = ns.revoked or revoked_path_for(ns.jwks)
+    added = revoke(path, jti, ns.note)
+    print(f"token {jti} {'revoked' if added else 'was already revoked'} in {path}")
+    return 0
+
+
+COMMANDS = {"serve": _serve, "keygen": _keygen, "token": _token, "revoke": _revoke}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(__version__)
             return
         print(
-            "usage: cloud-relay {serve,keygen,token} [flags]  (each takes --help)",
+            "usage: cloud-relay {serve,keygen,token,revoke} [flags]  (each takes --help)",
             file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout,
         )
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud.ratelimit import parse_networks
 from wire.paths import DEFAULT_ALLOWLIST
 from wire.settings import resolve
 
@@ -24,6 +25,34 @@ def _ttl_rule(text: str) -> tuple[str, float]:
     return pattern, value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _rate(text: str) -> float | None:
+    """A non-negative number where 0 means off (None)."""
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value or None
+
+
+def _proxies(items: list[str]) -> tuple[str, ...]:
+    """Check proxy addresses now, so a typo fails at start and not on the first request."""
+    parse_networks(items)
+    return tuple(item.strip() for item in items if item.strip())
+
+
 @dataclass(frozen=True, kw_only=True)
 class CloudConfig:
     """Everything `cloud-relay serve` can be told."""
@@ -31,6 +60,7 @@ class CloudConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     jwks: Path
+    revoked: Path | None = None
     active_pits: str | None = None
     fetch_timeout: float = 8.0
     freshness: float = 1.0
@@ -40,6 +70,15 @@ class CloudConfig:
     max_body_bytes: int = 8 * MIB
     ping_interval: float = 5.0
     ping_timeout: float = 15.0
+    per_conn_concurrency: int = 8
+    queue_size: int = 64
+    ready_queue_threshold: int = 32
+    pits_fetch_rate: float | None = 100.0
+    pits_fetch_burst: float = 200.0
+    client_rate: float | None = 50.0
+    client_burst: float = 200.0
+    trusted_proxy: tuple[str, ...] = ()
+    renew_before: float | None = 7 * 86400.0
     public_allowlist: tuple[str, ...] = field(default=DEFAULT_ALLOWLIST)
     log_level: str = "INFO"
 
@@ -50,6 +89,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--host", default=d.host, help="address to listen on (default %(default)s)")
     a("--port", type=int, default=d.port, help="port to listen on (default %(default)s)")
     a("--jwks", type=Path, help="the key set file (JWKS) that verifies tokens (required)")
+    a(
+        "--revoked",
+        type=Path,
+        help="revoked token ids, one per line (default: the JWKS file's name + .revoked)",
+    )
     a(
         "--active-pits",
         default=None,
@@ -105,6 +149,60 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="close a pits connection silent this long, s (default %(default)s)",
     )
     a(
+        "--per-conn-concurrency",
+        type=_positive_int,
+        default=d.per_conn_concurrency,
+        help="fetches in flight per pits (default %(default)s)",
+    )
+    a(
+        "--queue-size",
+        type=_non_negative_int,
+        default=d.queue_size,
+        help="fetches waiting per pits before load is shed (default %(default)s)",
+    )
+    a(
+        "--ready-queue-threshold",
+        type=_non_negative_int,
+        default=d.ready_queue_threshold,
+        help="/readyz is 503 while a pits queue is deeper (default %(default)s)",
+    )
+    a(
+        "--pits-fetch-rate",
+        type=_rate,
+        default=d.pits_fetch_rate,
+        help="fetches a second to one pits, 0 for no limit (default %(default)s)",
+    )
+    a(
+        "--pits-fetch-burst",
+        type=float,
+        default=d.pits_fetch_burst,
+        help="fetches one pits may take at once (default %(default)s)",
+    )
+    a(
+        "--client-rate",
+        type=_rate,
+        default=d.client_rate,
+        help="public requests a second per client address, 0 for no limit (default %(default)s)",
+    )
+    a(
+        "--client-burst",
+        type=float,
+        default=d.client_burst,
+        help="requests a client may make at once (default %(default)s)",
+    )
+    a(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        help="address or CIDR of a proxy whose X-Forwarded-For is believed; repeatable",
+    )
+    a(
+        "--renew-before",
+        type=_rate,
+        default=d.renew_before,
+        help="renew a pits token this many s before it expires, 0 never (default %(default)s)",
+    )
+    a(
         "--public-allowlist",
         action="append",
         default=[],
@@ -128,6 +226,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         host=ns.host,
         port=ns.port,
         jwks=ns.jwks,
+        revoked=ns.revoked,
         active_pits=ns.active_pits or None,
         fetch_timeout=ns.fetch_timeout,
         freshness=ns.freshness,
@@ -137,6 +236,15 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         max_body_bytes=ns.max_body_bytes,
         ping_interval=ns.ping_interval,
         ping_timeout=ns.ping_timeout,
+        per_conn_concurrency=ns.per_conn_concurrency,
+        queue_size=ns.queue_size,
+        ready_queue_threshold=ns.ready_queue_threshold,
+        pits_fetch_rate=ns.pits_fetch_rate,
+        pits_fetch_burst=ns.pits_fetch_burst,
+        client_rate=ns.client_rate,
+        client_burst=ns.client_burst,
+        trusted_proxy=_proxies(ns.trusted_proxy),
+        renew_before=ns.renew_before,
         public_allowlist=tuple(ns.public_allowlist) or DEFAULT_ALLOWLIST,
         log_level=ns.log_level.upper(),
     )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloud.keys import LEEWAY_S
 from cloud.metrics import Metrics
 from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
@@ -38,7 +39,15 @@ class ControlSettings:
     ping_interval: float = 5.0
     ping_timeout: float = 15.0
     handshake_timeout: float = 15.0
+    max_in_flight: int = 8
+    queue_size: int = 64
+    max_body_bytes: int = 8 * 1024 * 1024
+    renew_before: float | None = 7 * 86400.0
     limits: dict[str, Any] = field(default_factory=dict)
+
+
+# Issues a fresh token for the claims of a connection whose token is close to expiry.
+Renewer = Callable[[dict[str, Any]], str]
 
 
 class PitsConnection:
@@ -55,6 +64,7 @@ class PitsConnection:
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        renew: Renewer | None = None,
     ):
         self.pits_id = pits_id
         self.claims = claims
@@ -74,6 +84,11 @@ class PitsConnection:
         self.errors = 0
         self.fetches = 0
         self.rx_bytes = 0
+        self.queued = 0
+        self.shed = 0
+        self.renewed = False
+        self._renew = renew
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         self._pings: dict[str, float] = {}
 
@@ -114,23 +129,60 @@ class PitsConnection:
         """
         if self.state != "open":
             raise ProtocolError(ErrorCode.UNAVAILABLE, "pits is not connected")
-        if frame_id is None or frame_id in self._pending:
-            frame_id = m.new_id()
-        future: asyncio.Future[m.Response] = asyncio.get_running_loop().create_future()
-        self._pending[frame_id] = future
-        self.fetches += 1
-        self.metrics.fetches.inc()
-        self.metrics.fetch_in_flight.inc()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        await self._admit(timeout)
         try:
-            self._send(fetch, frame_id)
-            return await asyncio.wait_for(future, timeout)
+            if self.state != "open":
+                raise ProtocolError(ErrorCode.UNAVAILABLE, "pits connection lost")
+            if frame_id is None or frame_id in self._pending:
+                frame_id = m.new_id()
+            future: asyncio.Future[m.Response] = loop.create_future()
+            self._pending[frame_id] = future
+            self.fetches += 1
+            self.metrics.fetches.inc()
+            self.metrics.fetch_in_flight.inc()
+            try:
+                self._send(fetch, frame_id)
+                return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise ProtocolError(
+                    ErrorCode.TIMEOUT, f"pits did not answer in {timeout:g} s"
+                ) from None
+            finally:
+                self._pending.pop(frame_id, None)
+                self.metrics.fetch_in_flight.dec()
+        finally:
+            self._slots.release()
+
+    async def _admit(self, timeout: float) -> None:
+        """Take one of the connection's in-flight slots, waiting in a bounded queue.
+
+        Past the queue the request is shed at once (BUSY): an unbounded wait would only turn
+        into timeouts for everybody.
+        """
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        if self.queued >= self.settings.queue_size:
+            self.shed += 1
+            self.metrics.shed.inc()
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"too many requests waiting for pits {self.pits_id}",
+                {"retryAfter": 1},
+            )
+        self.queued += 1
+        self.metrics.fetch_queue_depth.inc()
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
         except TimeoutError:
             raise ProtocolError(
-                ErrorCode.TIMEOUT, f"pits did not answer in {timeout:g} s"
+                ErrorCode.TIMEOUT, f"no free slot for pits {self.pits_id} in {timeout:g} s"
             ) from None
         finally:
-            self._pending.pop(frame_id, None)
-            self.metrics.fetch_in_flight.dec()
+            self.queued -= 1
+            self.metrics.fetch_queue_depth.dec()
 
     # -- incoming ------------------------------------------------------------------------------
 
@@ -197,6 +249,13 @@ class PitsConnection:
             return
         if isinstance(msg, m.Error):
             future.set_exception(msg.exception())
+        elif msg.body is not None and len(msg.body) > self.settings.max_body_bytes:
+            future.set_exception(
+                ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"pits sent {len(msg.body)} bytes, over the {self.settings.max_body_bytes} byte cap",
+                )
+            )
         else:
             future.set_result(msg)
 
@@ -225,12 +284,44 @@ class PitsConnection:
         if now - self.last_rx > self.settings.ping_timeout:
             self.close(GOING_AWAY, f"silent for {self.settings.ping_timeout:g} s")
             return
+        if self.state == "open" and self._token_expired():
+            self.close(CloseCode.TOKEN_EXPIRED, "token expired")
+            return
+        if self.state == "open":
+            self._maybe_renew()
         if now - self.last_ping_sent >= self.settings.ping_interval:
             self.last_ping_sent = now
             self._pings = {
                 k: t for k, t in self._pings.items() if now - t < self.settings.ping_timeout
             }
             self._pings[self._send(m.Ping())] = now
+
+    def _token_expired(self) -> bool:
+        exp = self.claims.get("exp")
+        return isinstance(exp, int | float) and self.wall() > exp + LEEWAY_S
+
+    def _maybe_renew(self) -> None:
+        """Send a fresh token when this one is within `renew_before` of expiry (once)."""
+        exp = self.claims.get("exp")
+        before = self.settings.renew_before
+        if (
+            self.renewed
+            or self._renew is None
+            or before is None
+            or not isinstance(exp, int | float)
+        ):
+            return
+        if exp - self.wall() > before:
+            return
+        self.renewed = True
+        token = self._renew(self.claims)
+        self._send(m.Token(token=token))
+        log.info("token renewed over the connection", extra={"pits_id": self.pits_id})
+
+    def revoke_if(self, revoked: frozenset[str]) -> None:
+        """Close this connection if its token has been revoked since it connected."""
+        if self.claims.get("jti") in revoked:
+            self.close(CloseCode.TOKEN_EXPIRED, "token revoked")
 
     def describe(self) -> dict[str, Any]:
         """What the admin view shows of this connection."""
@@ -242,6 +333,8 @@ class PitsConnection:
             "protocolVersion": self.hello.protocol_version if self.hello else None,
             "roundTripMs": None if self.round_trip is None else round(self.round_trip * 1000, 1),
             "inFlight": self.in_flight,
+            "queue": self.queued,
+            "shed": self.shed,
             "errors": self.errors,
             "fetches": self.fetches,
         }
@@ -282,6 +375,14 @@ class Registry:
     def tick(self) -> None:
         for conn in list(self.all):
             conn.tick()
+
+    def max_queue(self) -> int:
+        """The deepest per-pits queue right now (readiness turns on it)."""
+        return max((conn.queued for conn in self.all), default=0)
+
+    def revoke(self, revoked: frozenset[str]) -> None:
+        for conn in list(self.all):
+            conn.revoke_if(revoked)
 
     def _gauge(self) -> None:
         counts = {"handshake": 0, "open": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from tornado.escape import url_escape, xhtml_escape
 
 from cloud import TokenError
 from cloud.control import PitsConnection
+from cloud.ratelimit import client_ip
 from cloud.relay import Served
 from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
@@ -42,11 +44,19 @@ class BaseHandler(tornado.web.RequestHandler):
     def compute_etag(self) -> None:
         return None
 
-    def write_json_error(self, code: ErrorCode, message: str, status: int | None = None) -> None:
+    def write_json_error(
+        self,
+        code: ErrorCode,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.set_status(status or HTTP_STATUS[code])
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        if code in RETRY_AFTER:
+        if retry_after is not None:
+            self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
+        elif code in RETRY_AFTER:
             self.set_header("Retry-After", RETRY_AFTER[code])
         self.relay.metrics.errors.labels(str(code)).inc()
         self.finish(ujson.dumps({"error": {"code": str(code), "message": message}}))
@@ -87,12 +97,32 @@ class DataHandler(BaseHandler):
     async def _serve(self, *, head: bool) -> None:
         request_id = uuid.uuid4().hex
         self.set_header("X-Request-Id", request_id)
+        ip = client_ip(
+            self.request.remote_ip or "",
+            self.request.headers.get("X-Forwarded-For"),
+            self.relay.trusted_proxies,
+        )
+        wait = self.relay.client_limiter.check(ip, self.relay.clock())
+        if wait:
+            self.relay.metrics.rate_limited.labels("client").inc()
+            self.write_json_error(
+                ErrorCode.BUSY, "too many requests from this address", 429, retry_after=wait
+            )
+            return
         try:
             check_method(self.request.method or "")
             pits_id, path = self.relay.route(normalize_path(self.request.path))
             served = await self.relay.relay.get(pits_id, path, request_id=request_id)
         except ProtocolError as exc:
-            self.write_json_error(exc.code, exc.message)
+            details = exc.details or {}
+            status = details.get("httpStatus")
+            retry = details.get("retryAfter")
+            self.write_json_error(
+                exc.code,
+                exc.message,
+                status if isinstance(status, int) else None,
+                retry if isinstance(retry, int | float) else None,
+            )
             return
         self._write_served(served, head=head)
 
@@ -203,9 +233,20 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
+    """503 while some pits queue is over the threshold, so a balancer sends traffic elsewhere."""
+
     def get(self) -> None:
+        ready = self.relay.ready()
         self.set_header("Cache-Control", "no-store")
-        self.finish({"ready": True, "connections": len(self.relay.registry.live())})
+        self.set_status(200 if ready else 503)
+        self.finish(
+            {
+                "ready": ready,
+                "connections": len(self.relay.registry.live()),
+                "maxQueue": self.relay.registry.max_queue(),
+                "queueThreshold": self.relay.config.ready_queue_threshold,
+            }
+        )
 
 
 class Generate204Handler(BaseHandler):

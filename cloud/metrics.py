@@ -58,6 +58,10 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.shed = Counter(P + "shed", "Requests shed because a pits queue was full", registry=r)
+        self.rate_limited = Counter(
+            P + "rate_limited", "Requests refused by a rate limit", ["scope"], registry=r
+        )
         self.auth_failures = Counter(
             P + "auth_failures", "Control connections refused before upgrade", registry=r
         )

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from cloud.cache import Cache, CacheKey, Entry
 from cloud.control import Registry
 from cloud.metrics import Metrics
+from cloud.ratelimit import RateLimiter
 from wire import ErrorCode, ProtocolError
-from wire.canonical import etag_of
+from wire.canonical import etag_of, is_json_path
 from wire.errors import STALE_OK
 from wire.messages import Fetch
 from wire.paths import Allowlist
@@ -25,6 +26,11 @@ log = logging.getLogger("pitlink.cloud.relay")
 audit = logging.getLogger("pitlink.cloud.audit")
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def _is_json_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in ("application/json", "text/json") or media.endswith("+json")
 
 
 class Freshness:
@@ -79,6 +85,7 @@ class Relay:
         metrics: Metrics,
         freshness: Freshness,
         fetch_timeout: float = 8.0,
+        pits_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.registry = registry
@@ -86,6 +93,7 @@ class Relay:
         self.metrics = metrics
         self.freshness = freshness
         self.fetch_timeout = fetch_timeout
+        self.pits_limiter = RateLimiter(None) if pits_limiter is None else pits_limiter
         self.clock = clock
         self._flights: dict[CacheKey, asyncio.Future[Served]] = {}
         self.waiting = 0  # public requests waiting on a revalidation
@@ -169,6 +177,14 @@ class Relay:
         conn = self.registry.get(pits_id)
         if conn is None:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
+        wait = self.pits_limiter.check(pits_id, self.clock())
+        if wait:
+            self.metrics.rate_limited.labels("pits").inc()
+            raise ProtocolError(
+                ErrorCode.BUSY,
+                f"fetch rate limit of pits {pits_id} reached",
+                {"retryAfter": wait, "httpStatus": 429},
+            )
         fetch = Fetch(
             method=method,
             path=path,
@@ -208,12 +224,15 @@ class Relay:
         etag = etag_of(body)
         if reply.etag is not None and reply.etag != etag:
             raise ProtocolError(ErrorCode.BAD_CONTENT, "body does not match its ETag")
-        fresh = Entry(
-            body=body,
-            etag=etag,
-            content_type=reply.content_type or DEFAULT_CONTENT_TYPE,
-            fetched_at=now,
-        )
+        content_type = reply.content_type or DEFAULT_CONTENT_TYPE
+        fresh = Entry(body=body, etag=etag, content_type=content_type, fetched_at=now)
+        if is_json_path(path) and not _is_json_type(content_type):
+            # Our agent labels what it validated; anything else is not trusted as data.
+            log.warning(
+                "JSON path answered with a non-JSON content type; not cached",
+                extra={"pits_id": pits_id, "path": path, "content_type": content_type[:80]},
+            )
+            return _served(fresh, "MISS", 0.0)
         self.cache.put(key, fresh)
         self.metrics.cache_entries.set(len(self.cache))
         self.metrics.cache_bytes.set(self.cache.bytes)

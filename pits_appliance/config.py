@@ -30,6 +30,7 @@ class AgentConfig:
     fetch_timeout: float = 5.0
     max_body_bytes: int = 8 * MIB
     origin_concurrency: int = 2
+    max_concurrent_commands: int = 8
     ping_interval: float = 5.0
     ping_timeout: float = 15.0
     reconnect_base: float = 1.0
@@ -58,6 +59,13 @@ def _http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("expected an address like http://192.168.1.20:8080")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.origin_concurrency,
         help="requests to FPVTrackside at once (default %(default)s)",
+    )
+    a(
+        "--max-concurrent-commands",
+        type=_positive_int,
+        default=d.max_concurrent_commands,
+        help="fetches handled at once; more are answered BUSY (default %(default)s)",
     )
     a(
         "--ping-interval",
@@ -188,6 +202,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
         fetch_timeout=ns.fetch_timeout,
         max_body_bytes=ns.max_body_bytes,
         origin_concurrency=ns.origin_concurrency,
+        max_concurrent_commands=ns.max_concurrent_commands,
         ping_interval=ns.ping_interval,
         ping_timeout=ns.ping_timeout,
         reconnect_base=ns.reconnect_base,

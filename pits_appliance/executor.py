@@ -7,11 +7,12 @@ refused (BAD_CONTENT) instead of replacing good data anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 
-from pits_appliance.origin import Origin
-from wire import ProtocolError
+from pits_appliance.origin import Origin, OriginReply
+from wire import ErrorCode, ProtocolError
 from wire.canonical import etag_matches, is_json_path, prepare_body
 from wire.messages import Fetch, Response
 from wire.paths import Allowlist, check_method, normalize_path
@@ -40,6 +41,27 @@ class Executor:
         self.origin = origin
         self.allowlist = allowlist
         self.fetch_timeout = fetch_timeout
+        self._flights: dict[str, asyncio.Future[OriginReply]] = {}
+
+    async def _origin_get(self, path: str, timeout: float) -> OriginReply:
+        """One origin request per path at a time: identical fetches share it."""
+        flight = self._flights.get(path)
+        if flight is None:
+            flight = asyncio.ensure_future(self.origin.get(path, timeout))
+            self._flights[path] = flight
+            flight.add_done_callback(lambda f: self._land(path, f))
+        try:
+            return await asyncio.wait_for(asyncio.shield(flight), timeout)
+        except TimeoutError:
+            raise ProtocolError(
+                ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
+            ) from None
+
+    def _land(self, path: str, flight: asyncio.Future[OriginReply]) -> None:
+        if self._flights.get(path) is flight:
+            del self._flights[path]
+        if not flight.cancelled():
+            flight.exception()  # retrieved: every waiter may have timed out
 
     async def execute(self, fetch: Fetch) -> Response:
         method = check_method(fetch.method)
@@ -47,12 +69,17 @@ class Executor:
         self.allowlist.check(path)
         timeout = min(self.fetch_timeout, fetch.timeout_ms / 1000)
         # Always GET, even for HEAD: the ETag is the hash of the body.
-        reply = await self.origin.get(path, timeout)
+        reply = await self._origin_get(path, timeout)
         if reply.status != 200:
             return Response(
                 status=reply.status,
                 content_type=reply.content_type,
                 body=None if method == "HEAD" else reply.body,
+            )
+        if is_json_path(path) and (reply.content_type or "").lower().startswith("text/html"):
+            log.warning(
+                "FPVTrackside answered a JSON path with an HTML page",
+                extra={"path": path, "origin_type": reply.content_type},
             )
         try:
             body, etag = prepare_body(path, reply.body)

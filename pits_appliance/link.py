@@ -300,6 +300,14 @@ class CloudLink:
             return
         msg = frame.message
         if isinstance(msg, m.Fetch):
+            if len(self._tasks) >= self.config.max_concurrent_commands:
+                self.metrics.fetches.labels(str(ErrorCode.BUSY)).inc()
+                busy = m.Error(
+                    code=ErrorCode.BUSY,
+                    message=f"the pits is already handling {len(self._tasks)} fetches",
+                )
+                self._send(ws, busy, frame.id)
+                return
             task = asyncio.ensure_future(self._fetch(ws, frame.id, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import tornado.httpclient
 import tornado.iostream
 from tornado.httputil import HTTPInputError
-from tornado.simple_httpclient import HTTPTimeoutError
+from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from wire import ErrorCode, ProtocolError
 from wire.paths import encode_path
@@ -22,7 +22,12 @@ from wire.paths import encode_path
 log = logging.getLogger("pitlink.pits.origin")
 
 # Failures of the connection itself, before FPVTrackside said anything: worth one retry.
-_CONNECT_ERRORS = (ConnectionRefusedError, ConnectionResetError, tornado.iostream.StreamClosedError)
+_CONNECT_ERRORS = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    tornado.iostream.StreamClosedError,
+    HTTPStreamClosedError,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,37 @@ class OriginReply:
     status: int
     content_type: str | None
     body: bytes
+
+
+class _TooLarge(HTTPInputError):
+    """Raised inside tornado's callbacks to stop reading; tornado closes the connection."""
+
+
+class _SizeGuard:
+    """Collects a body and stops the read as soon as it passes the cap: never more in memory."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.over = False
+        self.started = False
+
+    def on_header(self, line: str) -> None:
+        self.started = True
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length" and value.strip().isdigit():
+            if int(value) > self.cap:
+                self.over = True
+                raise _TooLarge("Content-Length over the cap")
+
+    def on_chunk(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.cap:
+            self.over = True
+            self.chunks.clear()
+            raise _TooLarge("body over the cap")
+        self.chunks.append(chunk)
 
 
 class Origin:
@@ -52,8 +88,9 @@ class Origin:
         self._client = tornado.httpclient.AsyncHTTPClient(
             force_instance=True,
             max_clients=max(concurrency, 1) * 4,
-            max_body_size=max_body_bytes,
-            max_buffer_size=max_body_bytes,
+            # The cap is enforced by _SizeGuard as the body streams in, not by tornado,
+            # so that going over it is told apart from a dropped connection.
+            max_body_size=1 << 40,
         )
 
     async def get(self, path: str, timeout: float) -> OriginReply:
@@ -76,6 +113,7 @@ class Origin:
         raise ProtocolError(ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s")
 
     async def _get_once(self, path: str, timeout: float) -> OriginReply:
+        guard = _SizeGuard(self.max_body_bytes)
         request = tornado.httpclient.HTTPRequest(
             self.base_url + encode_path(path),
             method="GET",
@@ -84,44 +122,31 @@ class Origin:
             follow_redirects=False,
             decompress_response=True,
             headers={"Accept": "*/*", "Cache-Control": "no-cache"},
+            header_callback=guard.on_header,
+            streaming_callback=guard.on_chunk,
         )
         try:
             response = await self._client.fetch(request, raise_error=False)
-        except HTTPInputError as exc:
-            raise self._too_large(exc) from None
-        except tornado.httpclient.HTTPClientError as exc:  # timeouts arrive as code 599
+        except HTTPTimeoutError:
             raise ProtocolError(
-                ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s: {exc}"
+                ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
             ) from None
-        except OSError as exc:
-            if isinstance(exc, _CONNECT_ERRORS):
-                raise
+        except (tornado.httpclient.HTTPClientError, OSError) as exc:
+            if guard.over:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"FPVTrackside sent more than the {self.max_body_bytes} byte cap for {path}",
+                ) from None
+            if isinstance(exc, _CONNECT_ERRORS) and not guard.started:
+                raise  # the caller retries this once
             raise ProtocolError(
                 ErrorCode.ORIGIN_UNREACHABLE,
-                f"FPVTrackside at {self.base_url} is unreachable: {exc}",
+                f"FPVTrackside at {self.base_url} failed: {type(exc).__name__}: {exc}",
             ) from None
-        if response.code == 599:
-            error = response.error
-            if isinstance(error, _CONNECT_ERRORS):
-                raise error
-            if isinstance(error, HTTPInputError):
-                raise self._too_large(error)
-            if isinstance(error, HTTPTimeoutError):
-                raise ProtocolError(
-                    ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
-                )
-            raise ProtocolError(
-                ErrorCode.ORIGIN_UNREACHABLE, f"FPVTrackside at {self.base_url} failed: {error}"
-            )
         return OriginReply(
             status=response.code,
             content_type=response.headers.get("Content-Type"),
-            body=response.body or b"",
-        )
-
-    def _too_large(self, exc: Exception) -> ProtocolError:
-        return ProtocolError(
-            ErrorCode.TOO_LARGE, f"body over the {self.max_body_bytes} byte cap ({exc})"
+            body=b"".join(guard.chunks),
         )
 
     def close(self) -> None:

@@ -568,6 +568,7 @@ class Simulator:
         self.queued = 0  # arrived and waiting for the lock
         self.in_flight = 0  # holding the lock: never more than 1
         self.max_in_flight = 0
+        self.max_open = 0  # most requests ever arrived and unanswered at once (queued + in flight)
         self.request_log: list[tuple[str, str]] = []
         self.traversals: list[str] = []
         self.lap_interval = lap_interval
@@ -693,6 +694,7 @@ class Simulator:
         self.requests_total += 1
         _remember(self.request_log, (method, raw_path))
         self.queued += 1
+        self.max_open = max(self.max_open, self.queued + self.in_flight)
         self._active += 1
         self._idle.clear()
         waiting = True

@@ -44,6 +44,19 @@ def make_keys(directory: Path, kid: str = "k1") -> tuple[Path, KeySet]:
     return path, KeySet.load(path)
 
 
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class System:
     """A simulator, a relay and an agent on loopback, with handles on all three."""
 
@@ -76,8 +89,11 @@ class System:
         )
         return replace(base, **overrides)
 
-    async def start_relay(self, **overrides: Any) -> CloudRelay:
-        self.relay = CloudRelay(self.relay_config(**overrides))
+    async def start_relay(
+        self, *, clock: Callable[[], float] | None = None, **overrides: Any
+    ) -> CloudRelay:
+        config = self.relay_config(**overrides)
+        self.relay = CloudRelay(config) if clock is None else CloudRelay(config, clock=clock)
         self.relay_port = await self.relay.start()
         return self.relay
 

@@ -20,9 +20,10 @@ async def sim() -> AsyncIterator[Simulator]:
 
 @pytest.fixture
 async def system(tmp_path: Path, sim: Simulator) -> AsyncIterator[System]:
-    """Simulator, relay (freshness 0: every request revalidates) and a connected agent."""
+    """Simulator, relay and a connected agent; freshness 0 (every request revalidates) and no
+    rate limits, so that tests see the chain itself. Limits have tests of their own."""
     s = System(tmp_path, sim)
-    await s.start_relay(freshness=0.0)
+    await s.start_relay(freshness=0.0, client_rate=None, pits_fetch_rate=None)
     await s.start_agent()
     yield s
     await s.close()

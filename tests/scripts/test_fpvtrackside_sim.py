@@ -328,6 +328,7 @@ async def test_hold_piles_requests_up_behind_the_first(sim: Simulator) -> None:
     assert [r.status for r in replies] == [200] * 3
     assert replies[1].body == (sim.root / "events" / sim.event_id / "Event.json").read_bytes()
     assert (sim.in_flight, sim.queued, sim.max_in_flight) == (0, 0, 1)
+    assert sim.max_open == 3
 
 
 async def test_half_written_file_is_invalid_json(sim: Simulator) -> None:

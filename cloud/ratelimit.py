@@ -1,0 +1,91 @@
+"""Token-bucket rate limits, and which address a request really came from.
+
+Time is passed in, so the limits are tested without sleeping. Buckets are kept per key in a
+bounded LRU map, so a flood of distinct addresses cannot grow memory without end.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Iterable
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TokenBucket:
+    """`rate` tokens a second, up to `burst` saved up; each request takes one."""
+
+    __slots__ = ("burst", "rate", "tokens", "updated")
+
+    def __init__(self, rate: float, burst: float, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.updated = now
+
+    def take(self, now: float) -> float:
+        """0.0 if a token was taken, else the seconds until one will be there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RateLimiter:
+    """One bucket per key; `rate` None or 0 turns the limit off."""
+
+    def __init__(self, rate: float | None, burst: float | None = None, *, max_keys: int = 100_000):
+        self.rate = rate or None
+        self.burst = max(1.0, burst if burst else (rate or 1.0))
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def check(self, key: str, now: float) -> float:
+        """0.0 if allowed, else the seconds to wait (for Retry-After)."""
+        if self.rate is None:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or CIDR ranges, e.g. `127.0.0.1`, `10.0.0.0/8`, `::1`."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
+
+
+def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def client_ip(remote: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
+    """The client's address: `X-Forwarded-For` counts only when it came from a trusted proxy.
+
+    Walking the header from the right, the first address that is not a trusted proxy is the
+    client; anything to its left could have been written by the client itself.
+    """
+    if not forwarded_for or not _trusted(remote, trusted):
+        return remote
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return remote
+    return hops[0] if hops else remote
