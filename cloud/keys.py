@@ -35,7 +35,7 @@ class KeySet:
     """Verification keys by `kid`, and the signing key (the first in the file)."""
 
     def __init__(self, jwks: dict[str, Any]):
-        keys = jwks.get("keys")
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
         if not isinstance(keys, list) or not keys:
             raise ValueError("key set has no keys")
         self._keys: dict[str, jwt.PyJWK] = {}
@@ -43,7 +43,10 @@ class KeySet:
         for raw in keys:
             if not isinstance(raw, dict) or raw.get("kty") not in _ALGORITHMS or not raw.get("kid"):
                 raise ValueError("every key needs kty 'oct' and a kid")
-            key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]])
+            try:
+                key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]])
+            except (KeyError, TypeError, ValueError, jwt.PyJWTError) as exc:
+                raise ValueError(f"key {raw['kid']!r} is damaged: {exc!r}") from None
             self._keys[raw["kid"]] = key
             self.kids.append(raw["kid"])
 
@@ -113,6 +116,10 @@ class KeySet:
         except jwt.PyJWTError as exc:
             raise TokenError(f"token refused: {type(exc).__name__}") from None
         if now is not None:
+            for name in ("exp", "iat", "nbf"):
+                value = claims.get(name, 0)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise TokenError(f"token claim {name} is not a number")
             if claims["exp"] + LEEWAY_S < now:
                 raise TokenError("token expired")
             if claims.get("nbf", claims["iat"]) - LEEWAY_S > now:

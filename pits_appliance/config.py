@@ -177,7 +177,8 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
     try:
         if config_path is not None:
             try:
-                text = config_path.read_text(encoding="utf-8")
+                # utf-8-sig: Notepad's "UTF-8 with BOM" must read like plain UTF-8.
+                text = config_path.read_text(encoding="utf-8-sig")
             except OSError as exc:
                 raise ConfigError(
                     f"cannot read config file {config_path}: {exc.strerror}"

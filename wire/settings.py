@@ -70,6 +70,9 @@ def resolve(
     """
     file_values = dict(file_values or {})
     known: set[str] = set()
+    # A repeatable flag given on the command line replaces the environment's list; it must
+    # not add to it (on the pits that would widen the allowlist behind the operator's back).
+    lists: dict[str, list[object]] = {}
     for action in parser._actions:
         key = key_of(action)
         if key is None:
@@ -84,15 +87,20 @@ def resolve(
         if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
             action.default = parse_bool(origin, raw)
         elif isinstance(action, argparse._AppendAction):
-            action.default = [
+            lists[action.dest] = [
                 _convert(action, origin, v.strip()) for v in raw.split(",") if v.strip()
             ]
+            action.default = None
         else:
             action.default = _convert(action, origin, raw)
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise SettingsError(f"unknown setting {unknown[0]} in the config file")
-    return parser.parse_args(list(argv))
+    namespace = parser.parse_args(list(argv))
+    for dest, values in lists.items():
+        if getattr(namespace, dest) is None:
+            setattr(namespace, dest, values)
+    return namespace
 
 
 def _convert(action: argparse.Action, origin: str, raw: str) -> object:
