@@ -1,0 +1,59 @@
+"""Plain objects of the relay wired together without a server, over a fake transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from cloudfakes import Clock, FakeTransport, pits_hello
+
+from cloud.control import ControlSettings, PitsConnection, Registry
+from cloud.metrics import Metrics
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def registry(metrics: Metrics) -> Registry:
+    return Registry(metrics)
+
+
+Connect = Callable[..., tuple[PitsConnection, FakeTransport]]
+
+
+@pytest.fixture
+def connect(registry: Registry, metrics: Metrics, clock: Clock) -> Connect:
+    """Open a pits connection the way the handler does; by default finish its handshake."""
+
+    def _connect(
+        pits_id: str = "p1",
+        *,
+        hello: bool = True,
+        settings: ControlSettings | None = None,
+    ) -> tuple[PitsConnection, FakeTransport]:
+        transport = FakeTransport()
+        conn = PitsConnection(
+            pits_id=pits_id,
+            claims={"sub": pits_id, "role": "pits"},
+            transport=transport,
+            registry=registry,
+            settings=settings or ControlSettings(),
+            metrics=metrics,
+            clock=clock,
+            wall=lambda: 1_700_000_000.0,
+        )
+        registry.add(conn)
+        conn.start()
+        if hello:
+            conn.on_text(pits_hello(pits_id))
+        return conn, transport
+
+    return _connect

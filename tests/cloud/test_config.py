@@ -1,0 +1,193 @@
+"""`cloud-relay serve` settings: flags, PITLINK_* environment, and which one wins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloud.config import CloudConfig, config_from_args
+from wire.paths import DEFAULT_ALLOWLIST
+from wire.settings import SettingsError
+
+JWKS = ["--jwks", "/etc/pitlink/jwks.json"]
+
+
+def test_defaults() -> None:
+    config = config_from_args(JWKS, env={})
+    assert isinstance(config, CloudConfig)
+    assert config.jwks == Path("/etc/pitlink/jwks.json")
+    assert (config.host, config.port) == ("127.0.0.1", 8080)
+    assert config.fetch_timeout == 8.0
+    assert config.freshness == 1.0
+    assert config.ttl == ()
+    assert config.public_allowlist == DEFAULT_ALLOWLIST
+    assert config.active_pits is None
+    assert config.log_level == "INFO"
+
+
+def test_flags() -> None:
+    config = config_from_args(
+        [
+            *JWKS,
+            "--host=0.0.0.0",
+            "--port",
+            "9000",
+            "--fetch-timeout",
+            "2.5",
+            "--freshness",
+            "0",
+            "--cache-max-entries",
+            "10",
+            "--cache-max-bytes",
+            "2048",
+            "--max-body-bytes",
+            "1024",
+            "--ping-interval",
+            "1",
+            "--ping-timeout",
+            "3",
+            "--active-pits",
+            "club-42",
+            "--log-level",
+            "debug",
+        ],
+        env={},
+    )
+    assert (config.host, config.port) == ("0.0.0.0", 9000)
+    assert config.fetch_timeout == 2.5
+    assert config.freshness == 0.0
+    assert (config.cache_max_entries, config.cache_max_bytes) == (10, 2048)
+    assert config.max_body_bytes == 1024
+    assert (config.ping_interval, config.ping_timeout) == (1.0, 3.0)
+    assert config.active_pits == "club-42"
+    assert config.log_level == "DEBUG"
+
+
+def test_environment_maps_every_flag() -> None:
+    env = {
+        "PITLINK_JWKS": "/srv/jwks.json",
+        "PITLINK_HOST": "::",
+        "PITLINK_PORT": "8443",
+        "PITLINK_FETCH_TIMEOUT": "3",
+        "PITLINK_FRESHNESS": "0.5",
+        "PITLINK_TTL": "/events/*/Results.json=5, /httpfiles/**=60",
+        "PITLINK_CACHE_MAX_ENTRIES": "50",
+        "PITLINK_CACHE_MAX_BYTES": "4096",
+        "PITLINK_MAX_BODY_BYTES": "512",
+        "PITLINK_PING_INTERVAL": "2",
+        "PITLINK_PING_TIMEOUT": "6",
+        "PITLINK_PUBLIC_ALLOWLIST": "/events/**,/",
+        "PITLINK_ACTIVE_PITS": "club-7",
+        "PITLINK_LOG_LEVEL": "warning",
+    }
+    config = config_from_args([], env=env)
+    assert config.jwks == Path("/srv/jwks.json")
+    assert (config.host, config.port) == ("::", 8443)
+    assert config.fetch_timeout == 3.0
+    assert config.freshness == 0.5
+    assert config.ttl == (("/events/*/Results.json", 5.0), ("/httpfiles/**", 60.0))
+    assert (config.cache_max_entries, config.cache_max_bytes) == (50, 4096)
+    assert config.max_body_bytes == 512
+    assert (config.ping_interval, config.ping_timeout) == (2.0, 6.0)
+    assert config.public_allowlist == ("/events/**", "/")
+    assert config.active_pits == "club-7"
+    assert config.log_level == "WARNING"
+
+
+def test_other_environment_is_ignored() -> None:
+    config = config_from_args(JWKS, env={"FETCH_TIMEOUT": "1", "PITLINK_UNKNOWN": "x"})
+    assert config.fetch_timeout == 8.0
+
+
+def test_flags_beat_the_environment() -> None:
+    env = {
+        "PITLINK_JWKS": "/env/jwks.json",
+        "PITLINK_FETCH_TIMEOUT": "3",
+        "PITLINK_PORT": "7000",
+        "PITLINK_FRESHNESS": "9",
+    }
+    config = config_from_args(
+        ["--jwks", "/flag/jwks.json", "--fetch-timeout", "4", "--port", "7001"], env=env
+    )
+    assert config.jwks == Path("/flag/jwks.json")
+    assert config.fetch_timeout == 4.0
+    assert config.port == 7001
+    assert config.freshness == 9.0  # no flag: the environment stands
+
+
+@pytest.mark.parametrize(
+    ("flag", "env_value", "flag_value", "field", "expected"),
+    [
+        ("--public-allowlist", "/**", "/events/**", "public_allowlist", ("/events/**",)),
+        ("--ttl", "/**=60", "/events/**=2", "ttl", (("/events/**", 2.0),)),
+    ],
+)
+def test_repeatable_flags_beat_the_environment(
+    flag: str, env_value: str, flag_value: str, field: str, expected: tuple
+) -> None:
+    env_key = "PITLINK_" + flag[2:].replace("-", "_").upper()
+    config = config_from_args([*JWKS, flag, flag_value], env={env_key: env_value})
+    assert getattr(config, field) == expected
+
+
+def test_ttl_rules_parsed_in_order() -> None:
+    config = config_from_args(
+        [*JWKS, "--ttl", "/events/*/Results.json=5", "--ttl", "/httpfiles/**=0.25"], env={}
+    )
+    assert config.ttl == (("/events/*/Results.json", 5.0), ("/httpfiles/**", 0.25))
+
+
+def test_ttl_pattern_may_hold_an_equals_sign() -> None:
+    config = config_from_args([*JWKS, "--ttl", "/a=b/*=3"], env={})
+    assert config.ttl == (("/a=b/*", 3.0),)
+
+
+@pytest.mark.parametrize(
+    "rule", ["/events/**", "events/**=5", "/events/**=soon", "/events/**=-1", "=5", "/x="]
+)
+def test_invalid_ttl_flag_exits_2_naming_the_flag(
+    rule: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        config_from_args([*JWKS, "--ttl", rule], env={})
+    assert caught.value.code == 2
+    assert "--ttl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", ["/events/**", "/events/**=soon", "/events/**=-1"])
+def test_invalid_ttl_in_the_environment_names_the_variable(rule: str) -> None:
+    with pytest.raises(SettingsError, match="PITLINK_TTL"):
+        config_from_args(JWKS, env={"PITLINK_TTL": rule})
+
+
+def test_bad_number_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="PITLINK_FETCH_TIMEOUT"):
+        config_from_args(JWKS, env={"PITLINK_FETCH_TIMEOUT": "eight"})
+
+
+def test_jwks_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        config_from_args(["--port", "9000"], env={})
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--jwks" in err.strip().splitlines()[-1]
+    assert "PITLINK_JWKS" in err
+
+
+def test_jwks_from_the_environment_is_enough() -> None:
+    assert config_from_args([], env={"PITLINK_JWKS": "/k.json"}).jwks == Path("/k.json")
+
+
+def test_repeated_public_allowlist() -> None:
+    config = config_from_args(
+        [*JWKS, "--public-allowlist", "/events/**", "--public-allowlist", "/httpfiles/*.json"],
+        env={},
+    )
+    assert config.public_allowlist == ("/events/**", "/httpfiles/*.json")
+
+
+def test_config_is_frozen() -> None:
+    config = config_from_args(JWKS, env={})
+    with pytest.raises(AttributeError):
+        config.port = 1  # type: ignore[misc]

@@ -1,0 +1,259 @@
+"""`pits-agent` settings: flags, PITLINK_* environment and the KEY=VALUE file, in that order.
+
+(Named test_agent_config.py, not test_config.py: tests/cloud/test_config.py has that basename
+and pytest's default import mode needs basenames unique across test folders without
+__init__.py.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pits_appliance import ConfigError
+from pits_appliance.config import AgentConfig, control_url, load_config
+from wire.paths import DEFAULT_ALLOWLIST
+
+REQUIRED = ["--cloud-url", "https://relay.example.com", "--token-file", "/var/lib/pitlink/token"]
+
+
+def conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pitlink.conf"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(REQUIRED, env={})
+    assert isinstance(config, AgentConfig)
+    assert config.cloud_url == "https://relay.example.com"
+    assert config.token_file == Path("/var/lib/pitlink/token")
+    assert config.fpvtrackside == "http://127.0.0.1:8080"
+    assert config.pits_id is None
+    assert (config.status_host, config.status_port) == ("0.0.0.0", 8081)
+    assert config.allowlist == DEFAULT_ALLOWLIST
+    assert config.fetch_timeout == 5.0
+    assert config.max_body_bytes == 8 * 1024 * 1024
+    assert config.origin_concurrency == 2
+    assert (config.reconnect_base, config.reconnect_cap) == (1.0, 60.0)
+    assert config.log_level == "INFO"
+
+
+def test_flags() -> None:
+    config = load_config(
+        [
+            *REQUIRED,
+            "--fpvtrackside",
+            "192.168.1.20:8080/",
+            "--pits-id",
+            "club-42",
+            "--status-port",
+            "80",
+            "--allow",
+            "/events/**",
+            "--allow",
+            "/",
+            "--fetch-timeout",
+            "2.5",
+            "--max-body-bytes",
+            "1000",
+            "--origin-concurrency",
+            "1",
+            "--ping-interval",
+            "3",
+            "--ping-timeout",
+            "9",
+            "--reconnect-base",
+            "0.5",
+            "--reconnect-cap",
+            "30",
+            "--origin-check-interval",
+            "20",
+            "--log-level",
+            "debug",
+        ],
+        env={},
+    )
+    assert config.fpvtrackside == "http://192.168.1.20:8080"
+    assert config.pits_id == "club-42"
+    assert config.status_port == 80
+    assert config.allowlist == ("/events/**", "/")
+    assert config.fetch_timeout == 2.5
+    assert config.max_body_bytes == 1000
+    assert config.origin_concurrency == 1
+    assert (config.ping_interval, config.ping_timeout) == (3.0, 9.0)
+    assert (config.reconnect_base, config.reconnect_cap) == (0.5, 30.0)
+    assert config.origin_check_interval == 20.0
+    assert config.log_level == "DEBUG"
+
+
+def test_environment() -> None:
+    env = {
+        "PITLINK_CLOUD_URL": "http://127.0.0.1:8000",
+        "PITLINK_TOKEN_FILE": "/t",
+        "PITLINK_FPVTRACKSIDE": "http://10.0.0.5:8080",
+        "PITLINK_PITS_ID": "club-9",
+        "PITLINK_STATUS_PORT": "9081",
+        "PITLINK_ALLOW": "/events/**, /httpfiles/**",
+        "PITLINK_FETCH_TIMEOUT": "4",
+        "PITLINK_LOG_LEVEL": "warning",
+    }
+    config = load_config([], env=env)
+    assert config.cloud_url == "http://127.0.0.1:8000"
+    assert config.token_file == Path("/t")
+    assert config.fpvtrackside == "http://10.0.0.5:8080"
+    assert config.pits_id == "club-9"
+    assert config.status_port == 9081
+    assert config.allowlist == ("/events/**", "/httpfiles/**")
+    assert config.fetch_timeout == 4.0
+    assert config.log_level == "WARNING"
+
+
+def test_config_file_with_comments_blank_lines_and_quotes(tmp_path: Path) -> None:
+    path = conf(
+        tmp_path,
+        "# pitlink.conf, edited on a laptop\n"
+        "\n"
+        "CLOUD_URL = https://relay.example.com\n"
+        "   # an indented comment\n"
+        'TOKEN_FILE="/boot/pitlink token"\n'
+        "FPVTRACKSIDE='http://192.168.1.20:8080'\n"
+        "PITS_ID=club-42\n"
+        "FETCH_TIMEOUT=3\r\n"
+        "ALLOW=/events/**,/\n",
+    )
+    config = load_config(["--config", str(path)], env={})
+    assert config.cloud_url == "https://relay.example.com"
+    assert config.token_file == Path("/boot/pitlink token")
+    assert config.fpvtrackside == "http://192.168.1.20:8080"
+    assert config.pits_id == "club-42"
+    assert config.fetch_timeout == 3.0
+    assert config.allowlist == ("/events/**", "/")
+
+
+def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
+    path = conf(tmp_path, "CLOUD_URL=https://r.example\nTOKEN_FILE=/t\n")
+    config = load_config([], env={"PITLINK_CONFIG": str(path)})
+    assert config.cloud_url == "https://r.example"
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "expected"),
+    [("7", "6", 7.0), (None, "6", 6.0), (None, None, 5.5)],
+    ids=["flag-wins", "env-beats-file", "file-alone"],
+)
+def test_flags_beat_environment_beats_file(
+    tmp_path: Path, flag: str | None, env: str | None, expected: float
+) -> None:
+    path = conf(
+        tmp_path,
+        "CLOUD_URL=https://file.example\nTOKEN_FILE=/file\nFETCH_TIMEOUT=5.5\n",
+    )
+    argv = ["--config", str(path)] + (["--fetch-timeout", flag] if flag else [])
+    environ = {"PITLINK_FETCH_TIMEOUT": env} if env else {}
+    environ["PITLINK_CLOUD_URL"] = "https://env.example"
+    config = load_config([*argv, "--token-file", "/flag"], env=environ)
+    assert config.fetch_timeout == expected
+    assert config.cloud_url == "https://env.example"
+    assert config.token_file == Path("/flag")
+
+
+@pytest.mark.parametrize("source", ["env", "file"])
+def test_allow_flag_beats_environment_and_file(tmp_path: Path, source: str) -> None:
+    env = {"PITLINK_ALLOW": "/**"} if source == "env" else {}
+    argv = [*REQUIRED, "--allow", "/events/**"]
+    if source == "file":
+        argv += ["--config", str(conf(tmp_path, "ALLOW=/**\n"))]
+    assert load_config(argv, env=env).allowlist == ("/events/**",)
+
+
+def test_unknown_key_in_the_file_refused(tmp_path: Path) -> None:
+    path = conf(tmp_path, "CLOUD_URL=https://r.example\nTOKEN_FILE=/t\nCLOUD_ULR=typo\n")
+    with pytest.raises(ConfigError, match="CLOUD_ULR"):
+        load_config(["--config", str(path)], env={})
+
+
+def test_line_without_equals_refused(tmp_path: Path) -> None:
+    path = conf(tmp_path, "CLOUD_URL https://r.example\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        load_config(["--config", str(path), *REQUIRED], env={})
+
+
+def test_missing_file_is_one_plain_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.conf"
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--config", str(missing), *REQUIRED], env={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(missing) in message
+    assert "Traceback" not in message and "Errno" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("STATUS_PORT=eighty\n", "STATUS_PORT"),
+        ("FETCH_TIMEOUT=5s\n", "FETCH_TIMEOUT"),
+        ("MAX_BODY_BYTES=8MiB\n", "MAX_BODY_BYTES"),
+    ],
+)
+def test_bad_number_in_the_file_refused(tmp_path: Path, text: str, names: str) -> None:
+    path = conf(tmp_path, text)
+    with pytest.raises(ConfigError, match=names) as caught:
+        load_config(["--config", str(path), *REQUIRED], env={})
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_number_in_the_environment_refused() -> None:
+    with pytest.raises(ConfigError, match="PITLINK_STATUS_PORT"):
+        load_config(REQUIRED, env={"PITLINK_STATUS_PORT": "http"})
+
+
+def test_missing_cloud_url_or_token_file_refused() -> None:
+    with pytest.raises(ConfigError, match="CLOUD_URL"):
+        load_config(["--token-file", "/t"], env={})
+    with pytest.raises(ConfigError, match="TOKEN_FILE"):
+        load_config(["--cloud-url", "https://r.example"], env={})
+
+
+@pytest.mark.parametrize("url", ["relay.example.com", "ftp://relay.example.com", "https://"])
+def test_bad_cloud_url_refused_at_load(url: str) -> None:
+    with pytest.raises(ConfigError, match="cloud URL"):
+        load_config(["--cloud-url", url, "--token-file", "/t"], env={})
+
+
+def test_config_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "pitlink.conf"
+    path.write_bytes(b"\xef\xbb\xbfCLOUD_URL=https://r.example\r\nTOKEN_FILE=/t\r\n")
+    assert load_config(["--config", str(path)], env={}).cloud_url == "https://r.example"
+
+
+# -- the control URL --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cloud", "control"),
+    [
+        ("https://relay.example.com", "wss://relay.example.com/control?role=pits&version=1"),
+        ("https://relay.example.com/", "wss://relay.example.com/control?role=pits&version=1"),
+        ("http://127.0.0.1:8000", "ws://127.0.0.1:8000/control?role=pits&version=1"),
+        ("https://example.com/pitlink", "wss://example.com/pitlink/control?role=pits&version=1"),
+        ("https://example.com/a/b/", "wss://example.com/a/b/control?role=pits&version=1"),
+        ("wss://relay.example.com", "wss://relay.example.com/control?role=pits&version=1"),
+        ("ws://[::1]:8000", "ws://[::1]:8000/control?role=pits&version=1"),
+    ],
+)
+def test_control_url(cloud: str, control: str) -> None:
+    assert control_url(cloud) == control
+    config = load_config(["--cloud-url", cloud, "--token-file", "/t"], env={})
+    assert config.control_url == control
+
+
+@pytest.mark.parametrize(
+    "cloud", ["", "relay.example.com", "ftp://relay.example.com", "https://", "https:relay"]
+)
+def test_bad_control_url_refused(cloud: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        control_url(cloud)
+    assert "\n" not in str(caught.value)

@@ -1,0 +1,322 @@
+"""Executing fetch commands against a simulated FPVTrackside that has all the real one's quirks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from fpvtrackside_sim import Simulator
+from support import wait_for
+
+from pits_appliance.executor import JSON_TYPE, Executor, content_type_for
+from pits_appliance.origin import Origin
+from wire import ErrorCode, ProtocolError
+from wire.canonical import canonical_json, etag_of
+from wire.messages import Fetch, Response
+from wire.paths import Allowlist
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(seed=1, lap_interval=None)
+    await simulator.start(port=0)
+    yield simulator
+    if simulator.hold is not None:
+        simulator.hold.set()
+    await simulator.stop()
+
+
+@pytest.fixture
+async def origin(sim: Simulator) -> AsyncIterator[Origin]:
+    o = Origin(sim.url)
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def executor(origin: Origin) -> Executor:
+    return Executor(origin, Allowlist(), fetch_timeout=5.0)
+
+
+def get(path: str, *, method: str = "GET", etag: str | None = None, ms: int = 5000) -> Fetch:
+    return Fetch(method=method, path=path, timeout_ms=ms, if_none_match=etag)
+
+
+async def refused(executor: Executor, fetch: Fetch) -> ErrorCode:
+    with pytest.raises(ProtocolError) as caught:
+        await executor.execute(fetch)
+    return caught.value.code
+
+
+def canonical_file(sim: Simulator, path: str) -> bytes:
+    return canonical_json(json.loads((sim.root / path.lstrip("/")).read_bytes()))
+
+
+async def test_json_200_with_canonical_body_and_etag(executor: Executor, sim: Simulator) -> None:
+    path = f"{sim.event_path}/Event.json"
+    raw = (sim.root / path.lstrip("/")).read_bytes()
+    reply = await executor.execute(get(path))
+    expected = canonical_file(sim, path)
+    assert reply.status == 200
+    assert reply.body == expected
+    assert reply.body != raw  # FPVTrackside's CRLF-indented file is re-encoded
+    assert reply.etag == etag_of(expected)
+    assert reply.content_type == JSON_TYPE
+
+
+async def test_same_data_same_etag(executor: Executor, sim: Simulator) -> None:
+    path = "/httpfiles/Channels.json"
+    first = await executor.execute(get(path))
+    # Rewritten with other whitespace: the same data keeps its ETag.
+    file = sim.root / path.lstrip("/")
+    file.write_bytes(json.dumps(json.loads(file.read_bytes())).encode())
+    second = await executor.execute(get(path))
+    assert second.etag == first.etag
+    assert second.body == first.body
+
+
+async def test_304_when_if_none_match_matches(executor: Executor, sim: Simulator) -> None:
+    path = f"{sim.event_path}/Pilots.json"
+    etag = (await executor.execute(get(path))).etag
+    assert etag is not None
+    reply = await executor.execute(get(path, etag=etag))
+    assert reply == Response(status=304, etag=etag)
+    assert reply.body is None
+    other = await executor.execute(get(path, etag=etag_of(b"[]")))
+    assert (other.status, other.etag) == (200, etag)
+    assert other.body is not None
+
+
+async def test_head_has_the_etag_but_no_body(executor: Executor, sim: Simulator) -> None:
+    path = f"{sim.event_path}/Rounds.json"
+    full = await executor.execute(get(path))
+    head = await executor.execute(get(path, method="HEAD"))
+    assert head.status == 200
+    assert head.body is None
+    assert head.etag == full.etag
+    assert head.content_type == JSON_TYPE
+    assert sim.request_log[-1][0] == "GET"  # the origin is always asked with GET
+
+
+async def test_non_json_path_hashed_as_raw_bytes(executor: Executor, sim: Simulator) -> None:
+    reply = await executor.execute(get("/"))
+    assert reply.status == 200
+    assert reply.body is not None and b"<html" in reply.body.lower()
+    assert reply.etag == etag_of(reply.body)
+    assert reply.content_type is not None and reply.content_type.startswith("text/html")
+
+
+async def test_html_fallback_for_a_missing_json_file_is_bad_content(
+    executor: Executor, sim: Simulator
+) -> None:
+    assert await refused(executor, get("/httpfiles/Missing.json")) == ErrorCode.BAD_CONTENT
+
+
+async def test_half_written_file_is_bad_content(executor: Executor, sim: Simulator) -> None:
+    path = sim.race_path()
+    assert (await executor.execute(get(path))).status == 200
+    sim.half_written.add(path)
+    assert await refused(executor, get(path)) == ErrorCode.BAD_CONTENT
+
+
+async def test_missing_event_file_is_an_empty_array(executor: Executor, sim: Simulator) -> None:
+    path = f"{sim.event_path}/Results.json"
+    assert not (sim.root / path.lstrip("/")).exists()
+    reply = await executor.execute(get(path))
+    assert (reply.status, reply.body, reply.etag) == (200, b"[]", etag_of(b"[]"))
+    assert reply.content_type == JSON_TYPE
+
+
+@pytest.mark.parametrize("path", ["/secret.txt", "/Windows/win.ini", "/eventsX/a.json"])
+async def test_path_outside_the_allowlist_is_denied(
+    executor: Executor, sim: Simulator, path: str
+) -> None:
+    before = sim.requests_total
+    assert await refused(executor, get(path)) == ErrorCode.DENIED
+    assert sim.requests_total == before
+
+
+async def test_narrower_allowlist(origin: Origin, sim: Simulator) -> None:
+    executor = Executor(origin, Allowlist(["/events/**"]))
+    assert (await executor.execute(get(f"{sim.event_path}/Event.json"))).status == 200
+    assert await refused(executor, get("/httpfiles/Channels.json")) == ErrorCode.DENIED
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+async def test_other_methods_are_denied(executor: Executor, sim: Simulator, method: str) -> None:
+    before = sim.requests_total
+    assert await refused(executor, get("/", method=method)) == ErrorCode.DENIED
+    assert sim.requests_total == before
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/events/../../etc/passwd",
+        "/httpfiles/%2e%2e/%2e%2e/secret",
+        "/events/..",
+        "/events/%252e%252e/x",
+        "/events\\..\\x",
+    ],
+)
+async def test_traversal_is_a_bad_request(executor: Executor, sim: Simulator, path: str) -> None:
+    before = sim.requests_total
+    assert await refused(executor, get(path)) == ErrorCode.BAD_REQUEST
+    assert sim.requests_total == before
+    assert sim.traversals == []
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_stopped_origin_is_unreachable_after_one_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = Simulator(seed=2, lap_interval=None)
+    await dead.start(port=0)
+    url = dead.url
+    await dead.stop()
+    caplog.set_level(logging.INFO, logger="pitlink.pits.origin")
+    origin = Origin(url)
+    try:
+        executor = Executor(origin, Allowlist())
+        assert await refused(executor, get("/httpfiles/Channels.json")) == (
+            ErrorCode.ORIGIN_UNREACHABLE
+        )
+    finally:
+        origin.close()
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 1
+
+
+async def test_a_connection_refused_twice_is_unreachable() -> None:
+    origin = Origin(f"http://127.0.0.1:{closed_port()}")
+    try:
+        started = time.monotonic()
+        assert await refused(Executor(origin, Allowlist()), get("/")) == (
+            ErrorCode.ORIGIN_UNREACHABLE
+        )
+        assert time.monotonic() - started < 3.0  # not a timeout in disguise
+    finally:
+        origin.close()
+
+
+async def _dropping_origin(read_request: bool) -> tuple[asyncio.Server, list[int]]:
+    """A server that accepts and closes every connection without an answer; counts them."""
+    accepted: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        if read_request:
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, accepted
+
+
+async def test_a_connection_dropped_at_once_is_retried_once() -> None:
+    server, accepted = await _dropping_origin(read_request=False)
+    port = server.sockets[0].getsockname()[1]
+    origin = Origin(f"http://127.0.0.1:{port}")
+    try:
+        assert await refused(Executor(origin, Allowlist()), get("/")) == (
+            ErrorCode.ORIGIN_UNREACHABLE
+        )
+        assert len(accepted) == 2
+    finally:
+        origin.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_request_dropped_without_an_answer_is_unreachable_not_timeout() -> None:
+    server, _ = await _dropping_origin(read_request=True)
+    port = server.sockets[0].getsockname()[1]
+    origin = Origin(f"http://127.0.0.1:{port}")
+    try:
+        assert await refused(Executor(origin, Allowlist()), get("/")) == (
+            ErrorCode.ORIGIN_UNREACHABLE
+        )
+    finally:
+        origin.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_held_origin_times_out(executor: Executor, sim: Simulator) -> None:
+    sim.hold = asyncio.Event()
+    try:
+        started = time.monotonic()
+        code = await refused(executor, get(f"{sim.event_path}/Event.json", ms=300))
+        elapsed = time.monotonic() - started
+        assert code == ErrorCode.TIMEOUT
+        assert 0.25 <= elapsed < 2.0  # the command's own deadline, not the 5 s default
+    finally:
+        sim.hold.set()
+
+
+@pytest.mark.parametrize("size", [64 * 1024 + 1, 64 * 1024 * 1024])
+async def test_body_over_the_cap_is_too_large(sim: Simulator, size: int) -> None:
+    cap = 64 * 1024
+    path = f"{sim.event_path}/Event.json"
+    sim.huge[path] = size
+    origin = Origin(sim.url, max_body_bytes=cap)
+    try:
+        started = time.monotonic()
+        assert await refused(Executor(origin, Allowlist()), get(path)) == ErrorCode.TOO_LARGE
+        assert time.monotonic() - started < 2.0  # stopped at the cap, not read to the end
+    finally:
+        origin.close()
+
+
+async def test_body_at_the_cap_is_served(sim: Simulator) -> None:
+    cap = 64 * 1024
+    sim.huge["/httpfiles/big.bin"] = cap
+    origin = Origin(sim.url, max_body_bytes=cap)
+    try:
+        reply = await Executor(origin, Allowlist()).execute(get("/httpfiles/big.bin"))
+        assert reply.status == 200
+        assert reply.body is not None and len(reply.body) == cap
+        assert reply.etag == etag_of(reply.body)
+    finally:
+        origin.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "origin_type", "expected"),
+    [
+        ("/events/e1/Event.json", None, JSON_TYPE),
+        ("/events/e1/EVENT.JSON", "text/html", JSON_TYPE),
+        ("/httpfiles/index.html", "text/html; charset=utf-8", "text/html; charset=utf-8"),
+        ("/", None, "text/html; charset=utf-8"),
+        ("/httpfiles/", None, "text/html; charset=utf-8"),
+        ("/httpfiles/app.css", None, "text/css"),
+        ("/httpfiles/logo.png", None, "image/png"),
+        ("/httpfiles/mystery.zzz9", None, "application/octet-stream"),
+        ("/httpfiles/mystery.zzz9", "font/woff2", "font/woff2"),
+    ],
+)
+def test_content_type_for(path: str, origin_type: str | None, expected: str) -> None:
+    assert content_type_for(path, origin_type) == expected
+
+
+async def test_identical_fetches_in_flight_share_one_origin_request(
+    executor: Executor, sim: Simulator
+) -> None:
+    path = f"{sim.event_path}/Event.json"
+    sim.hold = asyncio.Event()
+    tasks = [asyncio.ensure_future(executor.execute(get(path))) for _ in range(3)]
+    await wait_for(lambda: sim.in_flight == 1, what="the first request to reach the origin")
+    sim.hold.set()
+    replies = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert {r.etag for r in replies} == {etag_of(canonical_file(sim, path))}
+    assert sim.requests_total == 1
