@@ -49,7 +49,9 @@ class CloudRelay:
         self.metrics = Metrics()
         self.keystore = KeyStore(config.jwks, config.revoked)
         self.registry = Registry(self.metrics)
-        self.keystore.listeners.append(lambda: self.registry.revoke(self.keystore.revoked))
+        self.keystore.listeners.append(
+            lambda: self.registry.revoke(self.keystore.revoked, frozenset(self.keystore.keys.kids))
+        )
         self.client_limiter = RateLimiter(config.client_rate, config.client_burst)
         self.trusted_proxies = parse_networks(config.trusted_proxy)
         self.cache = Cache(max_entries=config.cache_max_entries, max_bytes=config.cache_max_bytes)
@@ -120,10 +122,13 @@ class CloudRelay:
         self.keystore.maybe_reload()
         self.registry.tick()
 
-    def new_connection(self, claims: dict[str, Any], transport: Transport) -> PitsConnection:
+    def new_connection(
+        self, claims: dict[str, Any], transport: Transport, *, kid: str | None = None
+    ) -> PitsConnection:
         conn = PitsConnection(
             pits_id=claims["sub"],
             claims=claims,
+            kid=kid,
             transport=transport,
             registry=self.registry,
             settings=self.control_settings,

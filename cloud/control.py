@@ -58,6 +58,7 @@ class PitsConnection:
         *,
         pits_id: str,
         claims: dict[str, Any],
+        kid: str | None = None,
         transport: Transport,
         registry: Registry,
         settings: ControlSettings,
@@ -68,6 +69,7 @@ class PitsConnection:
     ):
         self.pits_id = pits_id
         self.claims = claims
+        self.kid = kid
         self.transport = transport
         self.registry = registry
         self.settings = settings
@@ -318,10 +320,12 @@ class PitsConnection:
         self._send(m.Token(token=token))
         log.info("token renewed over the connection", extra={"pits_id": self.pits_id})
 
-    def revoke_if(self, revoked: frozenset[str]) -> None:
-        """Close this connection if its token has been revoked since it connected."""
+    def revoke_if(self, revoked: frozenset[str], kids: frozenset[str] | None = None) -> None:
+        """Close this connection if its token was revoked, or its key removed, since it connected."""
         if self.claims.get("jti") in revoked:
             self.close(CloseCode.TOKEN_EXPIRED, "token revoked")
+        elif kids is not None and self.kid is not None and self.kid not in kids:
+            self.close(CloseCode.TOKEN_EXPIRED, "token signed by a removed key")
 
     def describe(self) -> dict[str, Any]:
         """What the admin view shows of this connection."""
@@ -380,9 +384,9 @@ class Registry:
         """The deepest per-pits queue right now (readiness turns on it)."""
         return max((conn.queued for conn in self.all), default=0)
 
-    def revoke(self, revoked: frozenset[str]) -> None:
+    def revoke(self, revoked: frozenset[str], kids: frozenset[str] | None = None) -> None:
         for conn in list(self.all):
-            conn.revoke_if(revoked)
+            conn.revoke_if(revoked, kids)
 
     def _gauge(self) -> None:
         counts = {"handshake": 0, "open": 0}

@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import jwt
 import tornado.web
 import tornado.websocket
 import ujson
@@ -161,6 +162,7 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
         self.relay = relay
         self.conn: PitsConnection | None = None
         self.claims: dict[str, Any] = {}
+        self.kid: str | None = None
         self.version_ok = True
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -174,6 +176,7 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
             return
         try:
             self.claims = self.relay.verify_token(token.strip(), role="pits")
+            self.kid = jwt.get_unverified_header(token.strip()).get("kid")
         except TokenError as exc:
             self.relay.metrics.auth_failures.inc()
             log.warning("control connection refused", extra={"reason": str(exc)})
@@ -198,7 +201,7 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.set_nodelay(True)
-        self.conn = self.relay.new_connection(self.claims, self)
+        self.conn = self.relay.new_connection(self.claims, self, kid=self.kid)
         if not self.version_ok:
             versions = ", ".join(str(v) for v in sorted(SUPPORTED_VERSIONS))
             self.conn.close(CloseCode.VERSION_REFUSED, f"relay speaks protocol {versions}")
