@@ -26,3 +26,29 @@ def fixtures_root() -> Path:
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+
+
+# -- every log line of the run, checked for secrets at the end -------------------------------
+
+import logging  # noqa: E402
+
+from logcheck import RECORDER, find_secrets  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = logging.getLogger()
+    root.addHandler(RECORDER)
+    root.setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = find_secrets(RECORDER.lines)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"\nlog check: {len(RECORDER.lines)} log lines captured, {len(leaks)} with secrets"
+        )
+        for leak in leaks[:10]:
+            reporter.write_line(f"  secret in a log line: {leak}")
+    if leaks:
+        session.exitstatus = 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import tornado.httpclient
+from logcheck import SECRETS
 
 from cloud.app import CloudRelay
 from cloud.config import CloudConfig
@@ -39,8 +41,11 @@ async def wait_for(
 
 
 def make_keys(directory: Path, kid: str = "k1") -> tuple[Path, KeySet]:
+    """A fresh key set; its secrets are registered so that the log check looks for them."""
     path = directory / "jwks.json"
     keygen(path, kid)
+    for key in json.loads(path.read_text())["keys"]:
+        SECRETS.add(key["k"])
     return path, KeySet.load(path)
 
 

@@ -108,3 +108,25 @@ async def test_replayed_real_event_is_served_canonically(tmp_path, fixtures_root
     finally:
         await s.close()
         await real.stop()
+
+
+async def test_one_audit_line_per_fetch(system: System, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pitlink.cloud.audit")
+    ok = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
+    bad = await system.get(f"/pits/{system.pits_id}/httpfiles/Nope.json")
+    audits = [r for r in caplog.records if r.name == "pitlink.cloud.audit"]
+    assert len(audits) == 2
+    first, second = audits
+    assert (first.pits_id, first.path, first.status, first.code) == (
+        system.pits_id,
+        "/httpfiles/Channels.json",
+        200,
+        None,
+    )
+    assert first.request_id == ok.headers["X-Request-Id"]
+    assert isinstance(first.latency_ms, float)
+    assert (second.status, second.code) == (None, "BAD_CONTENT")
+    assert second.request_id == bad.headers["X-Request-Id"]
+    assert not any(hasattr(r, "body") for r in audits)

@@ -1,0 +1,108 @@
+"""The key set and revocation list reload when their files change, and only then."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cloud.keys import keygen
+from cloud.keystore import KeyStore, read_revoked, revoke, revoked_path_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def touch_later(path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_reload_on_change_is_checked_at_most_every_interval(tmp_path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    clock = Clock()
+    store = KeyStore(jwks, check_every=1.0, clock=clock)
+    seen = []
+    store.listeners.append(lambda: seen.append(store.keys.kids))
+    keygen(jwks, "b")
+    touch_later(jwks)
+    assert store.maybe_reload() is False  # not yet due
+    clock.now += 1.0
+    assert store.maybe_reload() is True
+    assert store.keys.kids == ["b", "a"]
+    assert seen == [["b", "a"]]
+    clock.now += 1.0
+    assert store.maybe_reload() is False  # nothing changed since
+
+
+def test_a_damaged_key_file_keeps_the_last_good_set(tmp_path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks)
+    jwks.write_text("{not json")
+    touch_later(jwks)
+    store.maybe_reload(force=True)
+    assert store.keys.kids == ["a"]
+    token = store.issue(sub="p", role="pits", ttl=60)
+    assert store.verify(token, role="pits")["sub"] == "p"
+
+
+def test_revocation_list_round_trip(tmp_path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks)
+    token = store.issue(sub="p", role="pits", ttl=60)
+    jti = store.verify(token)["jti"]
+    path = revoked_path_for(jwks)
+    assert path.name == "jwks.json.revoked"
+    assert revoke(path, jti, "lost") is True
+    assert revoke(path, jti) is False
+    assert read_revoked(path) == frozenset({jti})
+    assert (path.stat().st_mode & 0o777) == 0o600
+    store.maybe_reload(force=True)
+    assert jti in store.revoked
+    assert "# revoked" in path.read_text()
+
+
+def test_missing_revocation_list_is_empty(tmp_path) -> None:
+    assert read_revoked(tmp_path / "none") == frozenset()
+
+
+def test_comments_and_blank_lines_in_revocation_list(tmp_path) -> None:
+    path = tmp_path / "revoked"
+    path.write_text("# header\n\nabc  # why\n  def\n")
+    assert read_revoked(path) == frozenset({"abc", "def"})
+
+
+def test_keygen_output_is_a_jwks_document(tmp_path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    doc = json.loads(jwks.read_text())
+    assert doc["keys"][0]["kty"] == "oct" and doc["keys"][0]["alg"] == "HS256"
+
+
+def test_revoke_command_by_id_and_by_token(tmp_path, capsys) -> None:
+    import pytest
+
+    from cloud.cli import main
+    from cloud.keys import KeySet
+
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    with pytest.raises(SystemExit) as done:
+        main(["revoke", "--jwks", str(jwks), "--jti", "abc", "--note", "stolen"])
+    assert done.value.code == 0
+    token = KeySet.load(jwks).issue(sub="p", role="pits", ttl=-10)  # expired: still revocable
+    with pytest.raises(SystemExit) as done:
+        main(["revoke", "--jwks", str(jwks), "--token", token])
+    assert done.value.code == 0
+    import jwt
+
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    assert read_revoked(revoked_path_for(jwks)) == frozenset({"abc", jti})
+    assert "revoked in" in capsys.readouterr().out
