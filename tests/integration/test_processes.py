@@ -1,0 +1,162 @@
+"""The programs as they are run: real processes, signals, exit codes and their log output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+
+from cloud.keys import KeySet, keygen
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def poll(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    running: list[subprocess.Popen[bytes]] = []
+    yield running
+    for proc in running:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def start(procs, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "wb") as err:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
+    procs.append(proc)
+    return proc
+
+
+async def hello_with(port: int, token: str) -> str:
+    """Open a control connection with `token` and return the type of the first frame."""
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{port}/control?role=pits&version=1",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    ws = await tornado.websocket.websocket_connect(request)
+    try:
+        return json.loads(await ws.read_message())["type"]
+    finally:
+        ws.close()
+
+
+def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "k1")
+    token_file = tmp_path / "token"
+    token_file.write_text(KeySet.load(jwks).issue(sub="box", role="pits", ttl=30 * 86400))
+    sim_port, relay_port, status_port = free_port(), free_port(), free_port()
+    sim = start(
+        procs,
+        [sys.executable, "scripts/fpvtrackside_sim.py", "--port", str(sim_port)],
+        tmp_path / "sim.log",
+    )
+    relay = start(
+        procs,
+        [sys.executable, "-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)],
+        tmp_path / "relay.log",
+    )
+    env_config = tmp_path / "agent.conf"
+    env_config.write_text(
+        f"# written by the test\nCLOUD_URL=http://127.0.0.1:{relay_port}\n"
+        f"TOKEN_FILE={token_file}\nFPVTRACKSIDE=127.0.0.1:{sim_port}\n"
+    )
+    agent = start(
+        procs,
+        [
+            sys.executable,
+            "-m",
+            "pits_appliance",
+            "--config",
+            str(env_config),
+            "--status-host",
+            "127.0.0.1",
+            "--status-port",
+            str(status_port),
+            "--reconnect-base",
+            "0.1",
+        ],
+        tmp_path / "agent.log",
+    )
+    relay_url = f"http://127.0.0.1:{relay_port}"
+    poll(lambda: http_get(f"http://127.0.0.1:{status_port}/healthz")[0] == 200, "the agent")
+    status, body = http_get(f"{relay_url}/pits/box/httpfiles/Channels.json")
+    assert status == 200
+    assert isinstance(json.loads(body), list)
+
+    # SIGHUP re-reads the key set: a token from a brand-new key works at once.
+    keygen(jwks, "k2")
+    relay.send_signal(signal.SIGHUP)
+    new_token = KeySet.load(jwks).issue(sub="other-box", role="pits", ttl=30 * 86400)
+    assert asyncio.run(hello_with(relay_port, new_token)) == "hello"
+    assert json.loads(http_get(f"{relay_url}/healthz")[1])["connections"] == 1
+
+    for proc in (agent, relay, sim):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    for name in ("relay", "agent"):
+        lines = (tmp_path / f"{name}.log").read_text().splitlines()
+        assert lines, name
+        for line in lines:
+            record = json.loads(line)  # every line is one JSON object
+            assert {"ts", "level", "logger", "event"} <= record.keys()
+            assert "Traceback" not in line
+        text = "\n".join(lines)
+        assert new_token not in text and token_file.read_text().strip() not in text
+
+
+def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text(
+        "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nPING_INTERVAL=soon\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pits_appliance", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr
