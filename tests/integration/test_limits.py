@@ -196,7 +196,9 @@ async def test_origin_that_resets_is_retried_once_then_unreachable(
     await s.start_relay()
     await s.start_agent(fpvtrackside=url)
     try:
-        before = origin.accepted  # the agent's own origin check may have tried already
+        # The agent's own origin check at start tries (and retries) first: let it finish.
+        await wait_for(lambda: s.agent.state.origin_checked is not None, what="origin check")
+        before = origin.accepted
         conn = s.relay.registry.get(s.pits_id)
         with pytest.raises(ProtocolError) as caught:
             await conn.fetch(Fetch(method="GET", path="/httpfiles/x.json", timeout_ms=5000), 10)
