@@ -15,6 +15,8 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
+from cloud.admin import Admin, PublicAllowlist
+from cloud.admin_http import AdminAPIHandler, AdminPageHandler
 from cloud.cache import Cache
 from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Registry, Transport
@@ -33,7 +35,6 @@ from cloud.ratelimit import RateLimiter, parse_networks
 from cloud.relay import Freshness, Relay
 from wire import ErrorCode, ProtocolError
 from wire.errors import PathError
-from wire.paths import Allowlist
 
 log = logging.getLogger("pitlink.cloud")
 
@@ -64,7 +65,10 @@ class CloudRelay:
             pits_limiter=RateLimiter(config.pits_fetch_rate, config.pits_fetch_burst),
             clock=clock,
         )
-        self.public_allowlist = Allowlist(config.public_allowlist)
+        self.public_allowlist = PublicAllowlist(config.public_allowlist)
+        self.admin = Admin(self)
+        self.metrics.cache_entries.set_function(lambda: len(self.cache))
+        self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         self.active_pits = config.active_pits
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,
@@ -96,6 +100,8 @@ class CloudRelay:
                 (r"/readyz", ReadyHandler, args),
                 (r"/generate_204", Generate204Handler, args),
                 (r"/metrics", MetricsHandler, args),
+                (r"/admin/?", AdminPageHandler, args),
+                (r"/admin/api/(.*)", AdminAPIHandler, args),
                 (r"/", IndexHandler, args),
             ],
             # A frame carries a base64 body (4/3 of its size) plus the envelope.
@@ -106,7 +112,7 @@ class CloudRelay:
 
     # -- used by handlers ---------------------------------------------------------------------
 
-    def verify_token(self, token: str, *, role: str) -> dict[str, Any]:
+    def verify_token(self, token: str, *, role: str | None) -> dict[str, Any]:
         return self.keystore.verify(token, role=role)
 
     def renew_token(self, claims: dict[str, Any]) -> str:
@@ -153,6 +159,13 @@ class CloudRelay:
         if not self.public_allowlist.allows(target):
             raise PathError(ErrorCode.DENIED, "path not allowed")
         return pits_id, target
+
+    def active_pits_id(self) -> str | None:
+        """The active pits, or None when there is none to choose."""
+        try:
+            return self.current_active()
+        except ProtocolError:
+            return None
 
     def current_active(self) -> str:
         """The pits behind `/events` and `/httpfiles`: the chosen one, or the only one."""

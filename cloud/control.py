@@ -89,6 +89,7 @@ class PitsConnection:
         self.queued = 0
         self.shed = 0
         self.renewed = False
+        self.paused = False
         self._renew = renew
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
@@ -338,6 +339,7 @@ class PitsConnection:
             "roundTripMs": None if self.round_trip is None else round(self.round_trip * 1000, 1),
             "inFlight": self.in_flight,
             "queue": self.queued,
+            "paused": self.paused,
             "shed": self.shed,
             "errors": self.errors,
             "fetches": self.fetches,

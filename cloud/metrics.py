@@ -37,7 +37,9 @@ class Metrics:
             P + "cache_misses", "Requests that needed a body from the pits", registry=r
         )
         self.cache_revalidations = Counter(
-            P + "cache_revalidations", "Revalidations the pits answered 304", registry=r
+            P + "cache_revalidations",
+            "Requests served from cache after the pits confirmed it (304)",
+            registry=r,
         )
         self.cache_stale = Counter(
             P + "cache_stale_served", "Requests served a stale copy", registry=r

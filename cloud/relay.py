@@ -125,7 +125,7 @@ class Relay:
         if served.cache == "STALE":
             self.metrics.cache_stale.inc()
         elif served.cache == "REVALIDATED":
-            self.metrics.cache_hits.inc()
+            self.metrics.cache_revalidations.inc()
         else:
             self.metrics.cache_misses.inc()
         return served
@@ -177,6 +177,8 @@ class Relay:
         conn = self.registry.get(pits_id)
         if conn is None:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
+        if conn.paused:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is paused by an admin")
         wait = self.pits_limiter.check(pits_id, self.clock())
         if wait:
             self.metrics.rate_limited.labels("pits").inc()
@@ -194,7 +196,6 @@ class Relay:
         reply = await conn.fetch(fetch, self.fetch_timeout, frame_id=request_id)
         now = self.clock()
         if reply.status == 304 and entry is not None and reply.etag in (None, entry.etag):
-            self.metrics.cache_revalidations.inc()
             self.metrics.cache_bytes_saved.inc(len(entry.body))
             refreshed = self.cache.refresh(key, now)
             if refreshed is None:  # purged or evicted meanwhile: keep what we know is current
@@ -234,6 +235,4 @@ class Relay:
             )
             return _served(fresh, "MISS", 0.0)
         self.cache.put(key, fresh)
-        self.metrics.cache_entries.set(len(self.cache))
-        self.metrics.cache_bytes.set(self.cache.bytes)
         return _served(fresh, "MISS", ttl)

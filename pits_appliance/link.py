@@ -29,6 +29,7 @@ from wire import messages as m
 from wire.backoff import Backoff
 
 log = logging.getLogger("pitlink.pits.link")
+fetch_log = logging.getLogger("pitlink.pits.fetch")
 
 FEATURES = ("canonical-json-v1", "etag-sha256", "token-renewal")
 _SLOW_CODES = {CloseCode.TOKEN_EXPIRED, CloseCode.VERSION_REFUSED, CloseCode.POLICY}
@@ -363,7 +364,7 @@ class CloudLink:
         elapsed = self.clock() - started
         self.metrics.origin_fetch.observe(elapsed)
         self.metrics.fetches.labels(outcome).inc()
-        log.debug(
+        fetch_log.info(
             "fetch",
             extra={
                 "request_id": frame_id,

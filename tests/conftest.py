@@ -32,7 +32,7 @@ if str(TESTS) not in sys.path:
 
 import logging  # noqa: E402
 
-from logcheck import RECORDER, find_secrets  # noqa: E402
+from logcheck import RECORDER, find_secrets, not_json  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -42,13 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    leaks = find_secrets(RECORDER.lines)
+    leaks = find_secrets(RECORDER.lines) + not_json(RECORDER.lines)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"\nlog check: {len(RECORDER.lines)} log lines captured, {len(leaks)} with secrets"
+            f"\nlog check: {len(RECORDER.lines)} log lines captured, {len(leaks)} not JSON or with secrets"
         )
         for leak in leaks[:10]:
-            reporter.write_line(f"  secret in a log line: {leak}")
+            reporter.write_line(f"  bad log line: {leak}")
     if leaks:
         session.exitstatus = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -26,6 +27,18 @@ class Recorder(logging.Handler):
 
 
 RECORDER = Recorder()
+
+
+def not_json(lines: list[str]) -> list[str]:
+    """Lines that are not one JSON object each."""
+    bad = []
+    for line in lines:
+        try:
+            if not isinstance(json.loads(line), dict):
+                bad.append(line[:300])
+        except ValueError:
+            bad.append(line[:300])
+    return bad
 
 
 def find_secrets(lines: list[str]) -> list[str]:

@@ -1,0 +1,120 @@
+"""What the admin API can see and do, as a plain object over the relay's parts.
+
+Every action is written to the audit log with who did it (the admin token's subject). The
+public allowlist can be narrowed and widened here, within what the relay was started with;
+the pits' own allowlist lives on the box and nothing here can widen it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from wire import CloseCode, ErrorCode, ProtocolError
+from wire.paths import Allowlist, normalize_path
+
+if TYPE_CHECKING:
+    from cloud.app import CloudRelay
+
+audit = logging.getLogger("pitlink.cloud.admin")
+
+
+class PublicAllowlist:
+    """The relay's public patterns, each of which can be switched off and on at runtime."""
+
+    def __init__(self, patterns: Iterable[str]):
+        self.entries: dict[str, bool] = {p: True for p in patterns}
+        Allowlist(self.entries)  # refuse a bad pattern at start
+        self._compiled = Allowlist(self.entries)
+
+    def allows(self, path: str) -> bool:
+        return self._compiled.allows(path)
+
+    def set(self, pattern: str, enabled: bool) -> None:
+        if pattern not in self.entries:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, f"no allowlist entry {pattern[:100]!r}")
+        self.entries[pattern] = enabled
+        self._compiled = Allowlist(p for p, on in self.entries.items() if on)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"pattern": p, "enabled": on} for p, on in self.entries.items()]
+
+
+class Admin:
+    """The admin API's verbs; `who` is the admin token's subject, for the audit line."""
+
+    def __init__(self, relay: CloudRelay):
+        self.relay = relay
+
+    def _audit(self, who: str, action: str, **fields: Any) -> None:
+        audit.info("admin action", extra={"admin": who, "action": action, **fields})
+
+    def _conn(self, pits_id: str) -> Any:
+        conn = self.relay.registry.get(pits_id)
+        if conn is None:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
+        return conn
+
+    def connections(self) -> list[dict[str, Any]]:
+        now = time.time()
+        rows = []
+        for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id):
+            row = conn.describe()
+            row["lastSeenS"] = round(max(0.0, conn.clock() - conn.last_rx), 1)
+            row["connectedForS"] = round(now - conn.connected_since_wall, 1)
+            row["active"] = conn.pits_id == self.relay.active_pits_id()
+            rows.append(row)
+        return rows
+
+    def reconnect(self, who: str, pits_id: str) -> None:
+        self._conn(pits_id).close(CloseCode.RECONNECT, "reconnect requested by an admin")
+        self._audit(who, "reconnect", pits_id=pits_id)
+
+    def pause(self, who: str, pits_id: str, paused: bool) -> None:
+        self._conn(pits_id).paused = paused
+        self._audit(who, "pause" if paused else "resume", pits_id=pits_id)
+
+    def purge(self, who: str, pits_id: str | None, prefix: str) -> int:
+        prefix = normalize_path(prefix or "/")
+        count = self.relay.cache.purge(pits_id or None, prefix)
+        self._audit(who, "purge", pits_id=pits_id, prefix=prefix, purged=count)
+        return count
+
+    def cache_stats(self) -> dict[str, Any]:
+        stats = self.relay.cache.stats()
+        m = self.relay.metrics
+        return {
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "evictions": stats.evictions,
+            "maxEntries": self.relay.cache.max_entries,
+            "maxBytes": self.relay.cache.max_bytes,
+            "hits": m.cache_hits._value.get(),
+            "misses": m.cache_misses._value.get(),
+            "revalidations": m.cache_revalidations._value.get(),
+            "stale": m.cache_stale._value.get(),
+            "bytesSaved": m.cache_bytes_saved._value.get(),
+        }
+
+    def allowlist(self) -> list[dict[str, Any]]:
+        return self.relay.public_allowlist.describe()
+
+    def set_allowlist(self, who: str, pattern: str, enabled: bool) -> None:
+        self.relay.public_allowlist.set(pattern, enabled)
+        self._audit(who, "allowlist", pattern=pattern, enabled=enabled)
+
+    def set_active(self, who: str, pits_id: str | None) -> None:
+        self.relay.active_pits = pits_id or None
+        self._audit(who, "active_pits", pits_id=pits_id)
+
+    def overview(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections(),
+            "activePits": self.relay.active_pits_id(),
+            "activeChosen": self.relay.active_pits,
+            "cache": self.cache_stats(),
+            "allowlist": self.allowlist(),
+            "ready": self.relay.ready(),
+        }

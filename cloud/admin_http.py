@@ -1,0 +1,159 @@
+"""`/admin` (one HTML page) and `/admin/api/...` (the JSON it uses), behind an admin token."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import ujson
+
+from cloud import TokenError
+from cloud.handlers import BaseHandler
+from wire import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from cloud.admin import Admin
+
+PAGE = resources.files("cloud").joinpath("static/admin.html").read_bytes()
+_PITS = r"pits/(?P<pits>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+
+
+class AdminPageHandler(BaseHandler):
+    """The page itself holds no data: it asks for the token and calls the API with it."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self' data:",
+        )
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(PAGE)
+
+
+class AdminAPIHandler(BaseHandler):
+    """Routes `/admin/api/<verb>` to the Admin object, after checking the admin token."""
+
+    ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+        ("GET", re.compile(r"overview"), "overview"),
+        ("GET", re.compile(r"connections"), "connections"),
+        ("POST", re.compile(_PITS + r"/reconnect"), "reconnect"),
+        ("POST", re.compile(_PITS + r"/pause"), "pause"),
+        ("POST", re.compile(_PITS + r"/resume"), "resume"),
+        ("GET", re.compile(r"cache"), "cache"),
+        ("POST", re.compile(r"cache/purge"), "purge"),
+        ("GET", re.compile(r"allowlist"), "allowlist"),
+        ("POST", re.compile(r"allowlist"), "set_allowlist"),
+        ("POST", re.compile(r"active"), "set_active"),
+    ]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+
+    def _who(self) -> str | None:
+        """The admin's name, or None after answering 401 (no valid token) or 403 (not admin)."""
+        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            self.set_header("WWW-Authenticate", 'Bearer realm="pitlink-admin"')
+            self.write_json_error(ErrorCode.UNAUTHORIZED, "an admin token is required")
+            return None
+        try:
+            claims = self.relay.verify_token(token.strip(), role=None)
+        except TokenError as exc:
+            self.write_json_error(ErrorCode.UNAUTHORIZED, str(exc))
+            return None
+        if claims.get("role") != "admin":
+            self.write_json_error(ErrorCode.DENIED, "this token is not an admin token")
+            return None
+        return str(claims["sub"])
+
+    def get(self, verb: str) -> None:
+        self._dispatch("GET", verb)
+
+    def post(self, verb: str) -> None:
+        self._dispatch("POST", verb)
+
+    def _dispatch(self, method: str, verb: str) -> None:
+        who = self._who()
+        if who is None:
+            return
+        for route_method, pattern, name in self.ROUTES:
+            match = pattern.fullmatch(verb)
+            if match and route_method == method:
+                try:
+                    result = getattr(self, "_" + name)(who, match.groupdict(), self._body())
+                except ProtocolError as exc:
+                    self.write_json_error(exc.code, exc.message)
+                    return
+                self.finish(ujson.dumps(result, ensure_ascii=False))
+                return
+        self.write_json_error(ErrorCode.DENIED, "no such admin action", 404)
+
+    def _body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            body = ujson.loads(self.request.body)
+        except ValueError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "the body must be a JSON object")
+        return body
+
+    @property
+    def admin(self) -> Admin:
+        return self.relay.admin
+
+    # -- verbs: (who, path groups, body) -> JSON-able result --------------------------------
+
+    def _overview(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.overview()
+
+    def _connections(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"connections": self.admin.connections()}
+
+    def _reconnect(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        self.admin.reconnect(who, g["pits"])
+        return {"ok": True}
+
+    def _pause(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        self.admin.pause(who, g["pits"], True)
+        return {"ok": True, "paused": True}
+
+    def _resume(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        self.admin.pause(who, g["pits"], False)
+        return {"ok": True, "paused": False}
+
+    def _cache(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.cache_stats()
+
+    def _purge(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        pits_id, prefix = body.get("pitsId"), body.get("prefix", "/")
+        if pits_id is not None and not isinstance(pits_id, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsId must be a string")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "prefix must be a path starting with /")
+        return {"purged": self.admin.purge(who, pits_id, prefix)}
+
+    def _allowlist(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"allowlist": self.admin.allowlist()}
+
+    def _set_allowlist(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        pattern, enabled = body.get("pattern"), body.get("enabled")
+        if not isinstance(pattern, str) or not isinstance(enabled, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "give a pattern and enabled true/false")
+        self.admin.set_allowlist(who, pattern, enabled)
+        return {"allowlist": self.admin.allowlist()}
+
+    def _set_active(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        pits_id = body.get("pitsId")
+        if pits_id is not None and not isinstance(pits_id, str):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsId must be a string or null")
+        self.admin.set_active(who, pits_id)
+        return {"activePits": self.relay.active_pits_id(), "activeChosen": self.relay.active_pits}
