@@ -28,6 +28,33 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 
+# -- the real parts on loopback --------------------------------------------------------------
+
+from collections.abc import AsyncIterator  # noqa: E402
+
+from fpvtrackside_sim import Simulator  # noqa: E402
+from support import System  # noqa: E402
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    simulator = Simulator(seed=7, lap_interval=None)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def system(tmp_path: Path, sim: Simulator) -> AsyncIterator[System]:
+    """Simulator, relay and a connected agent; freshness 0 (every request revalidates) and no
+    rate limits, so that tests see the chain itself. Limits have tests of their own."""
+    s = System(tmp_path, sim)
+    await s.start_relay(freshness=0.0, client_rate=None, pits_fetch_rate=None)
+    await s.start_agent()
+    yield s
+    await s.close()
+
+
 # -- every log line of the run, checked for secrets at the end -------------------------------
 
 import logging  # noqa: E402
