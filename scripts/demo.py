@@ -97,6 +97,7 @@ def main() -> None:
         )
         return out.stdout.strip()
 
+    admin_token = token("demo-admin", "admin")
     token_file = state / "pits.token"
     token_file.write_text(token(PITS_ID, "pits") + "\n")
     token_file.chmod(0o600)
@@ -209,7 +210,10 @@ Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits a
               -H 'If-None-Match: <the ETag it printed>'
   Try stale:  stop the agent (kill the pits-agent process) and ask again.
 
-  Relay:      {relay}/healthz   {relay}/metrics
+  Admin page: {relay}/admin   (paste this admin token when it asks)
+    {admin_token}
+
+  Relay:      {relay}/healthz   {relay}/readyz   {relay}/metrics
   Pits agent: {health}   http://127.0.0.1:{status_port}/metrics
   Origin:     http://127.0.0.1:{sim_port}/  (the simulator, as the pits LAN sees it)
   Logs:       {logs}/
