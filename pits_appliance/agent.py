@@ -1,25 +1,30 @@
-"""The agent as one object: origin, executor, cloud link and status server, with a lifecycle."""
+"""The agent as one object: origin, executor, cloud link, watchdog and status server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import jwt
 import tornado.httpserver
 import tornado.netutil
 
-from pits_appliance import ConfigError
+from pits_appliance import ConfigError, __version__
 from pits_appliance.config import AgentConfig
 from pits_appliance.executor import Executor
-from pits_appliance.link import CloudLink
+from pits_appliance.link import CloudLink, write_atomic
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin
+from pits_appliance.sdnotify import Notifier
 from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
+from pits_appliance.watchdog import Watchdog
 from wire import ProtocolError
 from wire.paths import Allowlist
 
@@ -28,13 +33,16 @@ log = logging.getLogger("pitlink.pits.agent")
 EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]+)"')
 
 
-def pits_id_from_token(token: str) -> str:
-    """The token's subject, read without verifying (only the relay holds the key)."""
+def token_claims(token: str) -> dict[str, Any]:
+    """The token's claims, read without verifying (only the relay holds the key)."""
     try:
-        claims = jwt.decode(token, options={"verify_signature": False})
+        return dict(jwt.decode(token, options={"verify_signature": False}))
     except jwt.PyJWTError:
         raise ConfigError("the token is not a valid token: ask for a new one") from None
-    sub = claims.get("sub")
+
+
+def pits_id_from_token(token: str) -> str:
+    sub = token_claims(token).get("sub")
     if not isinstance(sub, str) or not sub:
         raise ConfigError("the token names no pits id")
     return sub
@@ -43,9 +51,11 @@ def pits_id_from_token(token: str) -> str:
 class Agent:
     """Everything that runs on the pits box."""
 
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, *, env: Mapping[str, str] | None = None):
         self.config = config
-        self.state = AgentState()
+        self.state = AgentState(
+            paused=config.paused, fpvtrackside_url=config.fpvtrackside, sw_version=__version__
+        )
         self.metrics = AgentMetrics()
         self.origin = Origin(
             config.fpvtrackside,
@@ -58,24 +68,52 @@ class Agent:
         self.link = CloudLink(
             config=config, executor=self.executor, state=self.state, metrics=self.metrics
         )
+        self.watchdog = Watchdog(self)
+        self.systemd = Notifier(env)
         self.status_port: int | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _resolve_pits_id(self) -> str:
-        if self.config.pits_id:
-            return self.config.pits_id
+    # -- start and stop -----------------------------------------------------------------------
+
+    def import_token(self) -> None:
+        """Take a TOKEN from the settings into the state directory's token file.
+
+        Done on first start, and again whenever the settings hold a different token than the
+        one last taken (the organiser pasted a new one); renewals land in the file and are kept.
+        """
+        token = self.config.token
+        if not token:
+            return
+        token_claims(token)  # refuse garbage before it replaces anything
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        marker = self.config.token_file.with_name(self.config.token_file.name + ".source")
         try:
-            token = self.config.token_file.read_text(encoding="utf-8").strip()
+            taken = marker.read_text().strip()
+        except OSError:
+            taken = ""
+        if taken == digest and self.config.token_file.exists():
+            return
+        self.config.token_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.config.token_file, token + "\n")
+        write_atomic(marker, digest + "\n")
+        log.info("token taken from the settings", extra={"token_file": str(self.config.token_file)})
+
+    def _read_token(self) -> str:
+        try:
+            return self.config.token_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
                 f"cannot read the token file {self.config.token_file}: {exc.strerror}"
             ) from None
-        return pits_id_from_token(token)
 
     async def start(self) -> None:
-        """Serve the status page, then start dialing the relay and watching FPVTrackside."""
-        self.state.pits_id = self._resolve_pits_id()
+        """Serve the status page, then dial the relay, watch FPVTrackside and the uplink."""
+        self.import_token()
+        token = self._read_token()
+        self.state.pits_id = self.config.pits_id or pits_id_from_token(token)
+        exp = token_claims(token).get("exp")
+        self.state.token_expires = float(exp) if isinstance(exp, int | float) else None
         sockets = tornado.netutil.bind_sockets(self.config.status_port, self.config.status_host)
         self._server = tornado.httpserver.HTTPServer(make_status_app(self))
         self._server.add_sockets(sockets)
@@ -83,7 +121,10 @@ class Agent:
         self._tasks = [
             asyncio.ensure_future(self.link.run()),
             asyncio.ensure_future(self._watch_origin()),
+            asyncio.ensure_future(self.watchdog.run()),
+            asyncio.ensure_future(self._systemd_loop()),
         ]
+        self.systemd.ready()
         log.info(
             "agent started",
             extra={
@@ -92,6 +133,24 @@ class Agent:
                 "relay": self.config.cloud_url,
             },
         )
+
+    async def stop(self) -> None:
+        self.systemd.stopping()
+        self.link.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
+        self.origin.close()
+        self.watchdog.close()
+        self.systemd.close()
+        log.info("agent stopped")
+
+    # -- what runs ----------------------------------------------------------------------------
 
     async def _watch_origin(self) -> None:
         """Check now and then that FPVTrackside answers, and which event it has open."""
@@ -112,15 +171,38 @@ class Agent:
             self.state.origin_error = None if reply.status == 200 else f"HTTP {reply.status}"
         self.state.origin_checked = time.time()
 
-    async def stop(self) -> None:
-        self.link.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._server is not None:
-            self._server.stop()
-            await self._server.close_all_connections()
-        self.origin.close()
-        log.info("agent stopped")
+    def healthy(self) -> bool:
+        """The loop runs (we are here) and none of the agent's tasks has died."""
+        return all(not task.done() for task in self._tasks[:3])
+
+    def status_line(self) -> str:
+        s = self.state
+        link = (
+            "cloud link up"
+            if s.ws_connected
+            else f"cloud link down ({s.cloud_error or 'connecting'})"
+        )
+        origin = {
+            True: "FPVTrackside answering",
+            False: "FPVTrackside not answering",
+            None: "FPVTrackside not checked yet",
+        }[s.origin_reachable]
+        return f"{link}; {origin}; Internet {s.connectivity}{'; paused' if s.paused else ''}"
+
+    async def _systemd_loop(self) -> None:
+        """WATCHDOG=1 from the event loop itself: a blocked loop sends nothing and is restarted."""
+        interval = self.systemd.watchdog_interval or 5.0
+        while True:
+            if self.healthy():
+                if self.systemd.watchdog_interval is not None:
+                    self.systemd.watchdog()
+            else:
+                log.error("an agent task died; withholding the watchdog so systemd restarts us")
+            self.systemd.status(self.status_line())
+            await asyncio.sleep(interval)
+
+    # -- local actions (status page) ----------------------------------------------------------
+
+    def set_paused(self, paused: bool) -> None:
+        self.state.set("paused", paused)
+        log.warning("answering the cloud " + ("paused" if paused else "resumed") + " at the pits")

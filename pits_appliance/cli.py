@@ -2,31 +2,101 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from pits_appliance import ConfigError
+import tornado.httpserver
+import tornado.netutil
+
+from pits_appliance import ConfigError, __version__
 from pits_appliance.config import load_config
+from pits_appliance.metrics import AgentMetrics
+from pits_appliance.state import AgentState
 from wire import jsonlog
 
 log = logging.getLogger("pitlink.pits.agent")
 
 
-async def _run(argv: Sequence[str]) -> int:
-    from pits_appliance.agent import Agent
+class BrokenSettings:
+    """Stands in for the agent when the settings cannot be used: the page shows why."""
 
-    config = load_config(argv)
-    jsonlog.setup(config.log_level)
-    agent = Agent(config)
-    await agent.start()
+    link = None
+
+    def __init__(self, message: str):
+        self.state = AgentState(config_error=message, sw_version=__version__)
+        self.metrics = AgentMetrics()
+
+    def set_paused(self, paused: bool) -> None:
+        pass
+
+
+def _lenient(argv: Sequence[str], env: Mapping[str, str]) -> tuple[str, int, float]:
+    """Status address and error hold from flags or environment, whatever else is broken."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--status-host")
+    p.add_argument("--status-port")
+    p.add_argument("--error-hold")
+    ns, _ = p.parse_known_args(list(argv))
+    host = ns.status_host or env.get("PITLINK_STATUS_HOST") or "0.0.0.0"
+    try:
+        port = int(ns.status_port or env.get("PITLINK_STATUS_PORT") or 8081)
+        hold = float(ns.error_hold or env.get("PITLINK_ERROR_HOLD") or 60)
+    except ValueError:
+        port, hold = 8081, 60.0
+    return host, port, hold
+
+
+async def _wait_for_signal(timeout: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    try:
+        await asyncio.wait_for(stop.wait(), timeout)
+    except TimeoutError:
+        pass
+
+
+async def _show_settings_error(message: str, argv: Sequence[str]) -> int:
+    """Serve the status page with the error for a while, then exit so systemd tries again."""
+    host, port, hold = _lenient(argv, os.environ)
+    if hold <= 0:
+        return 2
+    try:
+        sockets = tornado.netutil.bind_sockets(port, host)
+    except OSError:
+        return 2
+    from pits_appliance.status import make_status_app
+
+    server = tornado.httpserver.HTTPServer(make_status_app(BrokenSettings(message)))
+    server.add_sockets(sockets)
+    await _wait_for_signal(hold)
+    server.stop()
+    return 2
+
+
+async def _run(argv: Sequence[str]) -> int:
+    from pits_appliance.agent import Agent
+
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"pits-agent: {exc}", file=sys.stderr, flush=True)
+        return await _show_settings_error(str(exc), argv)
+    jsonlog.setup(config.log_level)
+    agent = Agent(config)
+    try:
+        await agent.start()
+    except ConfigError as exc:
+        print(f"pits-agent: {exc}", file=sys.stderr, flush=True)
+        await agent.stop()
+        return await _show_settings_error(str(exc), argv)
+    await _wait_for_signal(None)
     await agent.stop()
     return 0
 
@@ -34,9 +104,6 @@ async def _run(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = asyncio.run(_run(sys.argv[1:] if argv is None else argv))
-    except ConfigError as exc:
-        print(f"pits-agent: {exc}", file=sys.stderr)
-        sys.exit(2)
     except OSError as exc:
         print(f"pits-agent: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -15,6 +15,19 @@ from wire.settings import SettingsError, parse_conf, resolve
 
 MIB = 1024 * 1024
 
+# Settings in pitlink.conf that the image's boot scripts read (networking); the agent accepts
+# and ignores them, so one file serves both.
+IMAGE_KEYS = frozenset(
+    {
+        "WIFI_SSID",
+        "WIFI_PASSPHRASE",
+        "WIFI_COUNTRY",
+        "STATIC_ADDRESS",
+        "STATIC_GATEWAY",
+        "STATIC_DNS",
+    }
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class AgentConfig:
@@ -37,6 +50,13 @@ class AgentConfig:
     reconnect_cap: float = 60.0
     origin_check_interval: float = 10.0
     log_level: str = "INFO"
+    token: str | None = None
+    state_dir: Path | None = None
+    check_interval: float = 60.0
+    allow_network_restart: bool = False
+    network_restart_command: str = "systemctl restart systemd-networkd"
+    captive_portal_api: str | None = None
+    paused: bool = False
 
     @property
     def control_url(self) -> str:
@@ -157,6 +177,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks that FPVTrackside answers (default %(default)s)",
     )
     a(
+        "--token",
+        help="this pits' token; written to the state directory's token file on first start",
+    )
+    a("--state-dir", type=Path, help="where the box keeps what must survive a reboot (the token)")
+    a(
+        "--check-interval",
+        type=float,
+        default=d.check_interval,
+        help="seconds between connectivity checks while all is well (default %(default)s)",
+    )
+    a(
+        "--allow-network-restart",
+        action="store_true",
+        help="let recovery restart networking (on the image)",
+    )
+    a(
+        "--network-restart-command",
+        default=d.network_restart_command,
+        help="how recovery restarts networking (default %(default)s)",
+    )
+    a(
+        "--captive-portal-api",
+        help="the network's captive portal API (RFC 8908), when not learned from DHCP",
+    )
+    a("--paused", action="store_true", help="start with answering the cloud paused")
+    a(
+        "--error-hold",
+        type=float,
+        default=60.0,
+        help="on a settings error, show it on the status page this many s before exiting (default %(default)s)",
+    )
+    a(
         "--log-level",
         default=d.log_level,
         help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
@@ -184,17 +236,31 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
                     f"cannot read config file {config_path}: {exc.strerror}"
                 ) from None
             file_values = parse_conf(text, source=str(config_path))
-        ns = resolve(build_parser(), argv, env, file_values)
+        ns = resolve(build_parser(), argv, env, file_values, ignored=IMAGE_KEYS)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     if not ns.cloud_url:
         raise ConfigError("no cloud URL: set CLOUD_URL in the config file or --cloud-url")
-    if ns.token_file is None:
-        raise ConfigError("no token file: set TOKEN_FILE in the config file or --token-file")
+    token_file = ns.token_file
+    if token_file is None and ns.state_dir is not None:
+        token_file = ns.state_dir / "token"
+    if token_file is None:
+        raise ConfigError(
+            "no token: set TOKEN and STATE_DIR (or TOKEN_FILE) in the config file, or --token-file"
+        )
+    if ns.token is not None and not ns.token.strip():
+        raise ConfigError("TOKEN is empty: paste the token the relay's operator gave you")
     control_url(ns.cloud_url)  # refuse a bad URL now, in plain words
     return AgentConfig(
         cloud_url=ns.cloud_url,
-        token_file=ns.token_file,
+        token_file=token_file,
+        token=(ns.token or "").strip() or None,
+        state_dir=ns.state_dir,
+        check_interval=ns.check_interval,
+        allow_network_restart=ns.allow_network_restart,
+        network_restart_command=ns.network_restart_command,
+        captive_portal_api=ns.captive_portal_api,
+        paused=ns.paused,
         fpvtrackside=ns.fpvtrackside,
         pits_id=ns.pits_id or None,
         status_host=ns.status_host,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import jwt
 import tornado.httpclient
 import tornado.iostream
 import tornado.websocket
@@ -301,6 +302,13 @@ class CloudLink:
             return
         msg = frame.message
         if isinstance(msg, m.Fetch):
+            if self.state.paused:
+                self.metrics.fetches.labels(str(ErrorCode.UNAVAILABLE)).inc()
+                paused = m.Error(
+                    code=ErrorCode.UNAVAILABLE, message="answering is paused at the pits"
+                )
+                self._send(ws, paused, frame.id)
+                return
             if len(self._tasks) >= self.config.max_concurrent_commands:
                 self.metrics.fetches.labels(str(ErrorCode.BUSY)).inc()
                 busy = m.Error(
@@ -335,6 +343,11 @@ class CloudLink:
         except OSError as exc:
             log.error("could not store the renewed token", extra={"error": exc.strerror})
             return
+        try:
+            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+            self.state.token_expires = float(exp) if isinstance(exp, int | float) else None
+        except jwt.PyJWTError:
+            pass
         log.info("token renewed")
 
     async def _fetch(

@@ -26,6 +26,12 @@ class AgentMetrics:
             registry=r,
         )
         self.fetches = Counter(P + "fetches", "Fetch commands answered", ["outcome"], registry=r)
+        self.connectivity = Gauge(
+            P + "connectivity_state",
+            "1 for the uplink's current state: full, portal, limited, none or unknown",
+            ["state"],
+            registry=r,
+        )
         self.frames_dropped = Counter(
             P + "frames_dropped", "Frames from the cloud dropped", ["reason"], registry=r
         )

@@ -26,6 +26,17 @@ class AgentState:
     round_trip: float | None = None
     reconnects: int = 0
     next_attempt_in: float | None = None
+    connectivity: str = "unknown"
+    connectivity_detail: str = ""
+    connectivity_checked: float | None = None
+    portal_url: str | None = None
+    recovery_action: str | None = None
+    recovery_at: float | None = None
+    paused: bool = False
+    config_error: str | None = None
+    token_expires: float | None = None
+    fpvtrackside_url: str = ""
+    sw_version: str = ""
     changed_at: dict[str, float] = field(default_factory=dict)
 
     def set(self, name: str, value: Any, now: float | None = None) -> None:
@@ -44,4 +55,7 @@ class AgentState:
             "originEvent": self.origin_event,
             "cloudError": self.cloud_error,
             "reconnects": self.reconnects,
+            "connectivity": self.connectivity,
+            "portalUrl": self.portal_url,
+            "paused": self.paused,
         }

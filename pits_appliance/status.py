@@ -1,21 +1,65 @@
-"""The agent's local HTTP server: `/healthz` and `/metrics` for now, on the status port."""
+"""The agent's local HTTP server on the status port: the status page, its JSON, health, metrics.
+
+The page is for whoever is at the pits, on a phone on the pits network. The few actions it
+offers (reconnect, pause, resume) are POSTs that need the page's own header, so another web
+page cannot trigger them from a visitor's browser.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol
 
 import tornado.web
 
+from pits_appliance.metrics import AgentMetrics
+from pits_appliance.state import AgentState
+from pits_appliance.status_view import view
+
 if TYPE_CHECKING:
-    from pits_appliance.agent import Agent
+    from pits_appliance.link import CloudLink
+
+PAGE = resources.files("pits_appliance").joinpath("static/status.html").read_bytes()
+ACTION_HEADER = "X-Pitlink-Action"
+
+
+class StatusSource(Protocol):
+    """What the status server needs: the agent, or a stand-in when the settings are broken."""
+
+    state: AgentState
+    metrics: AgentMetrics
+
+    @property
+    def link(self) -> CloudLink | None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
 
 
 class _Base(tornado.web.RequestHandler):
-    def initialize(self, agent: Agent) -> None:
+    def initialize(self, agent: StatusSource) -> None:
         self.agent = agent
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
+
+    def compute_etag(self) -> None:
+        return None
+
+
+class PageHandler(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src data:",
+        )
+        self.finish(PAGE)
+
+
+class StatusJSONHandler(_Base):
+    def get(self) -> None:
+        self.finish(view(self.agent.state))
 
 
 class HealthHandler(_Base):
@@ -33,8 +77,39 @@ class MetricsHandler(_Base):
         self.finish(self.agent.metrics.render())
 
 
-def make_status_app(agent: Agent) -> tornado.web.Application:
+class ActionHandler(_Base):
+    """POST /api/reconnect, /api/pause, /api/resume."""
+
+    def post(self, action: str) -> None:
+        if self.request.headers.get(ACTION_HEADER) != "1":
+            self.set_status(403)
+            self.finish({"error": "actions come from the status page"})
+            return
+        link = self.agent.link
+        result: dict[str, Any]
+        if action == "reconnect" and link is not None:
+            link.reconnect_now()
+            result = {"ok": True, "message": "Reconnecting now."}
+        elif action in ("pause", "resume") and link is not None:
+            self.agent.set_paused(action == "pause")
+            message = (
+                "Paused: the box no longer answers the relay." if action == "pause" else "Resumed."
+            )
+            result = {"ok": True, "message": message}
+        else:
+            self.set_status(404 if link is not None else 409)
+            result = {"ok": False, "message": "Not possible now."}
+        self.finish(result)
+
+
+def make_status_app(agent: StatusSource) -> tornado.web.Application:
     args = {"agent": agent}
     return tornado.web.Application(
-        [(r"/healthz", HealthHandler, args), (r"/metrics", MetricsHandler, args)]
+        [
+            (r"/", PageHandler, args),
+            (r"/status\.json", StatusJSONHandler, args),
+            (r"/healthz", HealthHandler, args),
+            (r"/metrics", MetricsHandler, args),
+            (r"/api/(reconnect|pause|resume)", ActionHandler, args),
+        ]
     )

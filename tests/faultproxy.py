@@ -53,6 +53,10 @@ class FaultProxy:
         ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            # A black hole passes nothing on, not even a close: the other side must find out
+            # by itself (ping deadlines), as it would behind a dead NAT or a pulled cable.
+            while link in self._held and not self._closed:
+                await asyncio.sleep(0.05)
         finally:
             for pump in pumps:
                 pump.cancel()

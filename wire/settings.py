@@ -63,6 +63,8 @@ def resolve(
     argv: Sequence[str],
     env: Mapping[str, str],
     file_values: Mapping[str, str] | None = None,
+    *,
+    ignored: frozenset[str] = frozenset(),
 ) -> argparse.Namespace:
     """Parse `argv` with defaults taken from the environment, then the file.
 
@@ -93,7 +95,7 @@ def resolve(
             action.default = None
         else:
             action.default = _convert(action, origin, raw)
-    unknown = sorted(set(file_values) - known)
+    unknown = sorted(set(file_values) - known - ignored)
     if unknown:
         raise SettingsError(f"unknown setting {unknown[0]} in the config file")
     namespace = parser.parse_args(list(argv))

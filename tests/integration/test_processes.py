@@ -151,7 +151,7 @@ def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
         "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nPING_INTERVAL=soon\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "pits_appliance", "--config", str(conf)],
+        [sys.executable, "-m", "pits_appliance", "--config", str(conf), "--error-hold", "0"],
         capture_output=True,
         text=True,
         timeout=60,

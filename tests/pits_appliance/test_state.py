@@ -63,6 +63,9 @@ def test_health_keys_and_values() -> None:
         "originEvent",
         "cloudError",
         "reconnects",
+        "connectivity",
+        "portalUrl",
+        "paused",
     }
     assert health["pitsId"] == "club-42"
     assert health["wsConnected"] is True
@@ -72,6 +75,11 @@ def test_health_keys_and_values() -> None:
     assert health["originEvent"] == "e1"
     assert health["cloudError"] is None
     assert health["reconnects"] == 3
+    assert (health["connectivity"], health["portalUrl"], health["paused"]) == (
+        "unknown",
+        None,
+        False,
+    )
 
 
 def test_health_of_a_fresh_state() -> None:

@@ -1,0 +1,125 @@
+"""How connected the box is, decided the way operating systems decide it.
+
+Pure: the probe's outcome goes in, a verdict comes out. Like Android, ChromeOS and
+NetworkManager, the box asks for a URL known to answer an empty 204 (the relay's
+`/generate_204`) and does not follow redirects:
+
+- `full`: a 204, or a 200 with an empty or one-byte body (some transparent proxies do that);
+- `portal`: a 3xx (its Location is where to sign in), or a 200 with a page;
+- `limited`: DNS works but the probe times out, is refused or fails;
+- `none`: no route, no address, or DNS fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+State = Literal["full", "portal", "limited", "none", "unknown"]
+STATES: tuple[State, ...] = ("full", "portal", "limited", "none", "unknown")
+
+# What a probe attempt ended in, before any HTTP status was seen.
+Failure = Literal["dns", "no_route", "timeout", "refused", "tls", "error"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """One probe's outcome: an HTTP answer, or the failure that prevented one."""
+
+    status: int | None = None
+    location: str | None = None
+    body_length: int = 0
+    failure: Failure | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict:
+    """The connectivity state, where the portal is (if any), and a word on why."""
+
+    state: State
+    portal_url: str | None = None
+    detail: str = ""
+
+
+def classify(probe: Probe) -> Verdict:
+    """The verdict on one probe."""
+    if probe.failure is not None:
+        if probe.failure in ("dns", "no_route"):
+            return Verdict(state="none", detail=probe.detail or probe.failure)
+        return Verdict(state="limited", detail=probe.detail or probe.failure)
+    status = probe.status or 0
+    if status == 204 or (status == 200 and probe.body_length <= 1):
+        return Verdict(state="full")
+    if 300 <= status < 400:
+        return Verdict(
+            state="portal",
+            portal_url=probe.location or None,
+            detail=f"redirected ({status})" if probe.location else f"{status} without a Location",
+        )
+    if status == 200:
+        return Verdict(state="portal", detail="a page instead of the empty answer")
+    return Verdict(state="limited", detail=f"unexpected HTTP {status}")
+
+
+def combine(http: Verdict, https: Verdict | None) -> Verdict:
+    """Join the HTTP and (for a `wss://` relay) HTTPS probes made in parallel.
+
+    A full HTTPS answer cannot come from a portal (it would need the relay's certificate),
+    so it wins; otherwise the HTTP probe, which portals do intercept, tells what is wrong.
+    """
+    if https is None:
+        return http
+    if https.state == "full":
+        return https
+    if http.state == "full" and https.state != "portal":
+        return http
+    order = {"portal": 0, "limited": 1, "none": 2, "full": 3, "unknown": 4}
+    return min((http, https), key=lambda v: order[v.state])
+
+
+def parse_captive_api(body: bytes) -> Verdict | None:
+    """An RFC 8908 captive portal API answer: `{"captive": bool, "user-portal-url": ...}`."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("captive"), bool):
+        return None
+    if not doc["captive"]:
+        return None  # not captive: the probes decide how connected we are
+    url = doc.get("user-portal-url")
+    return Verdict(
+        state="portal",
+        portal_url=url
+        if isinstance(url, str) and url.startswith(("https://", "http://"))
+        else None,
+        detail="the network's captive portal API says so",
+    )
+
+
+def captive_api_from_networkd(text: str) -> str | None:
+    """The portal API URI systemd-networkd learned from DHCP (RFC 8910) for one link."""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "CAPTIVE_PORTAL" and value.strip().startswith("https://"):
+            return value.strip()
+    return None
+
+
+class Schedule:
+    """When to check again: every `interval` s while full; from 1 s, doubling, while not."""
+
+    def __init__(self, interval: float = 60.0, first: float = 1.0):
+        self.interval = interval
+        self.first = min(first, interval)
+        self._next_short = self.first
+
+    def after(self, state: State) -> float:
+        if state == "full":
+            self._next_short = self.first
+            return self.interval
+        delay = self._next_short
+        self._next_short = min(self.interval, self._next_short * 2)
+        return delay

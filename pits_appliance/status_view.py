@@ -1,0 +1,261 @@
+"""What the status page says, in plain words, from what the agent knows. Pure: time in.
+
+Each row has a mark (green, amber or red), a title, a sentence that says what to do when
+something is wrong, and since when it has been so.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pits_appliance.state import AgentState
+from wire import PROTOCOL_VERSION
+
+GREEN, AMBER, RED = "green", "amber", "red"
+TOKEN_WARN_S = 30 * 86400
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "unknown"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{int(seconds // 86400)} days"
+
+
+def _row(
+    key: str, mark: str, title: str, text: str, since: float | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"key": key, "mark": mark, "title": title, "text": text, "since": since, **extra}
+
+
+def fpvtrackside_row(s: AgentState) -> dict[str, Any]:
+    since = s.changed_at.get("origin_reachable")
+    if s.origin_reachable is None:
+        return _row(
+            "fpvtrackside", AMBER, "Checking FPVTrackside…", f"Asking {s.fpvtrackside_url}."
+        )
+    if not s.origin_reachable:
+        return _row(
+            "fpvtrackside",
+            RED,
+            "FPVTrackside is not answering",
+            f"FPVTrackside is not answering at {s.fpvtrackside_url}: check that its web server is "
+            "enabled and the laptop is on this network.",
+            since,
+        )
+    if not s.origin_event:
+        return _row(
+            "fpvtrackside",
+            AMBER,
+            "FPVTrackside answers, but no event is open",
+            "Open the event in FPVTrackside; spectators see it as soon as it is open.",
+            since,
+        )
+    return _row(
+        "fpvtrackside",
+        GREEN,
+        "FPVTrackside is answering",
+        f"Event {s.origin_event} is open.",
+        since,
+    )
+
+
+def internet_row(s: AgentState) -> dict[str, Any]:
+    since = s.changed_at.get("connectivity")
+    detail = f" ({s.connectivity_detail})" if s.connectivity_detail else ""
+    if s.connectivity == "full":
+        return _row(
+            "internet",
+            GREEN,
+            "The Internet is reachable",
+            "The relay's check answered as it should.",
+            since,
+        )
+    if s.connectivity == "portal":
+        return _row(
+            "internet",
+            RED,
+            "The Internet is blocked by a sign-in page",
+            "See below: the network wants a sign-in before it lets the box out.",
+            since,
+        )
+    if s.connectivity == "limited":
+        return _row(
+            "internet",
+            AMBER,
+            "The Internet is not answering properly",
+            f"The network is up but the relay's check did not get through{detail}. A phone hotspot "
+            "may be out of data, or the venue network may block it: try another network.",
+            since,
+        )
+    if s.connectivity == "none":
+        return _row(
+            "internet",
+            RED,
+            "No Internet",
+            f"The box has no way out{detail}: check the network cable or the Wi-Fi name and "
+            "password in pitlink.conf, and that the router or hotspot is on.",
+            since,
+        )
+    return _row(
+        "internet", AMBER, "Checking the Internet…", "The first check runs when the box starts."
+    )
+
+
+def portal_row(s: AgentState) -> dict[str, Any]:
+    since = s.changed_at.get("connectivity")
+    if s.connectivity != "portal":
+        return _row(
+            "portal",
+            GREEN,
+            "No captive portal in the way",
+            "Nothing asks the box to sign in.",
+            since,
+        )
+    if s.portal_url:
+        text = (
+            "The venue's network wants a sign-in. Open the address below on a phone or laptop on "
+            "the same network as the box, accept the terms, then wait a minute: the box finds its "
+            "way out by itself. If the sign-in is per device, ask the venue to let the box's "
+            "address through."
+        )
+    else:
+        text = (
+            "The venue's network wants a sign-in but did not say where. Open any web page on a "
+            "phone on the same network as the box; the sign-in page should appear."
+        )
+    return _row("portal", RED, "A captive portal is in the way", text, since, link=s.portal_url)
+
+
+def cloud_row(s: AgentState, now: float) -> dict[str, Any]:
+    since = s.changed_at.get("ws_connected")
+    if s.paused:
+        return _row(
+            "cloud",
+            AMBER,
+            "Paused: the box is not answering the relay",
+            "Spectators see the last copies the relay holds. Press Resume to answer again.",
+            s.changed_at.get("paused"),
+        )
+    if s.ws_connected:
+        parts = [f"Since {_when(s.connected_since)} ({ago(now - (s.connected_since or now))})"]
+        if s.round_trip is not None:
+            parts.append(f"round trip {s.round_trip * 1000:.0f} ms")
+        parts.append(
+            f"last fetch {ago(now - s.last_fetch)} ago" if s.last_fetch else "no fetch yet"
+        )
+        return _row("cloud", GREEN, "Connected to the relay", ", ".join(parts) + ".", since)
+    reason = s.cloud_error or "Connecting to the relay."
+    if not reason.endswith("."):
+        reason += "."
+    nxt = f" Next try in about {ago(s.next_attempt_in)}." if s.next_attempt_in else ""
+    step = ""
+    if s.recovery_action and s.recovery_at:
+        step = f" Last recovery step: {s.recovery_action}, {ago(now - s.recovery_at)} ago."
+    return _row(
+        "cloud",
+        RED,
+        "Not connected to the relay",
+        reason[0].upper() + reason[1:] + nxt + step,
+        since,
+    )
+
+
+def token_row(s: AgentState, now: float) -> dict[str, Any]:
+    if s.token_expires is None:
+        return _row(
+            "token",
+            AMBER,
+            "Token without an expiry date",
+            "The relay decides whether it is still good.",
+        )
+    left = s.token_expires - now
+    if left <= 0:
+        return _row(
+            "token",
+            RED,
+            f"The token expired on {_when(s.token_expires)}",
+            "Ask the relay's operator for a new token and put it in pitlink.conf (TOKEN=).",
+        )
+    if left < TOKEN_WARN_S:
+        return _row(
+            "token",
+            AMBER,
+            f"The token expires on {_when(s.token_expires)}",
+            "It is renewed by itself while the box is connected: connect the box before then, "
+            "or ask for a new token.",
+        )
+    return _row(
+        "token",
+        GREEN,
+        f"Token valid until {_when(s.token_expires)}",
+        "Renewed by itself while connected.",
+    )
+
+
+def software_row(s: AgentState) -> dict[str, Any]:
+    return _row(
+        "software",
+        GREEN,
+        f"Pits id {s.pits_id or 'unknown'}",
+        f"Pitlink {s.sw_version}, protocol version {PROTOCOL_VERSION}.",
+    )
+
+
+def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
+    """The whole page's content."""
+    now = time.time() if now is None else now
+    if s.config_error:
+        rows = [
+            _row(
+                "settings",
+                RED,
+                "The settings have a problem",
+                f"{s.config_error}. Fix pitlink.conf on the card's boot partition (any laptop can "
+                "edit it) and restart the box.",
+            )
+        ]
+    else:
+        rows = [
+            fpvtrackside_row(s),
+            internet_row(s),
+            portal_row(s),
+            cloud_row(s, now),
+            token_row(s, now),
+            software_row(s),
+        ]
+    for row in rows:
+        row["sinceText"] = f"for {ago(now - row['since'])}" if row.get("since") else ""
+    worst = (
+        RED
+        if any(r["mark"] == RED for r in rows)
+        else AMBER
+        if any(r["mark"] == AMBER for r in rows)
+        else GREEN
+    )
+    headline = {
+        GREEN: "All is well: race data is reaching the Internet.",
+        AMBER: "Working, with something to look at.",
+        RED: "Something needs fixing: see the red lines.",
+    }[worst]
+    return {
+        "overall": worst,
+        "headline": headline,
+        "rows": rows,
+        "paused": s.paused,
+        "connected": s.ws_connected,
+        "pitsId": s.pits_id,
+        "configError": bool(s.config_error),
+        "now": now,
+    }

@@ -1,0 +1,254 @@
+"""The connectivity watchdog: probe, classify, recover, and say what it found.
+
+The classification is in `connectivity.py` and the escalation in `recovery.py`, both pure;
+this module does the probing and runs the actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import shlex
+import shutil
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+import tornado.httpclient
+import tornado.httputil
+import tornado.iostream
+from tornado.simple_httpclient import HTTPTimeoutError
+
+from pits_appliance.connectivity import (
+    STATES,
+    Probe,
+    Schedule,
+    Verdict,
+    captive_api_from_networkd,
+    classify,
+    combine,
+    parse_captive_api,
+)
+from pits_appliance.recovery import RECONNECT, RERESOLVE, RESTART_NETWORK, Recovery
+
+if TYPE_CHECKING:
+    from pits_appliance.agent import Agent
+
+log = logging.getLogger("pitlink.pits.watchdog")
+
+PROBE_TIMEOUT = 5.0
+NETWORKD_LINKS = Path("/run/systemd/netif/links")
+
+
+def probe_urls(cloud_url: str) -> tuple[str, str | None]:
+    """The HTTP probe URL, and the HTTPS one when the relay is reached over TLS."""
+    parts = urlsplit(cloud_url)
+    secure = parts.scheme in ("https", "wss")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    http_netloc = host if secure else parts.netloc
+    http = urlunsplit(("http", http_netloc, "/generate_204", "", ""))
+    https = urlunsplit(("https", parts.netloc, "/generate_204", "", "")) if secure else None
+    return http, https
+
+
+def _failure(exc: BaseException) -> Probe:
+    if isinstance(exc, socket.gaierror):
+        return Probe(failure="dns", detail=f"DNS: {exc.strerror or exc}")
+    if isinstance(exc, HTTPTimeoutError | asyncio.TimeoutError | TimeoutError):
+        return Probe(failure="timeout", detail="no answer in time")
+    if isinstance(exc, ssl.SSLError):
+        return Probe(failure="tls", detail=f"TLS: {exc}")
+    if isinstance(exc, ConnectionRefusedError):
+        return Probe(failure="refused", detail="connection refused")
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.EADDRNOTAVAIL,
+        errno.ENETDOWN,
+    ):
+        return Probe(failure="no_route", detail=f"no route: {exc.strerror}")
+    return Probe(failure="error", detail=f"{type(exc).__name__}: {exc}")
+
+
+class _Cap(tornado.httputil.HTTPInputError):
+    pass
+
+
+async def probe(client: tornado.httpclient.AsyncHTTPClient, url: str) -> Probe:
+    """GET the URL without following redirects, reading at most a little of the body."""
+    size = 0
+
+    def on_chunk(chunk: bytes) -> None:
+        nonlocal size
+        size += len(chunk)
+        if size > 65536:
+            raise _Cap("enough of the page")
+
+    request = tornado.httpclient.HTTPRequest(
+        url,
+        follow_redirects=False,
+        connect_timeout=PROBE_TIMEOUT,
+        request_timeout=PROBE_TIMEOUT,
+        streaming_callback=on_chunk,
+        headers={"Cache-Control": "no-cache"},
+    )
+    try:
+        response = await client.fetch(request, raise_error=False)
+    except tornado.httpclient.HTTPClientError as exc:
+        if size > 65536:
+            return Probe(status=200, body_length=size)
+        return _failure(exc)
+    except Exception as exc:
+        return _failure(exc)
+    return Probe(
+        status=response.code,
+        location=response.headers.get("Location"),
+        body_length=size,
+    )
+
+
+def captive_api_uri(links: Path = NETWORKD_LINKS) -> str | None:
+    """The RFC 8910 captive portal API URI, where systemd-networkd exposes one."""
+    try:
+        files = sorted(links.iterdir())
+    except OSError:
+        return None
+    for file in files:
+        try:
+            uri = captive_api_from_networkd(file.read_text())
+        except OSError:
+            continue
+        if uri:
+            return uri
+    return None
+
+
+class Watchdog:
+    """Checks connectivity on a schedule and escalates recovery while the link is down."""
+
+    def __init__(self, agent: Agent, *, clock: Callable[[], float] = time.monotonic):
+        self.agent = agent
+        self.config = agent.config
+        self.clock = clock
+        self.schedule = Schedule(self.config.check_interval)
+        self.recovery = Recovery(allow_network_restart=self.config.allow_network_restart)
+        self.http_url, self.https_url = probe_urls(self.config.cloud_url)
+        self.client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=4)
+        self.checks = 0
+        self._wake = asyncio.Event()
+
+    def check_now(self) -> None:
+        self._wake.set()
+
+    async def check(self) -> Verdict:
+        """Probe (HTTP and HTTPS in parallel) and ask the portal API where there is one."""
+        probes = [probe(self.client, self.http_url)]
+        if self.https_url:
+            probes.append(probe(self.client, self.https_url))
+        results = await asyncio.gather(*probes)
+        verdict = combine(classify(results[0]), classify(results[1]) if len(results) > 1 else None)
+        api = self.config.captive_portal_api or captive_api_uri()
+        if api and verdict.state != "full":
+            try:
+                answer = await self.client.fetch(
+                    api,
+                    headers={"Accept": "application/captive+json"},
+                    request_timeout=PROBE_TIMEOUT,
+                    raise_error=False,
+                )
+                from_api = parse_captive_api(answer.body or b"")
+                if from_api is not None:
+                    verdict = Verdict(
+                        state="portal",
+                        portal_url=from_api.portal_url or verdict.portal_url,
+                        detail=from_api.detail,
+                    )
+            except Exception as exc:
+                log.info("captive portal API did not answer", extra={"error": str(exc)})
+        return verdict
+
+    def record(self, verdict: Verdict) -> None:
+        state = self.agent.state
+        before = state.connectivity
+        state.set("connectivity", verdict.state)
+        state.portal_url = verdict.portal_url
+        state.connectivity_detail = verdict.detail
+        state.connectivity_checked = time.time()
+        for name in STATES:
+            self.agent.metrics.connectivity.labels(name).set(1 if name == verdict.state else 0)
+        if before != verdict.state:
+            log.info(
+                "connectivity changed",
+                extra={
+                    "from": before,
+                    "to": verdict.state,
+                    "portal": verdict.portal_url,
+                    "detail": verdict.detail,
+                },
+            )
+            if verdict.state == "full" and not state.ws_connected:
+                # The way out is open again (a portal let us through): dial now.
+                self.agent.link.reconnect_now()
+
+    async def act(self, action: str) -> None:
+        self.agent.state.recovery_action = action
+        self.agent.state.recovery_at = time.time()
+        log.warning("recovery step", extra={"action": action})
+        if action == RECONNECT:
+            self.agent.link.reconnect_now()
+        elif action == RERESOLVE:
+            if shutil.which("resolvectl"):
+                await self._run(["resolvectl", "flush-caches"])
+            self.agent.link.reconnect_now()  # the next dial resolves the relay's name afresh
+        elif action == RESTART_NETWORK:
+            await self._run(shlex.split(self.config.network_restart_command))
+
+    async def _run(self, argv: list[str]) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+        except (OSError, TimeoutError) as exc:
+            log.error("recovery command failed", extra={"command": argv[0], "error": str(exc)})
+            return
+        if proc.returncode:
+            log.error(
+                "recovery command failed",
+                extra={
+                    "command": argv[0],
+                    "code": proc.returncode,
+                    "error": err.decode(errors="replace")[:300],
+                },
+            )
+
+    async def run(self) -> None:
+        while True:
+            self.checks += 1
+            verdict = await self.check()
+            self.record(verdict)
+            for action in self.recovery.observe(self.agent.state.ws_connected, self.clock()):
+                await self.act(action)
+            delay = self.schedule.after(verdict.state)
+            if not self.agent.state.ws_connected:
+                delay = min(delay, self.recovery_tick)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    @property
+    def recovery_tick(self) -> float:
+        """While the link is down, look at least this often so recovery steps come on time."""
+        return min(10.0, self.config.check_interval)
+
+    def close(self) -> None:
+        self.client.close()
