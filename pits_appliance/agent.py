@@ -189,16 +189,19 @@ class Agent:
         }[s.origin_reachable]
         return f"{link}; {origin}; Internet {s.connectivity}{'; paused' if s.paused else ''}"
 
+    def systemd_tick(self) -> bool:
+        """Tell systemd we are alive, if we are healthy; True when WATCHDOG=1 went out."""
+        self.systemd.status(self.status_line())
+        if not self.healthy():
+            log.error("an agent task died; withholding the watchdog so systemd restarts us")
+            return False
+        return self.systemd.watchdog_interval is not None and self.systemd.watchdog()
+
     async def _systemd_loop(self) -> None:
         """WATCHDOG=1 from the event loop itself: a blocked loop sends nothing and is restarted."""
         interval = self.systemd.watchdog_interval or 5.0
         while True:
-            if self.healthy():
-                if self.systemd.watchdog_interval is not None:
-                    self.systemd.watchdog()
-            else:
-                log.error("an agent task died; withholding the watchdog so systemd restarts us")
-            self.systemd.status(self.status_line())
+            self.systemd_tick()
             await asyncio.sleep(interval)
 
     # -- local actions (status page) ----------------------------------------------------------

@@ -25,6 +25,7 @@ class FaultProxy:
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._held: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._closed = False
+        self._stopped = asyncio.Event()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -55,8 +56,8 @@ class FaultProxy:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             # A black hole passes nothing on, not even a close: the other side must find out
             # by itself (ping deadlines), as it would behind a dead NAT or a pulled cable.
-            while link in self._held and not self._closed:
-                await asyncio.sleep(0.05)
+            if link in self._held:
+                await self._stopped.wait()
         finally:
             for pump in pumps:
                 pump.cancel()
@@ -107,6 +108,7 @@ class FaultProxy:
 
     async def stop(self) -> None:
         self._closed = True
+        self._stopped.set()
         if self._server is not None:
             self._server.close()
             self.reset_all()

@@ -1,0 +1,161 @@
+"""The uplink classifier, the check schedule and the portal API parsing, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from pits_appliance.connectivity import (
+    Probe,
+    Schedule,
+    Verdict,
+    captive_api_from_networkd,
+    classify,
+    combine,
+    parse_captive_api,
+)
+from pits_appliance.watchdog import probe_urls
+
+
+@pytest.mark.parametrize(
+    ("probe", "state", "portal"),
+    [
+        (Probe(status=204), "full", None),
+        (Probe(status=200, body_length=0), "full", None),
+        (Probe(status=200, body_length=1), "full", None),
+        (Probe(status=200, body_length=2), "portal", None),
+        (Probe(status=200, body_length=5000), "portal", None),
+        (
+            Probe(status=302, location="http://portal.example/login"),
+            "portal",
+            "http://portal.example/login",
+        ),
+        (Probe(status=307, location="https://wifi.example/"), "portal", "https://wifi.example/"),
+        (Probe(status=302), "portal", None),
+        (Probe(status=301, location=""), "portal", None),
+        (Probe(status=404), "limited", None),
+        (Probe(status=503), "limited", None),
+        (Probe(failure="dns", detail="DNS: Name or service not known"), "none", None),
+        (Probe(failure="no_route"), "none", None),
+        (Probe(failure="timeout"), "limited", None),
+        (Probe(failure="refused"), "limited", None),
+        (Probe(failure="tls"), "limited", None),
+        (Probe(failure="error"), "limited", None),
+    ],
+)
+def test_classify(probe: Probe, state: str, portal: str | None) -> None:
+    verdict = classify(probe)
+    assert verdict.state == state
+    assert verdict.portal_url == portal
+
+
+def test_classify_keeps_the_reason() -> None:
+    assert (
+        "Name or service"
+        in classify(Probe(failure="dns", detail="DNS: Name or service not known")).detail
+    )
+    assert classify(Probe(status=302)).detail == "302 without a Location"
+
+
+FULL = Verdict(state="full")
+PORTAL = Verdict(state="portal", portal_url="http://p/")
+LIMITED = Verdict(state="limited")
+NONE = Verdict(state="none")
+
+
+@pytest.mark.parametrize(
+    ("http", "https", "expected"),
+    [
+        (FULL, None, FULL),
+        (PORTAL, None, PORTAL),
+        (PORTAL, FULL, FULL),  # HTTPS got through with the relay's certificate: no portal
+        (FULL, LIMITED, FULL),  # no TLS on the probe's port, but the way out is open
+        (PORTAL, LIMITED, PORTAL),  # the portal intercepts HTTP and breaks HTTPS
+        (LIMITED, NONE, LIMITED),
+        (NONE, NONE, NONE),
+        (FULL, PORTAL, PORTAL),
+    ],
+)
+def test_combine_http_and_https(http: Verdict, https: Verdict | None, expected: Verdict) -> None:
+    assert combine(http, https) == expected
+
+
+def test_schedule_full_then_backoff_from_one_second() -> None:
+    s = Schedule(interval=60.0)
+    assert s.after("full") == 60.0
+    assert [s.after("portal") for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert s.after("full") == 60.0
+    assert s.after("none") == 1  # starts over after a full
+
+
+def test_schedule_short_interval() -> None:
+    s = Schedule(interval=0.5)
+    assert [s.after("limited") for _ in range(3)] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            b'{"captive": true, "user-portal-url": "https://login.example/"}',
+            Verdict(
+                state="portal",
+                portal_url="https://login.example/",
+                detail="the network's captive portal API says so",
+            ),
+        ),
+        (
+            b'{"captive": true}',
+            Verdict(
+                state="portal", portal_url=None, detail="the network's captive portal API says so"
+            ),
+        ),
+        (
+            b'{"captive": true, "user-portal-url": "javascript:alert(1)"}',
+            Verdict(
+                state="portal", portal_url=None, detail="the network's captive portal API says so"
+            ),
+        ),
+        (b'{"captive": false, "user-portal-url": "https://login.example/"}', None),
+        (b'{"captive": "yes"}', None),
+        (b"[]", None),
+        (b"<html>", None),
+        (b"\xff", None),
+    ],
+)
+def test_parse_captive_api(body: bytes, expected: Verdict | None) -> None:
+    assert parse_captive_api(body) == expected
+
+
+def test_captive_api_uri_from_networkd_state() -> None:
+    text = "# This is private data.\nADMIN_STATE=configured\nCAPTIVE_PORTAL=https://portal.example/api\n"
+    assert captive_api_from_networkd(text) == "https://portal.example/api"
+    assert (
+        captive_api_from_networkd("CAPTIVE_PORTAL=http://plain.example/") is None
+    )  # RFC 8908: HTTPS only
+    assert captive_api_from_networkd("ADMIN_STATE=configured\n") is None
+
+
+@pytest.mark.parametrize(
+    ("cloud", "http", "https"),
+    [
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/generate_204", None),
+        ("ws://relay.example:8000/", "http://relay.example:8000/generate_204", None),
+        (
+            "https://relay.example",
+            "http://relay.example/generate_204",
+            "https://relay.example/generate_204",
+        ),
+        (
+            "wss://relay.example:8443",
+            "http://relay.example/generate_204",
+            "https://relay.example:8443/generate_204",
+        ),
+        (
+            "https://[2001:db8::1]:443",
+            "http://[2001:db8::1]/generate_204",
+            "https://[2001:db8::1]:443/generate_204",
+        ),
+    ],
+)
+def test_probe_urls(cloud: str, http: str, https: str | None) -> None:
+    assert probe_urls(cloud) == (http, https)
