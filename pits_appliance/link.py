@@ -148,9 +148,15 @@ class CloudLink:
                 )
                 log.warning("relay refused the token", extra={"status": exc.code})
                 return self.backoff.slow_delay()
-            self.state.set(
-                "cloud_error", f"the relay at {self.config.cloud_url} answered HTTP {exc.code}"
-            )
+            if 300 <= exc.code < 400:
+                self.state.set(
+                    "cloud_error",
+                    "the network sent the connection to a sign-in page instead of the relay",
+                )
+            else:
+                self.state.set(
+                    "cloud_error", f"the relay at {self.config.cloud_url} answered HTTP {exc.code}"
+                )
             return self.backoff.next_delay()
         except (
             OSError,

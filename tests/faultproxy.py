@@ -17,7 +17,8 @@ class FaultProxy:
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
-        self.mode = "forward"  # forward, blackhole (all links, new ones too), refuse
+        self.mode = "forward"  # forward, blackhole (all links, new ones too), refuse, portal
+        self.portal_location: str | None = None  # where "portal" mode redirects every request
         self.delay = 0.0
         self.port = 0
         self.accepted = 0
@@ -40,6 +41,9 @@ class FaultProxy:
         self.accepted += 1
         if self.mode == "refuse":
             self._reset(writer)
+            return
+        if self.mode == "portal":
+            await self._redirect(reader, writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -89,6 +93,17 @@ class FaultProxy:
                 await asyncio.sleep(self.delay)
             writer.write(data)
             await writer.drain()
+
+    async def _redirect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer like a captive portal: whatever was asked, a 302 to the sign-in page."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            location = f"Location: {self.portal_location}\r\n" if self.portal_location else ""
+            writer.write(
+                f"HTTP/1.1 302 Found\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+        writer.close()
 
     @staticmethod
     def _reset(writer: asyncio.StreamWriter) -> None:

@@ -72,7 +72,7 @@ class System:
         self.jwks, self.keys = make_keys(tmp)
         self.token_file = tmp / "token"
         # Longer than --renew-before, so that no renewal happens unless a test asks for one.
-        self.token_file.write_text(self.keys.issue(sub=pits_id, role="pits", ttl=30 * 86400))
+        self.token_file.write_text(self.keys.issue(sub=pits_id, role="pits", ttl=90 * 86400))
         self.relay: CloudRelay | None = None
         self.agent: Agent | None = None
         self.relay_port = 0

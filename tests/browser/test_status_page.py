@@ -1,0 +1,191 @@
+"""The box's status page in a real browser: every state says its sentence with its mark."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import tornado.httpserver
+import tornado.netutil
+from playwright.async_api import Browser, Page, expect
+from support import System, wait_for
+
+from pits_appliance.cli import BrokenSettings
+from pits_appliance.connectivity import Verdict
+from pits_appliance.status import make_status_app
+
+
+@pytest.fixture
+async def page(browser: Browser):
+    context = await browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.errors = errors
+    yield page
+    await context.close()
+
+
+async def open_status(page: Page, system: System) -> None:
+    await page.goto(f"http://127.0.0.1:{system.agent.status_port}/")
+    await expect(page.locator("#rows li").first).to_be_visible()
+
+
+def row(page: Page, key: str):
+    return page.locator(f'#rows li[data-key="{key}"]')
+
+
+async def expect_row(page: Page, key: str, mark: str, *texts: str) -> None:
+    await expect(row(page, key)).to_have_attribute("data-mark", mark)
+    for text in texts:
+        await expect(row(page, key)).to_contain_text(text, ignore_case=True)
+
+
+async def test_all_green_when_all_is_well(page: Page, system: System, tmp_path: Path) -> None:
+    agent = system.agent
+    await wait_for(
+        lambda: agent.state.origin_event and agent.state.connectivity == "full", what="checks"
+    )
+    await open_status(page, system)
+    await expect(page.locator("#headline")).to_have_text(
+        "All is well: race data is reaching the Internet."
+    )
+    await expect_row(
+        page, "fpvtrackside", "green", "FPVTrackside is answering", system.sim.event_id
+    )
+    await expect_row(page, "internet", "green", "The Internet is reachable")
+    await expect_row(page, "portal", "green", "No captive portal")
+    await expect_row(page, "cloud", "green", "Connected to the relay", "no fetch yet")
+    await expect_row(page, "token", "green", "Token valid until")
+    await expect_row(page, "software", "green", system.pits_id, "protocol version 1")
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, "the page scrolls sideways on a phone"
+    await page.screenshot(path=str(tmp_path / "status-green.png"), full_page=True)
+    assert page.errors == []
+
+
+async def test_fpvtrackside_down_says_what_to_check(page: Page, system: System) -> None:
+    await system.sim.stop()
+    await system.agent.check_origin()
+    await open_status(page, system)
+    await expect_row(
+        page,
+        "fpvtrackside",
+        "red",
+        f"FPVTrackside is not answering at {system.sim.url}: check that its web server is "
+        "enabled and the laptop is on this network.",
+    )
+    await expect(page.locator("#headline")).to_contain_text("Something needs fixing")
+
+
+async def test_no_event_open_is_amber(page: Page, system: System) -> None:
+    await wait_for(lambda: system.agent.state.origin_reachable, what="origin check")
+    system.agent.state.set("origin_event", None)
+    await open_status(page, system)
+    await expect_row(
+        page, "fpvtrackside", "amber", "no event is open", "Open the event in FPVTrackside"
+    )
+
+
+@pytest.mark.parametrize(
+    ("verdict", "mark", "text"),
+    [
+        (Verdict(state="limited", detail="no answer in time"), "amber", "may be out of data"),
+        (
+            Verdict(state="none", detail="DNS: failure"),
+            "red",
+            "check the network cable or the Wi-Fi",
+        ),
+    ],
+)
+async def test_internet_states(
+    page: Page, system: System, verdict: Verdict, mark: str, text: str
+) -> None:
+    system.agent.watchdog.record(verdict)
+    await open_status(page, system)
+    await expect_row(page, "internet", mark, text, verdict.detail)
+
+
+async def test_portal_shows_where_to_sign_in(page: Page, system: System, tmp_path: Path) -> None:
+    system.agent.watchdog.record(Verdict(state="portal", portal_url="http://10.0.0.1/login?x=1"))
+    await open_status(page, system)
+    await expect_row(page, "portal", "red", "A captive portal is in the way", "accept the terms")
+    link = row(page, "portal").locator("a.link")
+    await expect(link).to_have_attribute("href", "http://10.0.0.1/login?x=1")
+    await expect_row(page, "internet", "red", "blocked by a sign-in page")
+    await page.screenshot(path=str(tmp_path / "status-portal.png"), full_page=True)
+    system.agent.watchdog.record(Verdict(state="portal"))
+    await page.reload()
+    await expect_row(page, "portal", "red", "did not say where")
+
+
+async def test_cloud_down_says_why_and_when_next(page: Page, system: System) -> None:
+    await system.stop_relay()
+    await wait_for(lambda: not system.agent.state.ws_connected, what="link down")
+    await open_status(page, system)
+    await expect_row(page, "cloud", "red", "Not connected to the relay", "cannot reach the relay")
+
+
+@pytest.mark.parametrize(
+    ("left", "mark", "text"),
+    [
+        (10 * 86400, "amber", "renewed by itself while the box is connected"),
+        (-60, "red", "Ask the relay's operator for a new token"),
+    ],
+)
+async def test_token_expiry(page: Page, system: System, left: float, mark: str, text: str) -> None:
+    system.agent.state.token_expires = time.time() + left
+    await open_status(page, system)
+    await expect_row(page, "token", mark, text)
+
+
+async def test_settings_error_is_one_red_line(page: Page, tmp_path: Path) -> None:
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(
+        make_status_app(BrokenSettings("no cloud URL: set CLOUD_URL in the config file"))
+    )
+    server.add_sockets(sockets)
+    try:
+        await page.goto(f"http://127.0.0.1:{sockets[0].getsockname()[1]}/")
+        await expect(page.locator("#rows li")).to_have_count(1)
+        await expect_row(page, "settings", "red", "set CLOUD_URL", "Fix pitlink.conf")
+        await expect(page.locator("#reconnect")).to_be_hidden()
+    finally:
+        server.stop()
+
+
+async def test_reconnect_button(page: Page, system: System) -> None:
+    sessions = system.agent.link.sessions
+    await open_status(page, system)
+    await page.click("#reconnect")
+    await expect(page.locator("#message")).to_have_text("Reconnecting now.")
+    await wait_for(lambda: system.agent.link.sessions > sessions, what="a new session")
+    await system.connected()
+    assert page.errors == []
+
+
+async def test_pause_and_resume_buttons(page: Page, system: System) -> None:
+    await open_status(page, system)
+    await page.click("#pause")
+    await expect_row(page, "cloud", "amber", "Paused")
+    assert system.agent.state.paused
+    got = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
+    assert got.code == 503  # nothing cached yet, and the box says it is paused
+    await expect(page.locator("#pause")).to_have_text("Resume")
+    await page.click("#pause")
+    await expect_row(page, "cloud", "green", "Connected to the relay")
+    assert (await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")).code == 200
+
+
+async def test_actions_need_the_page_header(system: System) -> None:
+    got = await system.http.fetch(
+        f"http://127.0.0.1:{system.agent.status_port}/api/pause",
+        method="POST",
+        body=b"",
+        raise_error=False,
+    )
+    assert got.code == 403
+    assert not system.agent.state.paused
