@@ -94,3 +94,23 @@ def test_relay_unit_runs_the_relay_with_reload() -> None:
             if line.strip() and "is not executable" not in line
         ]
         assert problems == [], problems
+
+
+def test_agent_unit_is_a_notify_service_with_a_watchdog() -> None:
+    path = Path(__file__).resolve().parents[2] / "pits_appliance" / "systemd" / "pits-agent.service"
+    unit = path.read_text()
+    for line in ("Type=notify", "NotifyAccess=all", "Restart=always", "WatchdogSec=30"):
+        assert f"\n{line}\n" in unit, line
+    if shutil.which("systemd-analyze"):
+        done = subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        problems = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and "is not executable" not in line
+        ]
+        assert problems == [], problems

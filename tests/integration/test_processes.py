@@ -160,3 +160,44 @@ def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_settings_error_is_shown_on_the_status_page(tmp_path) -> None:
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text("# CLOUD_URL forgotten\nFPVTRACKSIDE=192.168.1.20:8080\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pits_appliance",
+            "--config",
+            str(conf),
+            "--status-host",
+            "127.0.0.1",
+            "--status-port",
+            str(port),
+            "--error-hold",
+            "120",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        poll(lambda: http_get(f"http://127.0.0.1:{port}/status.json")[0] == 200, "the page")
+        status = json.loads(http_get(f"http://127.0.0.1:{port}/status.json")[1])
+        assert status["configError"] is True
+        (row,) = status["rows"]
+        assert row["mark"] == "red" and "CLOUD_URL" in row["text"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 2
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        assert err.count("\n") == 1 and "CLOUD_URL" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
