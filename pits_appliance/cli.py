@@ -14,7 +14,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from pits_appliance import ConfigError, __version__
-from pits_appliance.config import load_config
+from pits_appliance.config import AgentConfig, load_config
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
 from wire import jsonlog
@@ -80,6 +80,23 @@ async def _show_settings_error(message: str, argv: Sequence[str]) -> int:
     return 2
 
 
+def _print_pits_id(config: AgentConfig) -> int:
+    """For the image's boot scripts (the hostname is pitlink-<short id>)."""
+    from pits_appliance.agent import pits_id_from_token
+
+    try:
+        if config.pits_id:
+            pits_id = config.pits_id
+        else:
+            token = config.token or config.token_file.read_text(encoding="utf-8").strip()
+            pits_id = pits_id_from_token(token)
+    except (ConfigError, OSError) as exc:
+        print(f"pits-agent: {exc}", file=sys.stderr)
+        return 2
+    print(pits_id)
+    return 0
+
+
 async def _run(argv: Sequence[str]) -> int:
     from pits_appliance.agent import Agent
 
@@ -88,6 +105,8 @@ async def _run(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"pits-agent: {exc}", file=sys.stderr, flush=True)
         return await _show_settings_error(str(exc), argv)
+    if config.print_pits_id:
+        return _print_pits_id(config)
     jsonlog.setup(config.log_level)
     agent = Agent(config)
     try:

@@ -57,6 +57,7 @@ class AgentConfig:
     network_restart_command: str = "systemctl restart systemd-networkd"
     captive_portal_api: str | None = None
     paused: bool = False
+    print_pits_id: bool = False
 
     @property
     def control_url(self) -> str:
@@ -203,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a("--paused", action="store_true", help="start with answering the cloud paused")
     a(
+        "--print-pits-id",
+        action="store_true",
+        help="print this box's pits id (from the settings or the token) and exit",
+    )
+    a(
         "--error-hold",
         type=float,
         default=60.0,
@@ -261,6 +267,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
         network_restart_command=ns.network_restart_command,
         captive_portal_api=ns.captive_portal_api,
         paused=ns.paused,
+        print_pits_id=ns.print_pits_id,
         fpvtrackside=ns.fpvtrackside,
         pits_id=ns.pits_id or None,
         status_host=ns.status_host,

@@ -68,3 +68,14 @@ def test_image_settings_are_accepted_and_typos_are_not(tmp_path: Path, keys: Key
 def test_empty_token_is_a_plain_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="TOKEN is empty"):
         load_config(["--config", str(conf(tmp_path, ""))], env={})
+
+
+def test_print_pits_id_for_the_image_scripts(tmp_path: Path, keys: KeySet, capsys) -> None:
+    from pits_appliance.cli import main
+
+    token = keys.issue(sub="club-7", role="pits", ttl=600)
+    with pytest.raises(SystemExit) as done:
+        main(["--config", str(conf(tmp_path, token)), "--print-pits-id"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == "club-7\n"
+    assert not (tmp_path / "state" / "token").exists()  # printing changes nothing
