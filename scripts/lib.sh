@@ -29,10 +29,16 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 }
 
-# ensure_venv EXTRAS: create .venv if needed and install the project with those extras
-# whenever setup.cfg or pyproject.toml changed since the last install.
+# extras_set LIST...: the comma-separated lists as one sorted comma-separated set.
+extras_set() { printf '%s\n' "$@" | tr ', ' '\n\n' | sed '/^$/d' | sort -u | paste -sd, -; }
+
+# ensure_venv EXTRAS: create .venv if needed and make sure the project is installed with at
+# least those extras (comma-separated, e.g. "test,build"). The stamp records the hash of
+# setup.cfg and pyproject.toml and the set of extras installed so far: asking for a subset of
+# them does nothing, so scripts that ask for different extras do not reinstall each other's.
+# When setup.cfg changed or an extra is missing, the union of old and new extras is installed.
 ensure_venv() {
-    local extras="$1" root python stamp want
+    local extras="$1" root python stamp hash have="" union spec
     root="$(repo_root)"
     python="$(pick_python)" || return 1
     if ! "$python" -c 'import venv, ensurepip' >/dev/null 2>&1; then
@@ -45,15 +51,20 @@ ensure_venv() {
         "$python" -m venv "$root/.venv"
     fi
     stamp="$root/.venv/.pitlink-installed"
-    want="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1) $extras"
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    hash="$(cat "$root/setup.cfg" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+    # The stamp is "<hash> <extra>,<extra>,...".
+    [ -f "$stamp" ] && have="$(extras_set "$(cut -s -d' ' -f2 "$stamp")")"
+    union="$(extras_set "$have" "$extras")"
+    spec="$root"
+    [ -n "$union" ] && spec="$root[$union]"
+    if [ ! -f "$stamp" ] || [ "$(cut -d' ' -f1 "$stamp")" != "$hash" ] || [ "$union" != "$have" ]; then
         echo "installing Pitlink and its dependencies into .venv (log: .venv/pip.log)" >&2
         if ! { "$root/.venv/bin/python" -m pip install --upgrade pip &&
-            "$root/.venv/bin/python" -m pip install -e "$root[$extras]"; } >"$root/.venv/pip.log" 2>&1; then
+            "$root/.venv/bin/python" -m pip install -e "$spec"; } >"$root/.venv/pip.log" 2>&1; then
             tail -n 30 "$root/.venv/pip.log" >&2
             echo "installing the dependencies failed; the whole log is in .venv/pip.log" >&2
             return 1
         fi
-        echo "$want" >"$stamp"
+        echo "$hash $union" >"$stamp"
     fi
 }
