@@ -51,34 +51,50 @@ class Admin:
     def _audit(self, who: str, action: str, **fields: Any) -> None:
         audit.info("admin action", extra={"admin": who, "action": action, **fields})
 
-    def _conn(self, pits_id: str) -> Any:
-        conn = self.relay.registry.get(pits_id)
-        if conn is None:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
-        return conn
-
-    def connections(self) -> list[dict[str, Any]]:
+    async def connections(self) -> list[dict[str, Any]]:
+        """Every pits connection: this replica's live, and the other replicas' as they report."""
         now = time.time()
+        here = None if self.relay.cluster is None else self.relay.cluster.node_id
+        active = self.relay.active_pits_id()
         rows = []
-        for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id):
+        for conn in self.relay.registry.live():
             row = conn.describe()
             row["lastSeenS"] = round(max(0.0, conn.clock() - conn.last_rx), 1)
-            row["connectedForS"] = round(now - conn.connected_since_wall, 1)
-            row["active"] = conn.pits_id == self.relay.active_pits_id()
+            row["node"] = here
             rows.append(row)
-        return rows
+        if self.relay.cluster is not None:
+            others = await self.relay.cluster.all_connections() or []
+            mine = {r["pitsId"] for r in rows}
+            rows.extend(r for r in others if r.get("node") != here and r["pitsId"] not in mine)
+        for row in rows:
+            row["connectedForS"] = round(now - float(row.get("since") or now), 1)
+            row.setdefault("lastSeenS", None)
+            row["active"] = row["pitsId"] == active
+        return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
 
-    def reconnect(self, who: str, pits_id: str) -> None:
-        self._conn(pits_id).close(CloseCode.RECONNECT, "reconnect requested by an admin")
-        self._audit(who, "reconnect", pits_id=pits_id)
+    async def _act(self, who: str, pits_id: str, action: str) -> None:
+        """Do it here if the pits is connected here, else send it to the replica that holds it."""
+        conn = self.relay.registry.get(pits_id)
+        if conn is not None:
+            if action == "reconnect":
+                conn.close(CloseCode.RECONNECT, "reconnect requested by an admin")
+            else:
+                conn.paused = action == "pause"
+        elif self.relay.cluster is None or not await self.relay.cluster.admin(pits_id, action, who):
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
+        self._audit(who, action, pits_id=pits_id)
 
-    def pause(self, who: str, pits_id: str, paused: bool) -> None:
-        self._conn(pits_id).paused = paused
-        self._audit(who, "pause" if paused else "resume", pits_id=pits_id)
+    async def reconnect(self, who: str, pits_id: str) -> None:
+        await self._act(who, pits_id, "reconnect")
 
-    def purge(self, who: str, pits_id: str | None, prefix: str) -> int:
+    async def pause(self, who: str, pits_id: str, paused: bool) -> None:
+        await self._act(who, pits_id, "pause" if paused else "resume")
+
+    async def purge(self, who: str, pits_id: str | None, prefix: str) -> int:
         prefix = normalize_path(prefix or "/")
         count = self.relay.cache.purge(pits_id or None, prefix)
+        if self.relay.cluster is not None:
+            count += await self.relay.cluster.cache_purge(pits_id or None, prefix)
         self._audit(who, "purge", pits_id=pits_id, prefix=prefix, purged=count)
         return count
 
@@ -109,12 +125,13 @@ class Admin:
         self.relay.active_pits = pits_id or None
         self._audit(who, "active_pits", pits_id=pits_id)
 
-    def overview(self) -> dict[str, Any]:
+    async def overview(self) -> dict[str, Any]:
         return {
-            "connections": self.connections(),
+            "connections": await self.connections(),
             "activePits": self.relay.active_pits_id(),
             "activeChosen": self.relay.active_pits,
             "cache": self.cache_stats(),
             "allowlist": self.allowlist(),
             "ready": self.relay.ready(),
+            "node": None if self.relay.cluster is None else self.relay.cluster.node_id,
         }

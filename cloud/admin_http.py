@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -73,13 +74,13 @@ class AdminAPIHandler(BaseHandler):
             return None
         return str(claims["sub"])
 
-    def get(self, verb: str) -> None:
-        self._dispatch("GET", verb)
+    async def get(self, verb: str) -> None:
+        await self._dispatch("GET", verb)
 
-    def post(self, verb: str) -> None:
-        self._dispatch("POST", verb)
+    async def post(self, verb: str) -> None:
+        await self._dispatch("POST", verb)
 
-    def _dispatch(self, method: str, verb: str) -> None:
+    async def _dispatch(self, method: str, verb: str) -> None:
         who = self._who()
         if who is None:
             return
@@ -88,6 +89,8 @@ class AdminAPIHandler(BaseHandler):
             if match and route_method == method:
                 try:
                     result = getattr(self, "_" + name)(who, match.groupdict(), self._body())
+                    if inspect.isawaitable(result):
+                        result = await result
                 except ProtocolError as exc:
                     self.write_json_error(exc.code, exc.message)
                     return
@@ -112,34 +115,34 @@ class AdminAPIHandler(BaseHandler):
 
     # -- verbs: (who, path groups, body) -> JSON-able result --------------------------------
 
-    def _overview(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        return self.admin.overview()
+    async def _overview(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return await self.admin.overview()
 
-    def _connections(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        return {"connections": self.admin.connections()}
+    async def _connections(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"connections": await self.admin.connections()}
 
-    def _reconnect(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        self.admin.reconnect(who, g["pits"])
+    async def _reconnect(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        await self.admin.reconnect(who, g["pits"])
         return {"ok": True}
 
-    def _pause(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        self.admin.pause(who, g["pits"], True)
+    async def _pause(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        await self.admin.pause(who, g["pits"], True)
         return {"ok": True, "paused": True}
 
-    def _resume(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        self.admin.pause(who, g["pits"], False)
+    async def _resume(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        await self.admin.pause(who, g["pits"], False)
         return {"ok": True, "paused": False}
 
     def _cache(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         return self.admin.cache_stats()
 
-    def _purge(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+    async def _purge(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         pits_id, prefix = body.get("pitsId"), body.get("prefix", "/")
         if pits_id is not None and not isinstance(pits_id, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsId must be a string")
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "prefix must be a path starting with /")
-        return {"purged": self.admin.purge(who, pits_id, prefix)}
+        return {"purged": await self.admin.purge(who, pits_id, prefix)}
 
     def _allowlist(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         return {"allowlist": self.admin.allowlist()}

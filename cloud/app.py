@@ -18,6 +18,7 @@ import tornado.web
 from cloud.admin import Admin, PublicAllowlist
 from cloud.admin_http import AdminAPIHandler, AdminPageHandler
 from cloud.cache import Cache
+from cloud.cluster import Cluster
 from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Registry, Transport
 from cloud.handlers import (
@@ -33,7 +34,7 @@ from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, parse_networks
 from cloud.relay import Freshness, Relay
-from wire import ErrorCode, ProtocolError
+from wire import CloseCode, ErrorCode, ProtocolError
 from wire.errors import PathError
 
 log = logging.getLogger("pitlink.cloud")
@@ -67,6 +68,18 @@ class CloudRelay:
         )
         self.public_allowlist = PublicAllowlist(config.public_allowlist)
         self.admin = Admin(self)
+        self.draining = False
+        self.active_requests = 0
+        self.idle = asyncio.Event()  # set when the last public request in flight is answered
+        self.cluster: Cluster | None = None
+        if config.redis_url:
+            self.cluster = Cluster(
+                self, config.redis_url, node_id=config.node_id, cache_ttl=config.redis_cache_ttl
+            )
+            self.relay.cluster = self.cluster
+            self.registry.on_register.append(self._claimed)
+            self.registry.on_unregister.append(self._released)
+        self._background: set[asyncio.Task[None]] = set()
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         self.active_pits = config.active_pits
@@ -120,8 +133,46 @@ class CloudRelay:
         lifetime = max(3600, int(claims["exp"]) - int(claims.get("iat", claims["exp"])))
         return self.keystore.issue(sub=claims["sub"], role="pits", ttl=lifetime)
 
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _claimed(self, pits_id: str) -> None:
+        assert self.cluster is not None
+        self._spawn(self.cluster.claim(pits_id))
+
+    def _released(self, pits_id: str) -> None:
+        assert self.cluster is not None
+        self._spawn(self.cluster.release(pits_id))
+
+    async def client_wait(self, ip: str) -> float:
+        """The per-client rate limit: shared across replicas while Redis answers."""
+        limiter = self.client_limiter
+        if limiter.rate is None:
+            return 0.0
+        if self.cluster is not None and self.cluster.up:
+            wait = await self.cluster.rate_check("client", ip, limiter.rate, limiter.burst)
+            if wait is not None:
+                return wait
+        return limiter.check(ip, self.clock())
+
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz says: ready unless draining or some pits queue is too deep."""
+        return {
+            "ready": self.ready(),
+            "draining": self.draining,
+            "connections": len(self.registry.live()),
+            "maxQueue": self.registry.max_queue(),
+            "queueThreshold": self.config.ready_queue_threshold,
+            "redis": "off" if self.cluster is None else ("up" if self.cluster.up else "down"),
+            "node": None if self.cluster is None else self.cluster.node_id,
+        }
+
     def ready(self) -> bool:
         """Ready unless some pits queue is deeper than the threshold."""
+        if self.draining:
+            return False
         return self.registry.max_queue() <= self.config.ready_queue_threshold
 
     def _tick(self) -> None:
@@ -192,8 +243,31 @@ class CloudRelay:
         tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, tick * 1000)
         self._ticker.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Leave gracefully: stop taking requests, finish those in flight, then let the pits go.
+
+        The pits connections are closed with 4000 only after the requests in flight are
+        answered (they need them), so that the agents dial again at once, and land on another
+        replica behind the load balancer, with nothing lost.
+        """
+        grace = self.config.grace_period if grace is None else grace
+        self.draining = True
+        if self.server is not None:
+            self.server.stop()
+        if self.active_requests:
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), grace)
+            except TimeoutError:
+                log.warning("grace period over", extra={"in_flight": self.active_requests})
+        for conn in list(self.registry.all):
+            conn.close(CloseCode.RECONNECT, "relay restarting: reconnect now")
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop listening and close every pits connection."""
@@ -203,6 +277,8 @@ class CloudRelay:
             self.server.stop()
         for conn in list(self.registry.all):
             conn.close(1001, "relay shutting down")
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.server is not None:
             await self.server.close_all_connections()
         await asyncio.sleep(0)

@@ -36,8 +36,8 @@ async def _serve(argv: Sequence[str]) -> int:
     # SIGHUP: re-read the key set and the revocation list now.
     loop.add_signal_handler(signal.SIGHUP, lambda: relay.keystore.maybe_reload(force=True))
     await stop.wait()
-    log.info("relay stopping")
-    await relay.stop()
+    log.info("relay stopping", extra={"grace_s": config.grace_period})
+    await relay.shutdown()
     return 0
 
 

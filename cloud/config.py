@@ -79,6 +79,10 @@ class CloudConfig:
     client_burst: float = 200.0
     trusted_proxy: tuple[str, ...] = ()
     renew_before: float | None = 7 * 86400.0
+    redis_url: str | None = None
+    node_id: str | None = None
+    redis_cache_ttl: float = 3600.0
+    grace_period: float = 10.0
     public_allowlist: tuple[str, ...] = field(default=DEFAULT_ALLOWLIST)
     log_level: str = "INFO"
 
@@ -203,6 +207,23 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="renew a pits token this many s before it expires, 0 never (default %(default)s)",
     )
     a(
+        "--redis-url",
+        help="redis://host:port/db shared by several replicas (default: none, one process)",
+    )
+    a("--node-id", help="this replica's name in the cluster (default: generated)")
+    a(
+        "--redis-cache-ttl",
+        type=float,
+        default=d.redis_cache_ttl,
+        help="seconds a body stays in the shared cache (default %(default)s)",
+    )
+    a(
+        "--grace-period",
+        type=float,
+        default=d.grace_period,
+        help="on SIGTERM, seconds to finish requests in flight (default %(default)s)",
+    )
+    a(
         "--public-allowlist",
         action="append",
         default=[],
@@ -245,6 +266,10 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         client_burst=ns.client_burst,
         trusted_proxy=_proxies(ns.trusted_proxy),
         renew_before=ns.renew_before,
+        redis_url=ns.redis_url or None,
+        node_id=ns.node_id or None,
+        redis_cache_ttl=ns.redis_cache_ttl,
+        grace_period=ns.grace_period,
         public_allowlist=tuple(ns.public_allowlist) or DEFAULT_ALLOWLIST,
         log_level=ns.log_level.upper(),
     )

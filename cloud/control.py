@@ -353,6 +353,9 @@ class Registry:
         self.metrics = metrics
         self.all: set[PitsConnection] = set()
         self._live: dict[str, PitsConnection] = {}
+        # Told when a pits connection is live here, or no longer (the cluster claims keys).
+        self.on_register: list[Callable[[str], None]] = []
+        self.on_unregister: list[Callable[[str], None]] = []
 
     def add(self, conn: PitsConnection) -> None:
         self.all.add(conn)
@@ -365,11 +368,15 @@ class Registry:
         if old is not None and old is not conn:
             old.close(CloseCode.REPLACED, "replaced by a newer connection of the same pits")
         self._gauge()
+        for hook in self.on_register:
+            hook(conn.pits_id)
 
     def unregister(self, conn: PitsConnection) -> None:
         self.all.discard(conn)
         if self._live.get(conn.pits_id) is conn:
             del self._live[conn.pits_id]
+            for hook in self.on_unregister:
+                hook(conn.pits_id)
         self._gauge()
 
     def get(self, pits_id: str) -> PitsConnection | None:

@@ -96,6 +96,17 @@ class DataHandler(BaseHandler):
     post = put = delete = patch = _refuse_method
 
     async def _serve(self, *, head: bool) -> None:
+        self.relay.active_requests += 1
+        try:
+            if self.relay.draining:
+                self.set_header("Connection", "close")
+            await self._serve_counted(head=head)
+        finally:
+            self.relay.active_requests -= 1
+            if not self.relay.active_requests:
+                self.relay.idle.set()
+
+    async def _serve_counted(self, *, head: bool) -> None:
         request_id = uuid.uuid4().hex
         self.set_header("X-Request-Id", request_id)
         ip = client_ip(
@@ -103,7 +114,7 @@ class DataHandler(BaseHandler):
             self.request.headers.get("X-Forwarded-For"),
             self.relay.trusted_proxies,
         )
-        wait = self.relay.client_limiter.check(ip, self.relay.clock())
+        wait = await self.relay.client_wait(ip)
         if wait:
             self.relay.metrics.rate_limited.labels("client").inc()
             self.write_json_error(
@@ -236,20 +247,13 @@ class HealthHandler(BaseHandler):
 
 
 class ReadyHandler(BaseHandler):
-    """503 while some pits queue is over the threshold, so a balancer sends traffic elsewhere."""
+    """503 while draining or a pits queue is over the threshold: a balancer sends traffic elsewhere."""
 
     def get(self) -> None:
-        ready = self.relay.ready()
+        detail = self.relay.readiness()
         self.set_header("Cache-Control", "no-store")
-        self.set_status(200 if ready else 503)
-        self.finish(
-            {
-                "ready": ready,
-                "connections": len(self.relay.registry.live()),
-                "maxQueue": self.relay.registry.max_queue(),
-                "queueThreshold": self.relay.config.ready_queue_threshold,
-            }
-        )
+        self.set_status(200 if detail["ready"] else 503)
+        self.finish(detail)
 
 
 class Generate204Handler(BaseHandler):

@@ -64,6 +64,14 @@ class Metrics:
         self.rate_limited = Counter(
             P + "rate_limited", "Requests refused by a rate limit", ["scope"], registry=r
         )
+        self.redis_up = Gauge(
+            P + "redis_up",
+            "1 while the cluster's Redis answers (0 also when there is none)",
+            registry=r,
+        )
+        self.forwarded = Counter(
+            P + "forwarded_fetches", "Fetches sent to the replica holding the pits", registry=r
+        )
         self.auth_failures = Counter(
             P + "auth_failures", "Control connections refused before upgrade", registry=r
         )

@@ -11,11 +11,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cloud.cache import Cache, CacheKey, Entry
 from cloud.control import Registry
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from cloud.cluster import Cluster
 from wire import ErrorCode, ProtocolError
 from wire.canonical import etag_of, is_json_path
 from wire.errors import STALE_OK
@@ -96,6 +100,7 @@ class Relay:
         self.pits_limiter = RateLimiter(None) if pits_limiter is None else pits_limiter
         self.clock = clock
         self._flights: dict[CacheKey, asyncio.Future[Served]] = {}
+        self.cluster: Cluster | None = None  # set by the relay when replicas share Redis
         self.waiting = 0  # public requests waiting on a revalidation
 
     @property
@@ -103,8 +108,13 @@ class Relay:
         """Keys with a revalidation in flight."""
         return len(self._flights)
 
-    async def get(self, pits_id: str, path: str, *, request_id: str) -> Served:
-        """Serve one public GET or HEAD; raises ProtocolError when there is nothing to serve."""
+    async def get(
+        self, pits_id: str, path: str, *, request_id: str, local_only: bool = False
+    ) -> Served:
+        """Serve one public GET or HEAD; raises ProtocolError when there is nothing to serve.
+
+        `local_only`: do not send the request on to another replica (it came from one).
+        """
         key: CacheKey = (pits_id, "GET", path)
         ttl = self.freshness.ttl(path)
         entry = self.cache.get(key)
@@ -113,7 +123,9 @@ class Relay:
             return _served(entry, "HIT", ttl)
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.ensure_future(self._revalidate(key, entry, ttl, request_id))
+            flight = asyncio.ensure_future(
+                self._revalidate(key, entry, ttl, request_id, local_only)
+            )
             self._flights[key] = flight
             flight.add_done_callback(lambda f: self._forget(key, f))
         # A caller that goes away must not cancel the fetch the others are waiting on.
@@ -122,7 +134,9 @@ class Relay:
             served = await asyncio.shield(flight)
         finally:
             self.waiting -= 1
-        if served.cache == "STALE":
+        if served.cache == "HIT":
+            self.metrics.cache_hits.inc()
+        elif served.cache == "STALE":
             self.metrics.cache_stale.inc()
         elif served.cache == "REVALIDATED":
             self.metrics.cache_revalidations.inc()
@@ -137,14 +151,28 @@ class Relay:
             flight.exception()  # mark retrieved: waiters may all have gone
 
     async def _revalidate(
-        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str
+        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str, local_only: bool
     ) -> Served:
         pits_id, _, path = key
         started = self.clock()
         status: int | None = None
         code: ErrorCode | None = None
+        if entry is None and self.cluster is not None:
+            # A replica that just started, or evicted this: the shared cache may have it.
+            shared = await self.cluster.cache_get(pits_id, path)
+            if shared is not None:
+                body, etag, content_type, age = shared
+                entry = Entry(
+                    body=body,
+                    etag=etag,
+                    content_type=content_type,
+                    fetched_at=self.clock() - age,
+                )
+                self.cache.put(key, entry)
+                if age < ttl:
+                    return _served(entry, "HIT", ttl)
         try:
-            served = await self._fetch(key, entry, ttl, request_id)
+            served = await self._fetch(key, entry, ttl, request_id, local_only)
             status = served.status
             return served
         except ProtocolError as exc:
@@ -171,15 +199,19 @@ class Relay:
             )
 
     async def _fetch(
-        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str
+        self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str, local_only: bool
     ) -> Served:
         pits_id, method, path = key
         conn = self.registry.get(pits_id)
+        if conn is None and self.cluster is not None and not local_only:
+            node = await self.cluster.holder(pits_id)
+            if node is not None and node != self.cluster.node_id:
+                return await self._forward(node, key, entry, ttl, request_id)
         if conn is None:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
         if conn.paused:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is paused by an admin")
-        wait = self.pits_limiter.check(pits_id, self.clock())
+        wait = await self._pits_wait(pits_id)
         if wait:
             self.metrics.rate_limited.labels("pits").inc()
             raise ProtocolError(
@@ -206,6 +238,10 @@ class Relay:
                     fetched_at=now,
                 )
                 self.cache.put(key, refreshed)
+            if self.cluster is not None:
+                await self.cluster.cache_put(
+                    pits_id, path, refreshed.body, refreshed.etag, refreshed.content_type, 0.0
+                )
             return _served(refreshed, "REVALIDATED", ttl)
         body = reply.body if reply.body is not None else b""
         if reply.status != 200:
@@ -234,5 +270,67 @@ class Relay:
                 extra={"pits_id": pits_id, "path": path, "content_type": content_type[:80]},
             )
             return _served(fresh, "MISS", 0.0)
+        self.cache.put(key, fresh)
+        if self.cluster is not None:
+            await self.cluster.cache_put(pits_id, path, body, etag, content_type, 0.0)
+        return _served(fresh, "MISS", ttl)
+
+    async def _pits_wait(self, pits_id: str) -> float:
+        """The per-pits fetch rate limit, shared across replicas when there is a cluster."""
+        limiter = self.pits_limiter
+        if limiter.rate is None:
+            return 0.0
+        if self.cluster is not None:
+            wait = await self.cluster.rate_check("pits", pits_id, limiter.rate, limiter.burst)
+            if wait is not None:
+                return wait
+        return limiter.check(pits_id, self.clock())
+
+    async def _forward(
+        self, node: str, key: CacheKey, entry: Entry | None, ttl: float, request_id: str
+    ) -> Served:
+        """Fetch through the replica that holds the pits connection."""
+        assert self.cluster is not None
+        pits_id, _, path = key
+        self.metrics.forwarded.inc()
+        remote = await self.cluster.forward(
+            node,
+            pits_id,
+            path,
+            entry.etag if entry is not None else None,
+            self.fetch_timeout,
+            request_id,
+        )
+        now = self.clock()
+        if remote.body is None and entry is not None and remote.etag == entry.etag:
+            refreshed = Entry(
+                body=entry.body,
+                etag=entry.etag,
+                content_type=entry.content_type,
+                fetched_at=now - remote.age,
+            )
+            self.cache.put(key, refreshed)
+            return _served(refreshed, "REVALIDATED", ttl)
+        body = remote.body or b""
+        if remote.status != 200:
+            return Served(
+                status=remote.status,
+                body=body,
+                etag=None,
+                content_type=remote.content_type,
+                fetched_at=now,
+                cache="MISS",
+                ttl=0.0,
+            )
+        if remote.etag != etag_of(body):
+            raise ProtocolError(
+                ErrorCode.BAD_CONTENT, "body from the other replica does not match its ETag"
+            )
+        fresh = Entry(
+            body=body,
+            etag=remote.etag,
+            content_type=remote.content_type,
+            fetched_at=now - remote.age,
+        )
         self.cache.put(key, fresh)
         return _served(fresh, "MISS", ttl)

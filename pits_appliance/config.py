@@ -34,6 +34,7 @@ class AgentConfig:
     """Everything `pits-agent` can be told."""
 
     cloud_url: str
+    cloud_urls: tuple[str, ...] = ()  # more relays to move on to after failures
     token_file: Path
     fpvtrackside: str = "http://127.0.0.1:8080"
     pits_id: str | None = None
@@ -97,7 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a = p.add_argument
     a("--config", type=Path, help="a KEY=VALUE file read before environment and flags")
-    a("--cloud-url", help="the relay, e.g. https://relay.example.com (required)")
+    a(
+        "--cloud-url",
+        action="append",
+        default=[],
+        help="the relay, e.g. https://relay.example.com (required); repeat for several, tried in turn",
+    )
     a("--token-file", type=Path, help="file holding this pits' token (required)")
     a(
         "--fpvtrackside",
@@ -256,9 +262,11 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
         )
     if ns.token is not None and not ns.token.strip():
         raise ConfigError("TOKEN is empty: paste the token the relay's operator gave you")
-    control_url(ns.cloud_url)  # refuse a bad URL now, in plain words
+    for url in ns.cloud_url:
+        control_url(url)  # refuse a bad URL now, in plain words
     return AgentConfig(
-        cloud_url=ns.cloud_url,
+        cloud_url=ns.cloud_url[0],
+        cloud_urls=tuple(ns.cloud_url[1:]),
         token_file=token_file,
         token=(ns.token or "").strip() or None,
         state_dir=ns.state_dir,

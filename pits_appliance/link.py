@@ -21,7 +21,7 @@ import tornado.iostream
 import tornado.websocket
 
 from pits_appliance import __version__
-from pits_appliance.config import AgentConfig
+from pits_appliance.config import AgentConfig, control_url
 from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
@@ -72,6 +72,11 @@ class CloudLink:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pings: dict[str, float] = {}
         self.sessions = 0
+        # Several relays: move on to the next after a failure, as cloudflared does over edges.
+        self.relays = [config.cloud_url, *config.cloud_urls]
+        self._relay_index = 0
+        self._healthy_session = False
+        self._session_up = False
 
     # -- control ------------------------------------------------------------------------------
 
@@ -121,13 +126,23 @@ class CloudLink:
 
     async def _session(self) -> float:
         """One connection's life; returns how long to wait before the next attempt."""
+        delay = await self._one_session()
+        if not self._healthy_session:
+            self._relay_index += 1  # no good: the next relay on the list gets the next try
+        return delay
+
+    async def _one_session(self) -> float:
+        self._healthy_session = False
+        self._session_up = False
         self._wake.clear()
         try:
             token = self._read_token()
         except ProtocolError as exc:
             self.state.set("cloud_error", exc.message)
             return self.backoff.slow_delay()
-        url = self.config.control_url
+        relay_url = self.relays[self._relay_index % len(self.relays)]
+        self.state.relay_url = relay_url
+        url = control_url(relay_url)
         request = tornado.httpclient.HTTPRequest(
             url,
             headers={"Authorization": f"Bearer {token}"},
@@ -154,18 +169,14 @@ class CloudLink:
                     "the network sent the connection to a sign-in page instead of the relay",
                 )
             else:
-                self.state.set(
-                    "cloud_error", f"the relay at {self.config.cloud_url} answered HTTP {exc.code}"
-                )
+                self.state.set("cloud_error", f"the relay at {relay_url} answered HTTP {exc.code}")
             return self.backoff.next_delay()
         except (
             OSError,
             tornado.iostream.StreamClosedError,
             tornado.websocket.WebSocketError,
         ) as exc:
-            self.state.set(
-                "cloud_error", f"cannot reach the relay at {self.config.cloud_url}: {exc}"
-            )
+            self.state.set("cloud_error", f"cannot reach the relay at {relay_url}: {exc}")
             log.info("relay unreachable", extra={"error": str(exc)})
             return self.backoff.next_delay()
         self._ws = ws
@@ -189,6 +200,12 @@ class CloudLink:
         return self._after_close(ws.close_code, ws.close_reason)
 
     def _after_close(self, code: int | None, reason: str | None) -> float:
+        # A session that got through its handshake keeps its relay, unless it was replaced
+        # or asked to reconnect (a draining replica): then the next relay is as good.
+        self._healthy_session = self._session_up and code not in (
+            CloseCode.RECONNECT,
+            CloseCode.REPLACED,
+        )
         self.state.close_code = code
         self.state.close_reason = reason
         log.info("link closed", extra={"close_code": code, "reason": reason})
@@ -235,10 +252,11 @@ class CloudLink:
         now = time.time()
         self.state.set("ws_connected", True, now)
         self.state.connected_since = now
+        self._session_up = True
         self.state.set("cloud_error", None)
         self.metrics.ws_connected.set(1)
         self.backoff.connected(self.clock())
-        log.info("link up", extra={"relay": self.config.cloud_url})
+        log.info("link up", extra={"relay": self.state.relay_url})
 
     async def _serve(self, ws: tornado.websocket.WebSocketClientConnection) -> None:
         """Read frames until the link closes or falls silent past the ping timeout."""

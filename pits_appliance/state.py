@@ -36,6 +36,7 @@ class AgentState:
     config_error: str | None = None
     token_expires: float | None = None
     fpvtrackside_url: str = ""
+    relay_url: str = ""
     sw_version: str = ""
     changed_at: dict[str, float] = field(default_factory=dict)
 
