@@ -237,14 +237,14 @@ class CloudRelay:
         """Listen (on the configured address, or the given sockets) and start pinging."""
         if sockets is None:
             sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host)
+        if self.cluster is not None:
+            await self.cluster.start()
         self.server = tornado.httpserver.HTTPServer(self.app, xheaders=False)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, tick * 1000)
         self._ticker.start()
-        if self.cluster is not None:
-            await self.cluster.start()
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port
 

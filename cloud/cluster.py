@@ -156,6 +156,14 @@ class Cluster:
         return await self._call(lambda: script(keys=keys, args=args))
 
     async def start(self) -> None:
+        """Reach Redis once before serving (a replica that starts serving before it can see
+        the shared cache and the holders would refuse what the others can answer)."""
+        try:
+            await asyncio.wait_for(self.redis.ping(), self.op_timeout * 4)
+            self._set_up(True)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis not reachable at start: serving alone", extra={"error": str(exc)})
+            self._set_up(False)
         self._tasks = [
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._heartbeat()),

@@ -47,6 +47,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _close_if_connected(
+    future: asyncio.Future[tornado.websocket.WebSocketClientConnection],
+) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
 class CloudLink:
     """Keeps the WebSocket to the relay up and answers what comes down it."""
 
@@ -150,12 +157,20 @@ class CloudLink:
             request_timeout=15.0,
         )
         try:
-            ws = await tornado.websocket.websocket_connect(
-                request,
-                compression_options={},
-                ping_interval=None,
-                max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
+            connecting = asyncio.ensure_future(
+                tornado.websocket.websocket_connect(
+                    request,
+                    compression_options={},
+                    ping_interval=None,
+                    max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
+                )
             )
+            try:
+                ws = await asyncio.shield(connecting)
+            except asyncio.CancelledError:
+                # Stopped while dialing: a connection that still comes up must not be left open.
+                connecting.add_done_callback(_close_if_connected)
+                raise
         except tornado.httpclient.HTTPClientError as exc:
             if exc.code in (401, 403):
                 self.state.set(

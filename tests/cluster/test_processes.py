@@ -1,0 +1,240 @@
+"""Replicas as real processes: killed, restarted one after the other, behind nginx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import tornado.httpclient
+from conftest import free_port
+from fpvtrackside_sim import Simulator
+from support import System, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_EXAMPLE = REPO / "deploy" / "nginx-pitlink.conf"
+
+
+class Replica:
+    """`cloud-relay serve` as a process of its own, on a port that stays the same across restarts."""
+
+    def __init__(self, s: System, redis_url: str, node: str, log: Path):
+        self.s = s
+        self.redis_url = redis_url
+        self.node = node
+        self.port = free_port()
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "cloud",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--jwks",
+                    str(self.s.jwks),
+                    "--redis-url",
+                    self.redis_url,
+                    "--node-id",
+                    self.node,
+                    "--client-rate",
+                    "0",
+                    "--pits-fetch-rate",
+                    "0",
+                    "--grace-period",
+                    "5",
+                    "--trusted-proxy",
+                    "127.0.0.1",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=REPO,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def ready(self, http: tornado.httpclient.AsyncHTTPClient) -> None:
+        async def up() -> bool:
+            try:
+                got = await http.fetch(self.url + "/readyz", raise_error=False, request_timeout=2)
+            except OSError:
+                return False
+            return got.code == 200 and json.loads(got.body)["redis"] == "up"
+
+        await wait_for(up, timeout=30, what=f"replica {self.node}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, sim: Simulator, redis_server
+) -> AsyncIterator[tuple[System, Replica, Replica]]:
+    s = System(tmp_path, sim)
+    a = Replica(s, redis_server.url, "a", tmp_path / "a.log")
+    b = Replica(s, redis_server.url, "b", tmp_path / "b.log")
+    a.start()
+    b.start()
+    await a.ready(s.http)
+    await b.ready(s.http)
+    yield s, a, b
+    await s.stop_agent()
+    a.kill()
+    b.kill()
+    s.http.close()
+
+
+async def test_killed_replica_the_agent_moves_on(replicas) -> None:
+    s, a, b = replicas
+    s.relay_port = a.port
+    await s.start_agent(wait=False, cloud_urls=(b.url,))
+    path = f"/pits/{s.pits_id}/httpfiles/Channels.json"
+
+    async def served_by(replica: Replica) -> bytes | None:
+        got = await s.http.fetch(replica.url + path, raise_error=False, request_timeout=10)
+        return got.body if got.code == 200 else None
+
+    good = await wait_for(lambda: served_by(b), what="data through B while the pits is on A")
+    a.signal(signal.SIGKILL)
+    a.wait()
+    await wait_for(
+        lambda: s.agent.state.relay_url == b.url and s.agent.state.ws_connected,
+        timeout=30,
+        what="the agent on B",
+    )
+    again = await wait_for(lambda: served_by(b), timeout=30, what="data again through B")
+    assert again == good  # never a wrong body: the same canonical bytes
+
+
+def nginx_config(tmp: Path, port: int, a: Replica, b: Replica) -> Path:
+    example = NGINX_EXAMPLE.read_text()
+    example = example.replace("127.0.0.1:8001", f"127.0.0.1:{a.port}")
+    example = example.replace("127.0.0.1:8002", f"127.0.0.1:{b.port}")
+    example = re.sub(r"listen 8000;", f"listen 127.0.0.1:{port};", example)
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"daemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/nginx-error.log warn;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n  access_log off;\n"
+        f"  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n"
+        f"  fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n"
+        + example
+        + "\n}\n"
+    )
+    return conf
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None:
+        pytest.fail("nginx is not installed: ./scripts/test installs Debian's nginx")
+    return found
+
+
+async def test_rolling_restart_behind_nginx_loses_no_request(
+    replicas, nginx_binary, tmp_path
+) -> None:
+    s, a, b = replicas
+    port = free_port()
+    conf = nginx_config(tmp_path, port, a, b)
+    check = await asyncio.create_subprocess_exec(
+        nginx_binary, "-t", "-c", str(conf), stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await check.communicate()
+    assert check.returncode == 0, err.decode()
+    nginx = await asyncio.create_subprocess_exec(
+        nginx_binary, "-c", str(conf), stderr=asyncio.subprocess.DEVNULL
+    )
+    front = f"http://127.0.0.1:{port}"
+    try:
+
+        async def nginx_up() -> bool:
+            try:
+                got = await s.http.fetch(front + "/healthz", raise_error=False, request_timeout=2)
+            except OSError:
+                return False
+            return got.code == 200
+
+        await wait_for(nginx_up, what="nginx")
+        s.relay_port = port  # the agent dials the load balancer, like a box in the field
+        await s.start_agent(wait=False)
+        await wait_for(lambda: s.agent.state.ws_connected, what="the agent through nginx")
+        paths = [
+            f"/pits/{s.pits_id}{s.sim.event_path}/{n}.json" for n in ("Event", "Pilots", "Rounds")
+        ]
+        paths.append(f"/pits/{s.pits_id}/httpfiles/Channels.json")
+        client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=8)
+        failures: list[str] = []
+        done = 0
+        stop = asyncio.Event()
+
+        async def spectator(n: int) -> None:
+            nonlocal done
+            while not stop.is_set():
+                path = paths[(n + done) % len(paths)]
+                try:
+                    got = await client.fetch(front + path, raise_error=False, request_timeout=20)
+                    if got.code != 200:
+                        failures.append(f"{got.code} {path} {got.body[:120]!r}")
+                except Exception as exc:
+                    failures.append(f"{type(exc).__name__} {path}")
+                done += 1
+                await asyncio.sleep(0.02)  # a steady load, not a flood
+
+        async def warm(path: str) -> bool:
+            got = await client.fetch(front + path, raise_error=False)
+            return got.code == 200
+
+        for path in paths:  # warm: the holder is known everywhere, every path fetched once
+            for _ in range(2):
+                await wait_for(lambda p=path: warm(p), what=f"{path} through nginx")
+        load = [asyncio.ensure_future(spectator(n)) for n in range(4)]
+        try:
+            a.signal(signal.SIGTERM)
+            assert a.wait() == 0
+            a.start()
+            await a.ready(s.http)
+            b.signal(signal.SIGTERM)
+            assert b.wait() == 0
+            await wait_for(lambda: s.agent.state.ws_connected, timeout=30, what="the agent back")
+            count = done
+            await wait_for(lambda: done > count + 20, what="requests after the restarts")
+        finally:
+            stop.set()
+            await asyncio.gather(*load)
+            client.close()
+        assert failures == []
+        assert done > 50
+    finally:
+        nginx.terminate()
+        await asyncio.wait_for(nginx.wait(), 10)

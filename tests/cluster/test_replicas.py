@@ -1,0 +1,214 @@
+"""Two relay replicas sharing a real Redis: one pits, spectators on either replica."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+from fpvtrackside_sim import Simulator
+from support import System, wait_for
+
+from cloud.app import CloudRelay
+from wire import CloseCode
+from wire import messages as m
+
+
+@dataclass
+class Pair:
+    s: System
+    a: CloudRelay
+    b: CloudRelay
+
+    def url(self, relay: CloudRelay, path: str) -> str:
+        return f"http://127.0.0.1:{relay.port}{path}"
+
+    async def get(self, relay: CloudRelay, path: str, **kwargs) -> tornado.httpclient.HTTPResponse:
+        kwargs.setdefault("raise_error", False)
+        kwargs.setdefault("request_timeout", 30)
+        return await self.s.http.fetch(self.url(relay, path), **kwargs)
+
+
+async def start_replica(s: System, redis_url: str, node: str, **overrides) -> CloudRelay:
+    settings = {"client_rate": None, "pits_fetch_rate": None, "freshness": 0.0, **overrides}
+    config = s.relay_config(port=0, redis_url=redis_url, node_id=node, **settings)
+    relay = CloudRelay(config)
+    await relay.start()
+    await wait_for(lambda: relay.cluster.up, what=f"replica {node} to reach Redis")
+    return relay
+
+
+@pytest.fixture
+async def pair(tmp_path, sim: Simulator, redis_server) -> AsyncIterator[Pair]:
+    s = System(tmp_path, sim)
+    a = await start_replica(s, redis_server.url, "A")
+    b = await start_replica(s, redis_server.url, "B")
+    s.relay, s.relay_port = a, a.port
+    await s.start_agent()
+    await wait_for(lambda: b.cluster.holder(s.pits_id), what="the holder key")
+    assert await b.cluster.holder(s.pits_id) == "A"
+    yield Pair(s, a, b)
+    await s.stop_agent()
+    await b.stop()
+    await a.stop()
+    s.http.close()
+
+
+async def test_spectator_on_the_other_replica_gets_the_body_then_304s(pair: Pair) -> None:
+    path = f"/pits/{pair.s.pits_id}{pair.s.sim.event_path}/Pilots.json"
+    direct = await pair.get(pair.a, path)
+    first = await pair.get(pair.b, path)
+    assert first.code == 200
+    assert first.body == direct.body
+    assert first.headers["ETag"] == direct.headers["ETag"]
+    assert pair.b.metrics.forwarded._value.get() >= 0  # served from the shared cache or forwarded
+    again = await pair.get(pair.b, path)
+    assert again.code == 200 and again.body == direct.body
+    assert again.headers["X-Pitlink-Cache"] in ("REVALIDATED", "HIT")
+    not_modified = await pair.get(pair.b, path, headers={"If-None-Match": first.headers["ETag"]})
+    assert not_modified.code == 304
+    # Something only the holder can answer: an uncached path, forwarded to A.
+    fresh = f"/pits/{pair.s.pits_id}/httpfiles/Channels.json"
+    got = await pair.get(pair.b, fresh)
+    assert got.code == 200
+    assert pair.b.metrics.forwarded._value.get() >= 1
+    assert pair.a.cluster.served_for_others >= 1
+
+
+async def test_500_requests_over_two_replicas_make_one_fetch(pair: Pair) -> None:
+    sim = pair.s.sim
+    path = f"{sim.event_path}/Rounds.json"
+    sim.hold = asyncio.Event()
+    client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=500)
+    try:
+        requests = [
+            asyncio.ensure_future(
+                client.fetch(
+                    pair.url(pair.a if i % 2 else pair.b, f"/pits/{pair.s.pits_id}{path}"),
+                    request_timeout=60,
+                )
+            )
+            for i in range(500)
+        ]
+        await wait_for(
+            lambda: pair.a.relay.waiting + pair.b.relay.waiting >= 500,
+            timeout=60,
+            what="all waiting",
+        )
+        sim.hold.set()
+        responses = await asyncio.gather(*requests)
+    finally:
+        sim.hold.set()
+        client.close()
+    assert {r.code for r in responses} == {200}
+    assert len({r.body for r in responses}) == 1
+    assert [p for _, p in sim.request_log if p == path] == [path]
+    assert pair.a.metrics.fetches._value.get() == 1  # one WebSocket fetch, on the holder
+
+
+async def test_shared_cache_warms_a_new_replica(pair: Pair, redis_server) -> None:
+    path = f"/pits/{pair.s.pits_id}{pair.s.sim.event_path}/Event.json"
+    pair.a.relay.freshness.default = 60.0
+    assert (await pair.get(pair.a, path)).code == 200
+    c = await start_replica(pair.s, redis_server.url, "C", freshness=60.0)
+    try:
+        before = len(pair.s.sim.request_log)
+        got = await pair.get(c, path)
+        assert got.code == 200
+        assert got.headers["X-Pitlink-Cache"] == "HIT"
+        assert len(pair.s.sim.request_log) == before  # nothing went to the pits
+    finally:
+        await c.stop()
+
+
+async def test_newer_connection_on_another_replica_takes_over(pair: Pair) -> None:
+    old = pair.a.registry.get(pair.s.pits_id)
+    token = pair.s.token_file.read_text().strip()
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{pair.b.port}/control?role=pits&version=1",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    ws = await tornado.websocket.websocket_connect(request)
+    try:
+        m.decode(await ws.read_message(), sender="cloud")
+        await ws.write_message(
+            m.encode(
+                m.PitsHello(protocol_version=1, pits_id=pair.s.pits_id, sw_version="t"), now_ms=0
+            )
+        )
+        await wait_for(lambda: old.state == "closed", what="the old connection to be closed")
+        assert pair.s.agent.state.close_code == CloseCode.REPLACED
+        assert await pair.a.cluster.holder(pair.s.pits_id) == "B"
+    finally:
+        ws.close()
+
+
+async def test_admin_sees_and_acts_across_replicas(pair: Pair) -> None:
+    token = pair.s.keys.issue(sub="alice", role="admin", ttl=600)
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def rows() -> list:
+        got = await pair.get(pair.b, "/admin/api/connections", headers=headers)
+        return json.loads(got.body)["connections"]
+
+    await wait_for(rows, what="B to list A's connection")
+    (row,) = await rows()
+    assert (row["pitsId"], row["node"]) == (pair.s.pits_id, "A")
+    sessions = pair.s.agent.link.sessions
+    got = await pair.get(
+        pair.b,
+        f"/admin/api/pits/{pair.s.pits_id}/reconnect",
+        method="POST",
+        body="{}",
+        headers=headers,
+    )
+    assert got.code == 200
+    await wait_for(lambda: pair.s.agent.link.sessions > sessions, what="the reconnect on A")
+    assert pair.s.agent.state.close_code == CloseCode.RECONNECT
+
+
+async def test_redis_down_degrades_and_recovers(pair: Pair, redis_server, sim: Simulator) -> None:
+    s = pair.s
+    # A second pits on B, so each replica holds one.
+    second = (
+        System(s.tmp / "second", sim, pits_id="pits-2")
+        if (s.tmp / "second").mkdir() is None
+        else None
+    )
+    second.jwks, second.keys = s.jwks, s.keys
+    second.token_file.write_text(s.keys.issue(sub="pits-2", role="pits", ttl=86400))
+    second.relay, second.relay_port = pair.b, pair.b.port
+    await second.start_agent()
+    try:
+        on_a = f"/pits/{s.pits_id}/httpfiles/Channels.json"
+        on_b = "/pits/pits-2/httpfiles/Channels.json"
+        assert (await pair.get(pair.b, on_a)).code == 200  # cached on B, through A
+        redis_server.stop()
+        await wait_for(lambda: not pair.a.cluster.up and not pair.b.cluster.up, what="Redis down")
+        ready = json.loads((await pair.get(pair.b, "/readyz")).body)
+        assert ready["redis"] == "down"
+        metrics = (await pair.get(pair.b, "/metrics")).body
+        assert b"pitlink_redis_up 0.0" in metrics
+        # Each replica still serves its own pits...
+        assert (await pair.get(pair.a, on_a)).code == 200
+        assert (await pair.get(pair.b, on_b)).code == 200
+        # ...and B's copy of A's pits is served stale rather than refused.
+        stale = await pair.get(pair.b, on_a)
+        assert stale.code == 200 and stale.headers["X-Pitlink-Cache"] == "STALE"
+        redis_server.start()
+        await wait_for(
+            lambda: pair.a.cluster.up and pair.b.cluster.up, timeout=20, what="Redis back"
+        )
+        await wait_for(lambda: pair.b.cluster.holder(s.pits_id), timeout=20, what="holder again")
+
+        async def forwarded_again() -> bool:
+            got = await pair.get(pair.b, on_a)
+            return got.code == 200 and got.headers["X-Pitlink-Cache"] != "STALE"
+
+        await wait_for(forwarded_again, timeout=20, what="cross-replica fetches to resume")
+    finally:
+        await second.stop_agent()
