@@ -212,3 +212,39 @@ async def test_redis_down_degrades_and_recovers(pair: Pair, redis_server, sim: S
         await wait_for(forwarded_again, timeout=20, what="cross-replica fetches to resume")
     finally:
         await second.stop_agent()
+
+
+async def test_rate_limits_are_shared(pair: Pair) -> None:
+    for relay in (pair.a, pair.b):
+        relay.client_limiter.rate, relay.client_limiter.burst = 0.5, 2.0
+    path = f"/pits/{pair.s.pits_id}/httpfiles/Channels.json"
+    assert (await pair.get(pair.a, path)).code == 200
+    assert (await pair.get(pair.b, path)).code == 200
+    third = await pair.get(pair.a, path)  # the third from this address, on either replica
+    assert third.code == 429
+    assert int(third.headers["Retry-After"]) >= 1
+
+
+async def test_graceful_shutdown_hands_the_pits_over(pair: Pair) -> None:
+    """SIGTERM's work: stop listening, answer what is in flight, then 4000 to the pits."""
+    s = pair.s
+    s.agent.link.relays.append(f"http://127.0.0.1:{pair.b.port}")
+    sim = s.sim
+    sim.hold = asyncio.Event()
+    pending = asyncio.ensure_future(pair.get(pair.a, f"/pits/{s.pits_id}/httpfiles/Channels.json"))
+    await wait_for(lambda: sim.queued + sim.in_flight >= 1, what="a request in flight")
+    shutting = asyncio.ensure_future(pair.a.shutdown(grace=30))
+    await wait_for(lambda: pair.a.draining, what="draining")
+    with pytest.raises(ConnectionRefusedError):  # not listening any more
+        await pair.get(pair.a, "/readyz")
+    assert pair.a.readiness()["ready"] is False
+    assert not shutting.done()  # waiting for the request in flight
+    sim.hold.set()
+    got = await pending
+    assert got.code == 200
+    await shutting
+    await wait_for(
+        lambda: s.agent.state.ws_connected and s.agent.state.relay_url.endswith(str(pair.b.port)),
+        what="the pits on B",
+    )
+    assert s.agent.state.close_code == CloseCode.RECONNECT
