@@ -100,15 +100,17 @@ async def replicas(
     s = System(tmp_path, sim)
     a = Replica(s, redis_server.url, "a", tmp_path / "a.log")
     b = Replica(s, redis_server.url, "b", tmp_path / "b.log")
-    a.start()
-    b.start()
-    await a.ready(s.http)
-    await b.ready(s.http)
-    yield s, a, b
-    await s.stop_agent()
-    a.kill()
-    b.kill()
-    s.http.close()
+    try:
+        a.start()
+        b.start()
+        await a.ready(s.http)
+        await b.ready(s.http)
+        yield s, a, b
+    finally:
+        await s.stop_agent()
+        a.kill()
+        b.kill()
+        s.http.close()
 
 
 async def test_killed_replica_the_agent_moves_on(replicas) -> None:
