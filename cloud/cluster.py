@@ -47,6 +47,7 @@ HOLDER_TTL_S = 10
 REFRESH_S = 3.0
 CONNS_TTL_S = 10
 OP_TIMEOUT_S = 0.5
+HOLDER_CACHE_S = 1.0
 
 # Refresh the holder key only while it still names us: a takeover must not be undone.
 _REFRESH = """
@@ -121,6 +122,7 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._scripts: dict[str, Any] = {}
         self._serving: set[asyncio.Task[None]] = set()
+        self._holders: dict[str, tuple[str, float]] = {}
         self.forwarded = 0
         self.served_for_others = 0
 
@@ -251,7 +253,9 @@ class Cluster:
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         elif kind == "takeover":
-            if data.get("node") != self.node_id:
+            node = str(data.get("node"))
+            self._holders[str(data.get("pits"))] = (node, time.monotonic() + HOLDER_CACHE_S)
+            if node != self.node_id:
                 conn = self.relay.registry.get(str(data.get("pits")))
                 if conn is not None:
                     conn.close(4003, "replaced by a newer connection on another replica")
@@ -276,8 +280,18 @@ class Cluster:
         await self._script("release", _RELEASE, [f"{P}holder:{pits_id}"], [self.node_id])
 
     async def holder(self, pits_id: str) -> str | None:
+        """The replica holding the pits; remembered for a second (takeovers update it at once)."""
+        known = self._holders.get(pits_id)
+        now = time.monotonic()
+        if known is not None and known[1] > now:
+            return known[0]
         value = await self._call(lambda: self.redis.get(f"{P}holder:{pits_id}"))
-        return value.decode() if isinstance(value, bytes) else None
+        node = value.decode() if isinstance(value, bytes) else None
+        if node is not None:
+            self._holders[pits_id] = (node, now + HOLDER_CACHE_S)
+        else:
+            self._holders.pop(pits_id, None)
+        return node
 
     # -- fetches through another replica ------------------------------------------------------
 
@@ -308,6 +322,7 @@ class Cluster:
                 },
             )
             if not receivers:
+                self._holders.pop(pits_id, None)
                 raise ProtocolError(
                     ErrorCode.UNAVAILABLE, f"the replica holding pits {pits_id} is gone"
                 )
