@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
+import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import jwt
+import tornado.netutil
 
 from cloud import __version__
-from cloud.config import config_from_args
+from cloud.config import CloudConfig, config_from_args
 from cloud.keys import ROLES, KeySet, keygen
 from cloud.keystore import revoke, revoked_path_for
 from wire import jsonlog
@@ -22,13 +28,67 @@ from wire.settings import SettingsError
 log = logging.getLogger("pitlink.cloud")
 
 
-async def _serve(argv: Sequence[str]) -> int:
+def _serve(argv: Sequence[str]) -> int:
+    config = config_from_args(argv)
+    if config.workers == 1:
+        return asyncio.run(_serve_one(config))
+    return _serve_workers(config)
+
+
+def _serve_workers(config: CloudConfig) -> int:
+    """Several processes on one port, joined through Redis like replicas on many machines.
+
+    The parent binds the port, forks the workers, passes SIGTERM and SIGINT on to them, and
+    starts a worker again if one dies while nobody asked it to stop.
+    """
+    jsonlog.setup(config.log_level)
+    sockets = tornado.netutil.bind_sockets(config.port, config.host)
+    base = config.node_id or uuid.uuid4().hex[:8]
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            worker = replace(config, node_id=f"{base}-{index}")
+            os._exit(asyncio.run(_serve_one(worker, sockets)))
+        children[pid] = index
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for first in range(config.workers):
+        spawn(first)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    log.info("workers started", extra={"workers": config.workers, "port": config.port})
+    worst = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        gone = children.pop(pid, -1)
+        code = os.waitstatus_to_exitcode(status)
+        worst = max(worst, abs(code))
+        if gone >= 0 and not stopping:
+            log.error("worker died; starting it again", extra={"worker": gone, "code": code})
+            spawn(gone)
+    return 0 if stopping else worst
+
+
+async def _serve_one(config: CloudConfig, sockets: list[socket.socket] | None = None) -> int:
     from cloud.app import CloudRelay
 
-    config = config_from_args(argv)
     jsonlog.setup(config.log_level)
     relay = CloudRelay(config)
-    await relay.start()
+    await relay.start(sockets)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,10 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     command, rest = COMMANDS[args[0]], args[1:]
     try:
-        if asyncio.iscoroutinefunction(command):
-            code = asyncio.run(command(rest))
-        else:
-            code = command(rest)
+        code = command(rest)
     except (SettingsError, OSError, ValueError) as exc:
         print(f"cloud-relay: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -83,6 +83,7 @@ class CloudConfig:
     node_id: str | None = None
     redis_cache_ttl: float = 3600.0
     grace_period: float = 10.0
+    workers: int = 1
     public_allowlist: tuple[str, ...] = field(default=DEFAULT_ALLOWLIST)
     log_level: str = "INFO"
 
@@ -218,6 +219,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="seconds a body stays in the shared cache (default %(default)s)",
     )
     a(
+        "--workers",
+        type=_positive_int,
+        default=d.workers,
+        help="processes sharing the port (needs --redis-url when more than 1; default %(default)s)",
+    )
+    a(
         "--grace-period",
         type=float,
         default=d.grace_period,
@@ -243,6 +250,8 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
     ns = resolve(parser, argv, os.environ if env is None else env)
     if ns.jwks is None:
         parser.error("--jwks (or PITLINK_JWKS) is required")
+    if ns.workers > 1 and not ns.redis_url:
+        parser.error("--workers above 1 needs --redis-url: the workers reach each other through it")
     return CloudConfig(
         host=ns.host,
         port=ns.port,
@@ -270,6 +279,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         node_id=ns.node_id or None,
         redis_cache_ttl=ns.redis_cache_ttl,
         grace_period=ns.grace_period,
+        workers=ns.workers,
         public_allowlist=tuple(ns.public_allowlist) or DEFAULT_ALLOWLIST,
         log_level=ns.log_level.upper(),
     )

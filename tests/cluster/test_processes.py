@@ -240,3 +240,92 @@ async def test_rolling_restart_behind_nginx_loses_no_request(
     finally:
         nginx.terminate()
         await asyncio.wait_for(nginx.wait(), 10)
+
+
+async def test_workers_share_the_port_and_the_pits(
+    tmp_path: Path, sim: Simulator, redis_server
+) -> None:
+    s = System(tmp_path, sim)
+    port = free_port()
+    log = (tmp_path / "workers.log").open("wb")  # noqa: ASYNC230 - a local file, opened once
+    with log as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--port",
+            str(port),
+            "--jwks",
+            str(s.jwks),
+            "--redis-url",
+            redis_server.url,
+            "--workers",
+            "2",
+            "--node-id",
+            "w",
+            "--client-rate",
+            "0",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            cwd=REPO,
+        )
+    try:
+        s.relay_port = port
+        seen: set[str] = set()
+
+        async def both_workers() -> bool:
+            http = tornado.httpclient.AsyncHTTPClient(force_instance=True)  # new connections
+            try:
+                got = await http.fetch(f"{s.url}/readyz", raise_error=False, request_timeout=2)
+                if got.code == 200:
+                    seen.add(json.loads(got.body)["node"])
+            except OSError:
+                pass
+            finally:
+                http.close()
+            return seen == {"w-0", "w-1"}
+
+        await wait_for(both_workers, timeout=30, what="both workers answering")
+        await s.start_agent(wait=False)
+        await wait_for(lambda: s.agent.state.ws_connected, what="the agent")
+        path = f"{s.url}/pits/{s.pits_id}/httpfiles/Channels.json"
+        for _ in range(20):
+            http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+            try:
+                got = await http.fetch(path, raise_error=False)
+            finally:
+                http.close()
+            assert got.code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        await s.stop_agent()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        s.http.close()
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    from cloud.keys import keygen
+
+    keygen(tmp_path / "jwks.json", "k")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloud",
+            "serve",
+            "--jwks",
+            str(tmp_path / "jwks.json"),
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert "--redis-url" in done.stderr
