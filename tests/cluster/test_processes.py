@@ -247,7 +247,7 @@ async def test_workers_share_the_port_and_the_pits(
 ) -> None:
     s = System(tmp_path, sim)
     port = free_port()
-    log = (tmp_path / "workers.log").open("wb")  # noqa: ASYNC230 - a local file, opened once
+    log = (tmp_path / "workers.log").open("wb")
     with log as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
