@@ -6,9 +6,19 @@ process without their numbers mixing. Label sets are bounded: no path or request
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 P = "pitlink_"
+
+
+def _count_tasks() -> float:
+    """Tasks on the running loop (0 outside one): a leak shows as a number that only grows."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class Metrics:
@@ -75,6 +85,8 @@ class Metrics:
         self.auth_failures = Counter(
             P + "auth_failures", "Control connections refused before upgrade", registry=r
         )
+        self.tasks = Gauge(P + "asyncio_tasks", "Tasks alive on the event loop", registry=r)
+        self.tasks.set_function(_count_tasks)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 P = "pitlink_"
+
+
+def _count_tasks() -> float:
+    """Tasks on the running loop (0 outside one): a leak shows as a number that only grows."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0
 
 
 class AgentMetrics:
@@ -26,6 +36,8 @@ class AgentMetrics:
             registry=r,
         )
         self.fetches = Counter(P + "fetches", "Fetch commands answered", ["outcome"], registry=r)
+        self.tasks = Gauge(P + "asyncio_tasks", "Tasks alive on the event loop", registry=r)
+        self.tasks.set_function(_count_tasks)
         self.connectivity = Gauge(
             P + "connectivity_state",
             "1 for the uplink's current state: full, portal, limited, none or unknown",

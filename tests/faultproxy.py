@@ -27,6 +27,7 @@ class FaultProxy:
         self._held: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._closed = False
         self._stopped = asyncio.Event()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -38,6 +39,10 @@ class FaultProxy:
         return len(self._links)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self.accepted += 1
         if self.mode == "refuse":
             self._reset(writer)
@@ -108,11 +113,12 @@ class FaultProxy:
     @staticmethod
     def _reset(writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        if sock is not None:
-            # Linger 0: close with RST instead of FIN, as a crashed or hostile peer would.
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
+        with contextlib.suppress(OSError):  # already closed: nothing to reset
+            if sock is not None:
+                # Linger 0: close with RST instead of FIN, as a crashed or hostile peer would.
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
         writer.close()
 
     def reset_all(self) -> None:
@@ -129,3 +135,5 @@ class FaultProxy:
             self.reset_all()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
