@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cloud.ratelimit import parse_networks
 from wire.paths import DEFAULT_ALLOWLIST
-from wire.settings import resolve
+from wire.settings import positive_int, resolve
 
 MIB = 1024 * 1024
 
@@ -23,13 +23,6 @@ def _ttl_rule(text: str) -> tuple[str, float]:
     if value < 0:
         raise ValueError("seconds must not be negative")
     return pattern, value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -155,7 +148,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a(
         "--per-conn-concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=d.per_conn_concurrency,
         help="fetches in flight per pits (default %(default)s)",
     )
@@ -220,7 +213,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=d.workers,
         help="processes sharing the port (needs --redis-url when more than 1; default %(default)s)",
     )

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pits_appliance import ConfigError
 from wire.paths import DEFAULT_ALLOWLIST
-from wire.settings import SettingsError, parse_conf, resolve
+from wire.settings import SettingsError, parse_conf, positive_int, resolve
 
 MIB = 1024 * 1024
 
@@ -83,13 +83,6 @@ def _http_url(text: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be at least 1")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = AgentConfig(cloud_url="", token_file=Path("."))
     p = argparse.ArgumentParser(
@@ -149,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--max-concurrent-commands",
-        type=_positive_int,
+        type=positive_int,
         default=d.max_concurrent_commands,
         help="fetches handled at once; more are answered BUSY (default %(default)s)",
     )

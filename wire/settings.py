@@ -27,6 +27,14 @@ def key_of(action: argparse.Action) -> str | None:
     return longs[0][2:].replace("-", "_").upper()
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
 def parse_bool(key: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in _TRUE:
