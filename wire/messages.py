@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -291,11 +292,24 @@ def encode(message: Message, *, frame_id: str | None = None, now_ms: int) -> str
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_loads(data: str | bytes) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity, no raw control characters, no `007`.
+
+    The standard library's parser is strict where ujson is lenient; frames are small (a body is
+    one base64 string), so the difference in speed does not matter here.
+    """
+    return json.loads(data, parse_constant=_reject_constant)
+
+
 def peek_id(data: str | bytes) -> str | None:
     """The id of a frame that failed to decode, if one can be read, to address the error."""
     try:
-        obj = ujson.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        obj = _strict_loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(obj, dict):
         frame_id = obj.get("id")
@@ -307,8 +321,8 @@ def peek_id(data: str | bytes) -> str | None:
 def decode(data: str | bytes, *, sender: Sender) -> Frame:
     """Decode and validate one frame sent by `sender`."""
     try:
-        obj = ujson.loads(data)
-    except (ValueError, UnicodeDecodeError):
+        obj = _strict_loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _bad("frame is not JSON") from None
     if not isinstance(obj, dict):
         raise _bad("frame is not a JSON object")

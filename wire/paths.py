@@ -47,7 +47,8 @@ def normalize_path(raw: str) -> str:
         raise _refuse(raw, "control character")
     decoded = _SLASHES.sub("/", decoded)
     for segment in decoded.split("/"):
-        if segment and segment.strip(".") == "":
+        # Windows drops trailing dots and spaces from a name, so ".. " is ".." to FPVTrackside.
+        if segment and segment.strip(". ") == "":
             raise _refuse(raw, "dot segment")
     return decoded
 

@@ -610,3 +610,19 @@ def test_lone_surrogate_id_is_refused_or_answerable() -> None:
         assert exc.code is ErrorCode.BAD_REQUEST
         return
     encode(Pong(), frame_id=frame.id, now_ms=1).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"id":"f1","type":"ping","ts":1,"payload":{"x":NaN}}',
+        '{"id":"f1","type":"ping","ts":1,"payload":{"x":Infinity}}',
+        '{"id":"f1","type":"ping","ts":1,"payload":{"x":-Infinity}}',
+        '{"id":"f1","type":"ping","ts":007,"payload":{}}',
+        '{"id":"f\\u0001","type":"ping","ts":1,"payload":{"x":"a\x01b"}}',
+    ],
+)
+def test_frames_must_be_strict_json(text: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(text, sender="pits")
+    assert caught.value.code is ErrorCode.BAD_REQUEST

@@ -513,3 +513,13 @@ def test_denied_method_message_is_bounded() -> None:
 
 def test_allowed_methods() -> None:
     assert frozenset({"GET", "HEAD"}) == ALLOWED_METHODS
+
+
+@pytest.mark.parametrize(
+    "raw", ["/events/..%20/x", "/events/.%20./x", "/events/%20../x", "/events/. /x"]
+)
+def test_dot_segments_padded_with_spaces_are_refused(raw: str) -> None:
+    """Windows drops trailing dots and spaces from names: ".. " would climb out of the root."""
+    with pytest.raises(PathError) as caught:
+        normalize_path(raw)
+    assert caught.value.code is ErrorCode.BAD_REQUEST
