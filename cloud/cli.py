@@ -38,11 +38,10 @@ def _serve(argv: Sequence[str]) -> int:
 def _serve_workers(config: CloudConfig) -> int:
     """Several processes on one port, joined through Redis like replicas on many machines.
 
-    The parent binds the port, forks the workers, passes SIGTERM and SIGINT on to them, and
+    Each worker binds the port with SO_REUSEPORT; the parent forks them, passes SIGTERM and SIGINT on to them, and
     starts a worker again if one dies while nobody asked it to stop.
     """
     jsonlog.setup(config.log_level)
-    sockets = tornado.netutil.bind_sockets(config.port, config.host)
     base = config.node_id or uuid.uuid4().hex[:8]
     children: dict[int, int] = {}
     stopping = False
@@ -53,6 +52,9 @@ def _serve_workers(config: CloudConfig) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             worker = replace(config, node_id=f"{base}-{index}")
+            # A socket of its own per worker (SO_REUSEPORT): the kernel spreads connections
+            # evenly; one shared socket lets whichever worker wakes first take a whole burst.
+            sockets = tornado.netutil.bind_sockets(config.port, config.host, reuse_port=True)
             os._exit(asyncio.run(_serve_one(worker, sockets)))
         children[pid] = index
 

@@ -245,6 +245,8 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         parser.error("--jwks (or PITLINK_JWKS) is required")
     if ns.workers > 1 and not ns.redis_url:
         parser.error("--workers above 1 needs --redis-url: the workers reach each other through it")
+    if ns.workers > 1 and ns.port == 0:
+        parser.error("--workers above 1 needs a fixed --port (each worker binds it)")
     return CloudConfig(
         host=ns.host,
         port=ns.port,

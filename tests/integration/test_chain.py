@@ -130,3 +130,15 @@ async def test_one_audit_line_per_fetch(system: System, caplog) -> None:
     assert (second.status, second.code) == (None, "BAD_CONTENT")
     assert second.request_id == bad.headers["X-Request-Id"]
     assert not any(hasattr(r, "body") for r in audits)
+
+
+async def test_cache_control_rounds_the_window_up(tmp_path, sim) -> None:
+    """With the default 1 s window a fresh copy says max-age=1, so a CDN in front caches it."""
+    s = System(tmp_path, sim)
+    await s.start_relay()
+    await s.start_agent()
+    try:
+        got = await s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json")
+        assert got.headers["Cache-Control"] == "public, max-age=1"
+    finally:
+        await s.close()
