@@ -296,13 +296,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for the life of the process: json.loads() with a keyword builds a decoder and a
+# scanner per call, and the C scanner's reference cycle with its decoder is never collected.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _strict_loads(data: str | bytes) -> Any:
     """JSON as RFC 8259 has it: no NaN or Infinity, no raw control characters, no `007`.
 
     The standard library's parser is strict where ujson is lenient; frames are small (a body is
     one base64 string), so the difference in speed does not matter here.
     """
-    return json.loads(data, parse_constant=_reject_constant)
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    return _DECODER.decode(text)
 
 
 def peek_id(data: str | bytes) -> str | None:
