@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
-from conftest import free_port
 from fpvtrackside_sim import Simulator
-from support import System, wait_for
+from support import System, free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_EXAMPLE = REPO / "deploy" / "nginx-pitlink.conf"
