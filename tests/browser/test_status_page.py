@@ -34,6 +34,11 @@ async def open_status(page: Page, system: System) -> None:
     await expect(page.locator("#rows li").first).to_be_visible()
 
 
+async def first_check(system: System) -> None:
+    """Let the watchdog's own first check land, so that it cannot overwrite what a test sets."""
+    await wait_for(lambda: system.agent.state.connectivity == "full", what="the first check")
+
+
 def row(page: Page, key: str):
     return page.locator(f'#rows li[data-key="{key}"]')
 
@@ -104,12 +109,14 @@ async def test_no_event_open_is_amber(page: Page, system: System) -> None:
 async def test_internet_states(
     page: Page, system: System, verdict: Verdict, mark: str, text: str
 ) -> None:
+    await first_check(system)
     system.agent.watchdog.record(verdict)
     await open_status(page, system)
     await expect_row(page, "internet", mark, text, verdict.detail)
 
 
 async def test_portal_shows_where_to_sign_in(page: Page, system: System, tmp_path: Path) -> None:
+    await first_check(system)
     system.agent.watchdog.record(Verdict(state="portal", portal_url="http://10.0.0.1/login?x=1"))
     await open_status(page, system)
     await expect_row(page, "portal", "red", "A captive portal is in the way", "accept the terms")
