@@ -7,12 +7,16 @@ FPVTrackside answers one request at a time, so the agent never sends it more tha
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import tornado.httpclient
 import tornado.iostream
+import tornado.netutil
 from tornado.httputil import HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
@@ -70,6 +74,28 @@ class _SizeGuard:
         self.chunks.append(chunk)
 
 
+class LiteralResolver(tornado.netutil.DefaultLoopResolver):
+    """Answers an IP address given as the host at once; looks up names as tornado does.
+
+    The origin is almost always given as an address (`http://192.168.1.20:8080`). Tornado's
+    resolver sends even an address to getaddrinfo on a worker thread, which costs every fetch a
+    thread hop and keeps worker threads (each with its own malloc arena) alive in a small box.
+    """
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        try:
+            address = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return await super().resolve(host, port, family)
+        if address.version == 6 and family in (socket.AF_UNSPEC, socket.AF_INET6):
+            return [(socket.AF_INET6, (str(address), port, 0, 0))]
+        if address.version == 4 and family in (socket.AF_UNSPEC, socket.AF_INET):
+            return [(socket.AF_INET, (str(address), port))]
+        raise OSError(f"{host} is not an address of family {family.name}")
+
+
 class Origin:
     """FPVTrackside's web server, seen from the agent."""
 
@@ -87,6 +113,7 @@ class Origin:
         self._slots = asyncio.Semaphore(concurrency)
         self._client = tornado.httpclient.AsyncHTTPClient(
             force_instance=True,
+            resolver=LiteralResolver(),
             max_clients=max(concurrency, 1) * 4,
             # The cap is enforced by _SizeGuard as the body streams in, not by tornado,
             # so that going over it is told apart from a dropped connection.
