@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import re
@@ -29,6 +30,9 @@ from wire import ProtocolError
 from wire.paths import Allowlist
 
 log = logging.getLogger("pitlink.pits.agent")
+
+# How often the agent collects reference cycles itself (see Agent._collect_loop).
+COLLECT_INTERVAL = 10.0
 
 EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]+)"')
 
@@ -73,6 +77,7 @@ class Agent:
         self.status_port: int | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.collect_interval = COLLECT_INTERVAL
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class Agent:
             asyncio.ensure_future(self._watch_origin()),
             asyncio.ensure_future(self.watchdog.run()),
             asyncio.ensure_future(self._systemd_loop()),
+            asyncio.ensure_future(self._collect_loop()),
         ]
         self.systemd.ready()
         log.info(
@@ -203,6 +209,20 @@ class Agent:
         while True:
             self.systemd_tick()
             await asyncio.sleep(interval)
+
+    async def _collect_loop(self) -> None:
+        """Collect reference cycles every few seconds instead of when CPython gets round to it.
+
+        Every dropped link and failed origin request leaves cycles behind (an exception's
+        traceback holds the frames that hold the stream or future that holds the exception).
+        CPython's full collection waits until the long-lived objects grow by a quarter, so on a
+        flaky uplink that garbage piled up for minutes and the agent's memory crept upwards
+        (the soak measured 34 to 40 MB in 30 minutes). Collecting on a timer keeps it flat; with
+        about 30,000 objects one collection takes a few milliseconds.
+        """
+        while True:
+            await asyncio.sleep(self.collect_interval)
+            gc.collect()
 
     # -- local actions (status page) ----------------------------------------------------------
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import weakref
 
 from support import System, wait_for
+
+from pits_appliance.agent import Agent
 
 
 async def test_agent_stopped_serves_stale_and_503(system: System) -> None:
@@ -93,3 +97,28 @@ async def test_origin_down_is_502_origin_unreachable(system: System) -> None:
     assert got.code == 502
     assert json.loads(got.body)["error"]["code"] == "ORIGIN_UNREACHABLE"
     assert system.agent.state.origin_reachable is False
+
+
+async def test_the_agent_collects_the_cycles_failures_leave_behind(tmp_path, sim) -> None:
+    """Garbage from dropped links is collected on the agent's timer, not some day (the soak)."""
+
+    class Frame:
+        pass
+
+    s = System(tmp_path, sim)
+    await s.start_relay()
+    agent = Agent(s.agent_config())
+    agent.collect_interval = 0.05
+    gc.disable()  # only the agent's own collection can free the cycle below
+    try:
+        cycle = Frame()
+        cycle.me = cycle  # type: ignore[attr-defined]
+        gone = weakref.ref(cycle)
+        del cycle
+        assert gone() is not None
+        await agent.start()
+        await wait_for(lambda: gone() is None, timeout=10, what="the agent to collect the cycle")
+    finally:
+        gc.enable()
+        await agent.stop()
+        await s.close()
