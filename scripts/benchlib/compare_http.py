@@ -483,7 +483,7 @@ def workers(settings: Settings) -> Outcome:
         out.message = (
             "connections per worker while wrk ran (32 + the agent's): "
             + ", ".join(str(n) for n in sorted(spread.values(), reverse=True))
-            + " (one accept socket shared by the workers, no SO_REUSEPORT)"
+            + " (each worker binds the port with SO_REUSEPORT; the kernel spreads connections)"
         )
     out.rows = [
         Row(
