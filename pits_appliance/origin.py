@@ -86,7 +86,7 @@ class LiteralResolver(tornado.netutil.DefaultLoopResolver):
         self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
     ) -> list[tuple[int, Any]]:
         try:
-            address = ipaddress.ip_address(host.strip("[]"))
+            address = ipaddress.ip_address(host)  # tornado has taken off any [ ]
         except ValueError:
             return await super().resolve(host, port, family)
         if address.version == 6 and family in (socket.AF_UNSPEC, socket.AF_INET6):

@@ -337,7 +337,7 @@ async def test_an_address_is_resolved_without_a_worker_thread() -> None:
         assert await resolver.resolve("192.168.1.20", 8080) == [
             (socket.AF_INET, ("192.168.1.20", 8080))
         ]
-        assert await resolver.resolve("[::1]", 8080) == [(socket.AF_INET6, ("::1", 8080, 0, 0))]
+        assert await resolver.resolve("::1", 8080) == [(socket.AF_INET6, ("::1", 8080, 0, 0))]
         assert handed_off == []
         named = await resolver.resolve("localhost", 8080, socket.AF_INET)
         assert (socket.AF_INET, ("127.0.0.1", 8080)) in named
