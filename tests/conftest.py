@@ -12,14 +12,13 @@ SCRIPTS = REPO / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-FIXTURES = REPO.parent / "shared" / "fixtures" / "fpvtrackside"
+FIXTURES = REPO / "tests" / "fixtures" / "fpvtrackside"
 
 
 @pytest.fixture
 def fixtures_root() -> Path:
-    """The real FPVTrackside event in ../shared; tests that need it skip where it is absent."""
-    if not (FIXTURES / "events").is_dir():
-        pytest.skip(f"real event fixtures not found at {FIXTURES} (../shared is absent)")
+    """The real FPVTrackside event kept in the repo (tests/fixtures/README.md says whence)."""
+    assert (FIXTURES / "events").is_dir(), f"the real event is missing from {FIXTURES}"
     return FIXTURES
 
 

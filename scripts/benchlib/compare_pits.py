@@ -289,7 +289,7 @@ def uplink(settings: Settings) -> Outcome:
 
 def _json_files(settings: Settings) -> tuple[str, list[tuple[str, bytes]]]:
     if (FIXTURES / "events").is_dir():
-        root, source = FIXTURES, "real event (../shared/fixtures/fpvtrackside)"
+        root, source = FIXTURES, "real event (tests/fixtures/fpvtrackside)"
     else:
         from fpvtrackside_sim import LiveEvent
 

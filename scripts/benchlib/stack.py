@@ -274,7 +274,7 @@ class Sim:
         return self.path(f"{newest.parent.name}/Race.json")
 
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "fpvtrackside"
+FIXTURES = ROOT / "tests" / "fixtures" / "fpvtrackside"
 
 
 def start_sim(
