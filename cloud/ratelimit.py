@@ -10,28 +10,9 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from wire.budget import TokenBucket
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class TokenBucket:
-    """`rate` tokens a second, up to `burst` saved up; each request takes one."""
-
-    __slots__ = ("burst", "rate", "tokens", "updated")
-
-    def __init__(self, rate: float, burst: float, now: float):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.updated = now
-
-    def take(self, now: float) -> float:
-        """0.0 if a token was taken, else the seconds until one will be there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
 
 
 class RateLimiter:
