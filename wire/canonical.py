@@ -39,6 +39,17 @@ def decode_lenient(body: bytes) -> Any:
         raise ContentError(f"body is not JSON: {exc}") from None
 
 
+def check_json(body: bytes) -> None:
+    """Raise ContentError unless the body is one JSON value (strictly: empty is not JSON).
+
+    The relay judges a `.json` body from the body itself, never from a label the pits put on it.
+    """
+    try:
+        ujson.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContentError(f"body is not JSON: {exc}") from None
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical bytes of a decoded JSON value; NaN and infinities are not JSON."""
     try:

@@ -11,6 +11,7 @@ Exception tree::
 from __future__ import annotations
 
 import enum
+import math
 from typing import Any
 
 
@@ -67,6 +68,25 @@ STALE_OK = frozenset(
         ErrorCode.INTERNAL,
     }
 )
+
+
+RETRY_AFTER_MIN = 1
+RETRY_AFTER_MAX = 3600
+
+
+def retry_after(seconds: object, default: int | None = None) -> int | None:
+    """A `Retry-After` value in whole seconds, clamped to 1..3600; `default` for non-numbers.
+
+    Whatever asks for it (a rate limit, a queue, a peer's hint), the header never says 0,
+    never a negative, never days, and a NaN or an infinity never reaches the status line.
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+        return default
+    if seconds >= RETRY_AFTER_MAX:
+        return RETRY_AFTER_MAX
+    if seconds <= RETRY_AFTER_MIN:
+        return RETRY_AFTER_MIN
+    return math.ceil(seconds)
 
 
 def is_retryable(code: ErrorCode) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,31 @@ from wire.errors import ErrorCode, ProtocolError
 
 MAX_ID_LENGTH = 128
 Sender = Literal["cloud", "pits"]
+
+# Bounds on what a peer may send: a field past its bound makes the frame malformed. The relay
+# shows hello fields to every admin tab, so an 8 MiB `swVersion` must never get that far.
+MAX_PITS_ID = 64
+MAX_SW_VERSION = 64
+MAX_FEATURES = 32
+MAX_FEATURE = 64
+MAX_LIMITS = 32
+MAX_PATH = 2048
+MAX_ETAG = 256
+MAX_CONTENT_TYPE = 200
+MAX_MESSAGE = 1024
+MAX_DETAILS = 16
+MAX_TOKEN = 8192
+
+# The statuses a `response` may carry: 200, 304 to a conditional fetch, and the origin's own
+# errors. Anything else (1xx, 204, a redirect) is not something the relay can serve as data.
+RESPONSE_STATUSES = frozenset({200, 304, *range(400, 600)})
+
+# RFC 9110 media type: type "/" subtype, then parameters; tokens and quoted strings only.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(
+    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*"
+)
+_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
 
 
 def new_id() -> str:
@@ -33,7 +59,12 @@ def _bad(message: str, frame_id: str | None = None) -> ProtocolError:
 
 
 def _get(
-    p: dict[str, Any], key: str, kind: type | tuple[type, ...], *, optional: bool = False
+    p: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    *,
+    optional: bool = False,
+    max_len: int | None = None,
 ) -> Any:
     if key not in p or p[key] is None:
         if optional:
@@ -42,7 +73,15 @@ def _get(
     value = p[key]
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise _bad(f"payload field {key} has the wrong type")
+    if max_len is not None and isinstance(value, str | list | dict) and len(value) > max_len:
+        raise _bad(f"payload field {key} is longer than {max_len}")
     return value
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, bool | int | float) or (
+        isinstance(value, str) and len(value) <= MAX_FEATURE
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,10 +101,13 @@ class CloudHello:
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> CloudHello:
+        limits = _get(p, "limits", dict, optional=True, max_len=MAX_LIMITS) or {}
+        if not all(len(k) <= MAX_FEATURE and _scalar(v) for k, v in limits.items()):
+            raise _bad("limits must map short names to numbers or short strings")
         return cls(
             protocol_version=_get(p, "protocolVersion", int),
             server_time_ms=_get(p, "serverTimeMs", int),
-            limits=_get(p, "limits", dict, optional=True) or {},
+            limits=limits,
         )
 
 
@@ -88,13 +130,13 @@ class PitsHello:
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> PitsHello:
-        features = _get(p, "features", list, optional=True) or []
-        if not all(isinstance(f, str) for f in features):
-            raise _bad("features must be strings")
+        features = _get(p, "features", list, optional=True, max_len=MAX_FEATURES) or []
+        if not all(isinstance(f, str) and len(f) <= MAX_FEATURE for f in features):
+            raise _bad(f"features must be strings of at most {MAX_FEATURE} characters")
         return cls(
             protocol_version=_get(p, "protocolVersion", int),
-            pits_id=_get(p, "pitsId", str),
-            sw_version=_get(p, "swVersion", str),
+            pits_id=_get(p, "pitsId", str, max_len=MAX_PITS_ID),
+            sw_version=_get(p, "swVersion", str, max_len=MAX_SW_VERSION),
             features=tuple(features),
         )
 
@@ -120,10 +162,10 @@ class Fetch:
         if timeout_ms <= 0:
             raise _bad("timeoutMs must be positive")
         return cls(
-            method=_get(p, "method", str),
-            path=_get(p, "path", str),
+            method=_get(p, "method", str, max_len=16),
+            path=_get(p, "path", str, max_len=MAX_PATH),
             timeout_ms=timeout_ms,
-            if_none_match=_get(p, "ifNoneMatch", str, optional=True),
+            if_none_match=_get(p, "ifNoneMatch", str, optional=True, max_len=MAX_ETAG),
         )
 
 
@@ -152,10 +194,19 @@ class Response:
         status = _get(p, "status", int)
         if not 100 <= status <= 599:
             raise _bad("status out of range")
-        headers = _get(p, "headers", dict, optional=True) or {}
+        if status not in RESPONSE_STATUSES:
+            raise _bad(f"status {status} is not one a response may carry")
+        headers = _get(p, "headers", dict, optional=True, max_len=8) or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise _bad("headers must map strings to strings")
         lowered = {k.lower(): v for k, v in headers.items()}
+        etag, content_type = lowered.get("etag"), lowered.get("content-type")
+        if etag is not None and (len(etag) > MAX_ETAG or not _ETAG.fullmatch(etag)):
+            raise _bad("ETag is malformed")
+        if content_type is not None and (
+            len(content_type) > MAX_CONTENT_TYPE or not _MEDIA_TYPE.fullmatch(content_type)
+        ):
+            raise _bad("Content-Type is malformed")
         body_b64 = _get(p, "bodyB64", str, optional=True)
         body = None
         if body_b64 is not None:
@@ -163,12 +214,7 @@ class Response:
                 body = base64.b64decode(body_b64, validate=True)
             except (binascii.Error, ValueError):
                 raise _bad("bodyB64 is not base64") from None
-        return cls(
-            status=status,
-            etag=lowered.get("etag"),
-            content_type=lowered.get("content-type"),
-            body=body,
-        )
+        return cls(status=status, etag=etag, content_type=content_type, body=body)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,8 +240,8 @@ class Error:
             raise _bad(f"unknown error code {code[:40]!r}") from None
         return cls(
             code=known,
-            message=_get(p, "message", str),
-            details=_get(p, "details", dict, optional=True),
+            message=_get(p, "message", str, max_len=MAX_MESSAGE),
+            details=_get(p, "details", dict, optional=True, max_len=MAX_DETAILS),
         )
 
     def exception(self) -> ProtocolError:
@@ -237,7 +283,7 @@ class Token:
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> Token:
-        return cls(token=_get(p, "token", str))
+        return cls(token=_get(p, "token", str, max_len=MAX_TOKEN))
 
 
 Message = CloudHello | PitsHello | Fetch | Response | Error | Ping | Pong | Token

@@ -15,6 +15,7 @@ import ujson
 
 from wire.canonical import (
     canonical_json,
+    check_json,
     decode_lenient,
     etag_matches,
     etag_of,
@@ -451,3 +452,14 @@ def test_fixtures_reindented_keep_their_etag(fixtures_root: Path) -> None:
         value = json.loads(raw.decode("utf-8-sig")) if raw.strip() else []
         lf = json.dumps(value, indent=4, ensure_ascii=True).encode()
         assert prepare_body("/x.json", lf) == prepare_body("/x.json", raw), file
+
+
+@pytest.mark.parametrize("body", [b"", b"  ", b"<html>", b'[{"a": 1}', b"\xff"])
+def test_check_json_refuses_what_is_not_one_json_value(body: bytes) -> None:
+    with pytest.raises(ContentError):
+        check_json(body)
+
+
+def test_check_json_accepts_canonical_bodies() -> None:
+    check_json(b"[]")
+    check_json(b'[{"a":1}]')

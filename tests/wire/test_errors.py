@@ -15,6 +15,7 @@ from wire.errors import (
     ProtocolError,
     WireError,
     is_retryable,
+    retry_after,
 )
 
 # The codes named in DESIGN.md, "Wire protocol, version 1".
@@ -191,3 +192,29 @@ def test_no_stale_copy_for_refusals(code: ErrorCode) -> None:
 
 def test_stale_ok_holds_only_error_codes() -> None:
     assert STALE_OK <= set(ErrorCode)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (0, 1),
+        (0.2, 1),
+        (-5, 1),
+        (1.5, 2),
+        (30, 30),
+        (3600, 3600),
+        (86400 * 365, 3600),
+        (1e400, 3600),  # what JSON's 1e400 decodes to
+        (float("-inf"), 1),
+        (float("nan"), None),
+        ("5", None),
+        (True, None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_clamped(seconds: object, expected: int | None) -> None:
+    assert retry_after(seconds) == expected
+
+
+def test_retry_after_default_for_what_is_not_a_number() -> None:
+    assert retry_after("soon", default=5) == 5

@@ -10,7 +10,14 @@ import pytest
 
 from wire.errors import ErrorCode, ProtocolError
 from wire.messages import (
+    MAX_FEATURE,
+    MAX_FEATURES,
     MAX_ID_LENGTH,
+    MAX_LIMITS,
+    MAX_MESSAGE,
+    MAX_PITS_ID,
+    MAX_SW_VERSION,
+    MAX_TOKEN,
     CloudHello,
     Error,
     Fetch,
@@ -263,9 +270,74 @@ def test_pits_hello_optional_features() -> None:
 
 
 def test_response_status_bounds() -> None:
-    for status in (100, 200, 304, 599):
+    for status in (200, 304, 400, 404, 500, 599):
         message = decode(frame_text("response", {"status": status}), sender="pits").message
         assert message == Response(status=status)
+
+
+@pytest.mark.parametrize("status", [100, 101, 201, 204, 206, 301, 302, 303, 307, 308, 399])
+def test_response_status_a_relay_cannot_serve_as_data_is_refused(status: int) -> None:
+    exc = assert_bad(frame_text("response", {"status": status}), "pits", "f1")
+    assert exc.message == f"status {status} is not one a response may carry"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text", "text/html\r\nSet-Cookie: a=b", "<script>", "a/b; c", "text/html; x=" + "a" * 300],
+)
+def test_malformed_content_type_is_refused(content_type: str) -> None:
+    payload = {"status": 200, "headers": {"Content-Type": content_type}}
+    exc = assert_bad(frame_text("response", payload), "pits", "f1")
+    assert exc.message == "Content-Type is malformed"
+
+
+@pytest.mark.parametrize("etag", ["sha256:abc", '"a"b"', '"' + "a" * 300 + '"', '"\u00e9"'])
+def test_malformed_etag_is_refused(etag: str) -> None:
+    payload = {"status": 304, "headers": {"ETag": etag}}
+    exc = assert_bad(frame_text("response", payload), "pits", "f1")
+    assert exc.message == "ETag is malformed"
+
+
+HELLO_PAST_ITS_BOUNDS = [
+    pytest.param({"swVersion": "x" * (MAX_SW_VERSION + 1)}, "swVersion", id="sw-version"),
+    pytest.param({"swVersion": "x" * (8 * 1024 * 1024)}, "swVersion", id="sw-version-8mib"),
+    pytest.param({"pitsId": "p" * (MAX_PITS_ID + 1)}, "pitsId", id="pits-id"),
+    pytest.param({"features": ["f"] * (MAX_FEATURES + 1)}, "features", id="feature-count"),
+    pytest.param({"features": ["f" * (MAX_FEATURE + 1)]}, "features", id="feature-length"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), HELLO_PAST_ITS_BOUNDS)
+def test_hello_fields_past_their_bounds_are_refused(change: dict[str, Any], field: str) -> None:
+    payload = {"protocolVersion": 1, "pitsId": "p", "swVersion": "1", **change}
+    exc = assert_bad(frame_text("hello", payload), "pits", "f1")
+    assert field in exc.message
+
+
+def test_hello_fields_at_their_bounds_are_accepted() -> None:
+    payload = {
+        "protocolVersion": 1,
+        "pitsId": "p" * MAX_PITS_ID,
+        "swVersion": "v" * MAX_SW_VERSION,
+        "features": ["f" * MAX_FEATURE] * MAX_FEATURES,
+    }
+    message = decode(frame_text("hello", payload), sender="pits").message
+    assert isinstance(message, PitsHello)
+    assert len(message.features) == MAX_FEATURES
+
+
+def test_cloud_hello_limits_are_bounded() -> None:
+    many = {f"k{i}": i for i in range(MAX_LIMITS + 1)}
+    payload = {"protocolVersion": 1, "serverTimeMs": 0, "limits": many}
+    assert_bad(frame_text("hello", payload), "cloud", "f1")
+    nested = {"protocolVersion": 1, "serverTimeMs": 0, "limits": {"a": {"b": 1}}}
+    assert_bad(frame_text("hello", nested), "cloud", "f1")
+
+
+def test_error_message_and_token_are_bounded() -> None:
+    error = {"code": "BUSY", "message": "m" * (MAX_MESSAGE + 1)}
+    assert_bad(frame_text("error", error), "pits", "f1")
+    assert_bad(frame_text("token", {"token": "t" * (MAX_TOKEN + 1)}), "cloud", "f1")
 
 
 def test_id_of_max_length_accepted() -> None:
