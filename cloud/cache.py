@@ -1,8 +1,8 @@
 """The relay's response cache: bounded by entries and by bytes, least recently used out first.
 
-Entries are keyed by (pits id, method, path) and hold what the pits sent: the body, its ETag,
-its content type and when it was fetched. Time is passed in, so freshness is tested without
-sleeping.
+Entries are keyed by (pits id, method, path) and hold what the pits sent: the body, its ETag and
+when it was fetched (the content type follows from the path, never from the pits). Time is
+passed in, so freshness is tested without sleeping.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ class Entry:
 
     body: bytes
     etag: str
-    content_type: str
     fetched_at: float
 
     def age(self, now: float) -> float:

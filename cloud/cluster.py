@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 import ujson
 from redis.exceptions import RedisError
 
+from cloud.ratelimit import RateLimited
 from wire import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
@@ -90,7 +91,6 @@ class Remote:
 
     status: int
     etag: str | None
-    content_type: str
     body: bytes | None  # None: unchanged from the ETag we sent
     age: float
 
@@ -342,12 +342,15 @@ class Cluster:
                 known = ErrorCode(code)
             except ValueError:
                 known = ErrorCode.INTERNAL
-            raise ProtocolError(known, str(error.get("message", "")), error.get("details"))
+            message = str(error.get("message", ""))[:500]
+            wait = error.get("retryAfter")
+            if isinstance(wait, int | float) and not isinstance(wait, bool):
+                raise RateLimited(message, float(wait))
+            raise ProtocolError(known, message)
         body = data.get("body")
         return Remote(
             status=int(data["status"]),
             etag=data.get("etag"),
-            content_type=str(data.get("ctype") or "application/octet-stream"),
             body=None if body is None else base64.b64decode(body),
             age=float(data.get("age", 0.0)),
         )
@@ -367,7 +370,9 @@ class Cluster:
                 float(data.get("timeout") or self.relay.config.fetch_timeout),
             )
         except ProtocolError as exc:
-            reply["error"] = {"code": str(exc.code), "message": exc.message, "details": exc.details}
+            reply["error"] = {"code": str(exc.code), "message": exc.message}
+            if isinstance(exc, RateLimited):
+                reply["error"]["retryAfter"] = exc.retry_after
         except (TimeoutError, KeyError, ValueError) as exc:
             reply["error"] = {
                 "code": "TIMEOUT" if isinstance(exc, TimeoutError) else "BAD_REQUEST",
@@ -378,7 +383,6 @@ class Cluster:
             reply.update(
                 status=served.status,
                 etag=served.etag,
-                ctype=served.content_type,
                 age=max(0.0, self.relay.clock() - served.fetched_at),
                 body=None
                 if served.etag is not None and served.etag == data.get("inm")
@@ -391,8 +395,8 @@ class Cluster:
     def _cache_key(self, pits_id: str, path: str) -> str:
         return f"{P}cache:{pits_id}:{path}"
 
-    async def cache_get(self, pits_id: str, path: str) -> tuple[bytes, str, str, float] | None:
-        """(body, etag, content type, age in s) of the shared copy, if there is one."""
+    async def cache_get(self, pits_id: str, path: str) -> tuple[bytes, str, float] | None:
+        """(body, etag, age in s) of the shared copy, if there is one."""
         raw = await self._call(lambda: self.redis.hgetall(self._cache_key(pits_id, path)))
         if not raw or b"e" not in raw or b"b" not in raw:
             return None
@@ -403,19 +407,16 @@ class Cluster:
         return (
             raw[b"b"],
             raw[b"e"].decode(),
-            raw.get(b"c", b"").decode(),
             max(0.0, time.time() - fetched),
         )
 
-    async def cache_put(
-        self, pits_id: str, path: str, body: bytes, etag: str, content_type: str, age: float
-    ) -> None:
+    async def cache_put(self, pits_id: str, path: str, body: bytes, etag: str, age: float) -> None:
         key = self._cache_key(pits_id, path)
 
         async def put() -> None:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(
-                key, mapping={"b": body, "e": etag, "c": content_type, "f": str(time.time() - age)}
+                key, mapping={"b": body, "e": etag, "f": str(time.time() - age)}
             )
             pipe.expire(key, int(self.cache_ttl))
             await pipe.execute()

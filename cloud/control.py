@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,10 +19,12 @@ from cloud.keys import LEEWAY_S
 from cloud.metrics import Metrics
 from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
+from wire.budget import Throttle, TokenBucket
 
 log = logging.getLogger("pitlink.cloud.control")
 
 GOING_AWAY = 1001
+EXPIRED_IDS = 256  # timed-out fetch ids remembered per connection
 
 
 class Transport(Protocol):
@@ -43,6 +46,10 @@ class ControlSettings:
     queue_size: int = 64
     max_body_bytes: int = 8 * 1024 * 1024
     renew_before: float | None = 7 * 86400.0
+    # Dropped frames a connection may send: `drop_burst` at once, then `drop_rate` a second.
+    # Past it the pits is closed with 1008: a flood of bad frames costs a bounded amount.
+    drop_burst: float = 100.0
+    drop_rate: float = 1.0
     limits: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +101,9 @@ class PitsConnection:
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         self._pings: dict[str, float] = {}
+        # Ids of fetches that timed out here: a late reply to one is no fault of the pits.
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._drops = TokenBucket(settings.drop_rate, settings.drop_burst, self.opened_at)
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -149,6 +159,9 @@ class PitsConnection:
                 self._send(fetch, frame_id)
                 return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
             except TimeoutError:
+                self._expired[frame_id] = None
+                if len(self._expired) > EXPIRED_IDS:
+                    self._expired.popitem(last=False)
                 raise ProtocolError(
                     ErrorCode.TIMEOUT, f"pits did not answer in {timeout:g} s"
                 ) from None
@@ -170,11 +183,7 @@ class PitsConnection:
         if self.queued >= self.settings.queue_size:
             self.shed += 1
             self.metrics.shed.inc()
-            raise ProtocolError(
-                ErrorCode.BUSY,
-                f"too many requests waiting for pits {self.pits_id}",
-                {"retryAfter": 1},
-            )
+            raise ProtocolError(ErrorCode.BUSY, f"too many requests waiting for pits {self.pits_id}")
         self.queued += 1
         self.metrics.fetch_queue_depth.inc()
         try:
@@ -191,13 +200,26 @@ class PitsConnection:
 
     def on_text(self, data: str | bytes) -> None:
         """Handle one frame from the pits. Nothing a pits sends can raise out of here."""
+        if self.state == "closed":
+            return  # what is still in flight after we closed is not read
         self.last_rx = self.clock()
         self.rx_bytes += len(data)
         try:
             frame = m.decode(data, sender="pits")
         except ProtocolError as exc:
-            self._drop("malformed", exc.message)
-            self._send(m.Error(code=ErrorCode.BAD_REQUEST, message=exc.message), m.peek_id(data))
+            if self.state == "handshake":
+                # A pits that cannot say hello properly (a field past its bound, say) is done.
+                self.close(CloseCode.POLICY, f"bad hello: {exc.message}")
+                return
+            frame_id = m.peek_id(data)
+            future = self._pending.get(frame_id) if frame_id is not None else None
+            if future is not None and not future.done():
+                # A reply we wait for, but broken: fail its fetch now, not at its deadline.
+                future.set_exception(
+                    ProtocolError(ErrorCode.BAD_CONTENT, f"malformed reply: {exc.message}")
+                )
+            if self._drop("malformed", exc.message):
+                self._send(m.Error(code=ErrorCode.BAD_REQUEST, message=exc.message), frame_id)
             return
         msg = frame.message
         if isinstance(msg, m.PitsHello):
@@ -216,12 +238,32 @@ class PitsConnection:
                 self.round_trip = self.clock() - sent
                 self.metrics.ws_roundtrip.observe(self.round_trip)
 
-    def _drop(self, reason: str, detail: str) -> None:
+    def _drop(self, reason: str, detail: str, *, charge: bool = True) -> bool:
+        """Count a dropped frame; False when it spent the budget and the connection is closed.
+
+        The log line is rate-limited per pits and reason, with the count of those held back.
+        """
         self.errors += 1
         self.metrics.frames_dropped.labels(reason).inc()
-        log.warning(
-            "dropped frame", extra={"pits_id": self.pits_id, "reason": reason, "detail": detail}
-        )
+        now = self.clock()
+        held = self.registry.drop_log.allow(f"{self.pits_id}:{reason}", now)
+        if held is not None:
+            log.warning(
+                "dropped frame",
+                extra={
+                    "pits_id": self.pits_id,
+                    "reason": reason,
+                    "detail": detail[:200],
+                    "suppressed": held,
+                },
+            )
+        if charge and self._drops.take(now):
+            log.warning(
+                "closing a pits that sends too many bad frames", extra={"pits_id": self.pits_id}
+            )
+            self.close(CloseCode.POLICY, "too many bad frames")
+            return False
+        return True
 
     def _on_hello(self, hello: m.PitsHello) -> None:
         if self.state != "handshake":
@@ -248,10 +290,15 @@ class PitsConnection:
     def _on_reply(self, frame_id: str, msg: m.Response | m.Error) -> None:
         future = self._pending.get(frame_id)
         if future is None or future.done():
-            self._drop("unknown_id", "reply for an unknown or expired id")
+            if frame_id in self._expired:
+                del self._expired[frame_id]
+                self._drop("expired", "late reply to a fetch that timed out", charge=False)
+            else:
+                self._drop("unknown_id", "reply for an unknown id")
             return
         if isinstance(msg, m.Error):
-            future.set_exception(msg.exception())
+            # The code and message only: details from a pits never reach a public answer.
+            future.set_exception(ProtocolError(msg.code, msg.message))
         elif msg.body is not None and len(msg.body) > self.settings.max_body_bytes:
             future.set_exception(
                 ProtocolError(
@@ -353,6 +400,8 @@ class Registry:
         self.metrics = metrics
         self.all: set[PitsConnection] = set()
         self._live: dict[str, PitsConnection] = {}
+        # One "dropped frame" line a second per pits and reason, across its reconnections.
+        self.drop_log = Throttle(1.0, max_kinds=1024)
         # Told when a pits connection is live here, or no longer (the cluster claims keys).
         self.on_register: list[Callable[[str], None]] = []
         self.on_unregister: list[Callable[[str], None]] = []

@@ -16,11 +16,13 @@ from tornado.escape import url_escape, xhtml_escape
 
 from cloud import TokenError
 from cloud.control import PitsConnection
-from cloud.ratelimit import client_ip
+from cloud.ratelimit import RateLimited, client_ip
 from cloud.relay import Served
 from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
 from wire.errors import HTTP_STATUS
+from wire.errors import retry_after as clamp_retry_after
+from wire.mediatypes import content_type_for_path
 from wire.paths import check_method, normalize_path
 
 if TYPE_CHECKING:
@@ -29,7 +31,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pitlink.cloud.http")
 
 EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
-RETRY_AFTER = {ErrorCode.BUSY: "1", ErrorCode.UNAVAILABLE: "5"}
+RETRY_AFTER = {ErrorCode.BUSY: 1, ErrorCode.UNAVAILABLE: 5}
+# Pits content is served under the relay's name: it may never be sniffed into something else,
+# and it runs in an opaque origin that can read nothing of the relay's (the admin's token, its
+# cookies). Scripts still run, so FPVTrackside's own page works; its requests are cross-origin
+# and every answer here allows any origin.
+DATA_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox allow-scripts",
+}
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -55,10 +65,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_status(status or HTTP_STATUS[code])
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
-        if retry_after is not None:
-            self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
-        elif code in RETRY_AFTER:
-            self.set_header("Retry-After", RETRY_AFTER[code])
+        wait = clamp_retry_after(retry_after, RETRY_AFTER.get(code))
+        if wait is not None:
+            self.set_header("Retry-After", str(wait))
         self.relay.metrics.errors.labels(str(code)).inc()
         self.finish(ujson.dumps({"error": {"code": str(code), "message": message}}))
 
@@ -75,6 +84,11 @@ class DataHandler(BaseHandler):
     """`/pits/<pitsId>/<path>`, and `/events/**` and `/httpfiles/**` of the active pits."""
 
     SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH")
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in DATA_HEADERS.items():
+            self.set_header(name, value)
 
     async def get(self) -> None:
         await self._serve(head=False)
@@ -125,23 +139,19 @@ class DataHandler(BaseHandler):
             check_method(self.request.method or "")
             pits_id, path = self.relay.route(normalize_path(self.request.path))
             served = await self.relay.relay.get(pits_id, path, request_id=request_id)
-        except ProtocolError as exc:
-            details = exc.details or {}
-            status = details.get("httpStatus")
-            retry = details.get("retryAfter")
-            self.write_json_error(
-                exc.code,
-                exc.message,
-                status if isinstance(status, int) else None,
-                retry if isinstance(retry, int | float) else None,
-            )
+        except RateLimited as exc:
+            self.write_json_error(exc.code, exc.message, 429, exc.retry_after)
             return
-        self._write_served(served, head=head)
+        except ProtocolError as exc:
+            # The relay maps the code to a status itself (wire.errors.HTTP_STATUS).
+            self.write_json_error(exc.code, exc.message)
+            return
+        self._write_served(served, path, head=head)
 
-    def _write_served(self, served: Served, *, head: bool) -> None:
+    def _write_served(self, served: Served, path: str, *, head: bool) -> None:
         age = max(0.0, self.relay.clock() - served.fetched_at)
         self.set_status(served.status)
-        self.set_header("Content-Type", served.content_type)
+        self.set_header("Content-Type", content_type_for_path(path))
         self.set_header("X-Pitlink-Cache", served.cache)
         self.set_header("Age", str(int(age)))
         if served.etag:

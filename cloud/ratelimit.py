@@ -10,6 +10,7 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from wire import ErrorCode, ProtocolError
 from wire.budget import TokenBucket
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,3 +71,14 @@ def client_ip(remote: str, forwarded_for: str | None, trusted: tuple[Network, ..
             except ValueError:
                 return remote
     return hops[0] if hops else remote
+
+
+class RateLimited(ProtocolError):
+    """A request refused by one of the relay's own limits: answered 429 with `Retry-After`.
+
+    Only the relay raises this; what a pits says can never choose a status line or a wait.
+    """
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(ErrorCode.BUSY, message)
+        self.retry_after = retry_after

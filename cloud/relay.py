@@ -16,25 +16,18 @@ from typing import TYPE_CHECKING
 from cloud.cache import Cache, CacheKey, Entry
 from cloud.control import Registry
 from cloud.metrics import Metrics
-from cloud.ratelimit import RateLimiter
+from cloud.ratelimit import RateLimited, RateLimiter
 
 if TYPE_CHECKING:
     from cloud.cluster import Cluster
 from wire import ErrorCode, ProtocolError
-from wire.canonical import etag_of, is_json_path
+from wire.canonical import check_json, etag_of, is_json_path
 from wire.errors import STALE_OK
 from wire.messages import Fetch
 from wire.paths import Allowlist
 
 log = logging.getLogger("pitlink.cloud.relay")
 audit = logging.getLogger("pitlink.cloud.audit")
-
-DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-def _is_json_type(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media in ("application/json", "text/json") or media.endswith("+json")
 
 
 class Freshness:
@@ -58,7 +51,6 @@ class Served:
     status: int
     body: bytes
     etag: str | None
-    content_type: str
     fetched_at: float
     cache: str  # HIT, MISS, REVALIDATED or STALE
     ttl: float
@@ -70,7 +62,6 @@ def _served(entry: Entry, cache: str, ttl: float, reason: ErrorCode | None = Non
         status=200,
         body=entry.body,
         etag=entry.etag,
-        content_type=entry.content_type,
         fetched_at=entry.fetched_at,
         cache=cache,
         ttl=ttl,
@@ -161,13 +152,8 @@ class Relay:
             # A replica that just started, or evicted this: the shared cache may have it.
             shared = await self.cluster.cache_get(pits_id, path)
             if shared is not None:
-                body, etag, content_type, age = shared
-                entry = Entry(
-                    body=body,
-                    etag=etag,
-                    content_type=content_type,
-                    fetched_at=self.clock() - age,
-                )
+                body, etag, age = shared
+                entry = Entry(body=body, etag=etag, fetched_at=self.clock() - age)
                 self.cache.put(key, entry)
                 if age < ttl:
                     return _served(entry, "HIT", ttl)
@@ -214,11 +200,7 @@ class Relay:
         wait = await self._pits_wait(pits_id)
         if wait:
             self.metrics.rate_limited.labels("pits").inc()
-            raise ProtocolError(
-                ErrorCode.BUSY,
-                f"fetch rate limit of pits {pits_id} reached",
-                {"retryAfter": wait, "httpStatus": 429},
-            )
+            raise RateLimited(f"fetch rate limit of pits {pits_id} reached", wait)
         fetch = Fetch(
             method=method,
             path=path,
@@ -231,17 +213,10 @@ class Relay:
             self.metrics.cache_bytes_saved.inc(len(entry.body))
             refreshed = self.cache.refresh(key, now)
             if refreshed is None:  # purged or evicted meanwhile: keep what we know is current
-                refreshed = Entry(
-                    body=entry.body,
-                    etag=entry.etag,
-                    content_type=entry.content_type,
-                    fetched_at=now,
-                )
+                refreshed = Entry(body=entry.body, etag=entry.etag, fetched_at=now)
                 self.cache.put(key, refreshed)
             if self.cluster is not None:
-                await self.cluster.cache_put(
-                    pits_id, path, refreshed.body, refreshed.etag, refreshed.content_type, 0.0
-                )
+                await self.cluster.cache_put(pits_id, path, refreshed.body, refreshed.etag, 0.0)
             return _served(refreshed, "REVALIDATED", ttl)
         body = reply.body if reply.body is not None else b""
         if reply.status != 200:
@@ -250,29 +225,18 @@ class Relay:
                     ErrorCode.INTERNAL, "pits answered 304 to an unconditional fetch"
                 )
             return Served(
-                status=reply.status,
-                body=body,
-                etag=None,
-                content_type=reply.content_type or DEFAULT_CONTENT_TYPE,
-                fetched_at=now,
-                cache="MISS",
-                ttl=0.0,
+                status=reply.status, body=body, etag=None, fetched_at=now, cache="MISS", ttl=0.0
             )
         etag = etag_of(body)
         if reply.etag is not None and reply.etag != etag:
             raise ProtocolError(ErrorCode.BAD_CONTENT, "body does not match its ETag")
-        content_type = reply.content_type or DEFAULT_CONTENT_TYPE
-        fresh = Entry(body=body, etag=etag, content_type=content_type, fetched_at=now)
-        if is_json_path(path) and not _is_json_type(content_type):
-            # Our agent labels what it validated; anything else is not trusted as data.
-            log.warning(
-                "JSON path answered with a non-JSON content type; not cached",
-                extra={"pits_id": pits_id, "path": path, "content_type": content_type[:80]},
-            )
-            return _served(fresh, "MISS", 0.0)
+        if is_json_path(path):
+            # Judged from the body itself, once per new body: a label from the pits proves nothing.
+            check_json(body)
+        fresh = Entry(body=body, etag=etag, fetched_at=now)
         self.cache.put(key, fresh)
         if self.cluster is not None:
-            await self.cluster.cache_put(pits_id, path, body, etag, content_type, 0.0)
+            await self.cluster.cache_put(pits_id, path, body, etag, 0.0)
         return _served(fresh, "MISS", ttl)
 
     async def _pits_wait(self, pits_id: str) -> float:
@@ -303,34 +267,18 @@ class Relay:
         )
         now = self.clock()
         if remote.body is None and entry is not None and remote.etag == entry.etag:
-            refreshed = Entry(
-                body=entry.body,
-                etag=entry.etag,
-                content_type=entry.content_type,
-                fetched_at=now - remote.age,
-            )
+            refreshed = Entry(body=entry.body, etag=entry.etag, fetched_at=now - remote.age)
             self.cache.put(key, refreshed)
             return _served(refreshed, "REVALIDATED", ttl)
         body = remote.body or b""
         if remote.status != 200:
             return Served(
-                status=remote.status,
-                body=body,
-                etag=None,
-                content_type=remote.content_type,
-                fetched_at=now,
-                cache="MISS",
-                ttl=0.0,
+                status=remote.status, body=body, etag=None, fetched_at=now, cache="MISS", ttl=0.0
             )
         if remote.etag != etag_of(body):
             raise ProtocolError(
                 ErrorCode.BAD_CONTENT, "body from the other replica does not match its ETag"
             )
-        fresh = Entry(
-            body=body,
-            etag=remote.etag,
-            content_type=remote.content_type,
-            fetched_at=now - remote.age,
-        )
+        fresh = Entry(body=body, etag=remote.etag, fetched_at=now - remote.age)
         self.cache.put(key, fresh)
         return _served(fresh, "MISS", ttl)

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import mimetypes
 
 from pits_appliance.origin import Origin, OriginReply
 from wire import ErrorCode, ProtocolError
 from wire.canonical import etag_matches, is_json_path, prepare_body
-from wire.messages import Fetch, Response
+from wire.mediatypes import content_type_for_path
+from wire.messages import RESPONSE_STATUSES, Fetch, Response
 from wire.paths import Allowlist, check_method, normalize_path
 
 log = logging.getLogger("pitlink.pits.fetch")
-
-JSON_TYPE = "application/json; charset=utf-8"
-
-
-def content_type_for(path: str, origin_type: str | None) -> str:
-    """What the body is: JSON for `.json` paths (it was just validated), else what it says."""
-    if is_json_path(path):
-        return JSON_TYPE
-    if origin_type:
-        return origin_type
-    if path.endswith("/"):
-        return "text/html; charset=utf-8"
-    guessed, _ = mimetypes.guess_type(path)
-    return guessed or "application/octet-stream"
-
 
 class Executor:
     """Turns a Fetch into a Response, or raises ProtocolError."""
@@ -70,10 +55,15 @@ class Executor:
         timeout = min(self.fetch_timeout, fetch.timeout_ms / 1000)
         # Always GET, even for HEAD: the ETag is the hash of the body.
         reply = await self._origin_get(path, timeout)
+        if reply.status not in RESPONSE_STATUSES or reply.status == 304:
+            # A redirect, a 204, a 1xx: nothing the relay could serve as this path's data.
+            raise ProtocolError(
+                ErrorCode.BAD_CONTENT, f"FPVTrackside answered HTTP {reply.status} for {path}"
+            )
         if reply.status != 200:
             return Response(
                 status=reply.status,
-                content_type=reply.content_type,
+                content_type=content_type_for_path(path),
                 body=None if method == "HEAD" else reply.body,
             )
         if is_json_path(path) and (reply.content_type or "").lower().startswith("text/html"):
@@ -94,6 +84,6 @@ class Executor:
         return Response(
             status=200,
             etag=etag,
-            content_type=content_type_for(path, reply.content_type),
+            content_type=content_type_for_path(path),
             body=None if method == "HEAD" else body,
         )

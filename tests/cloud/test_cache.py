@@ -8,7 +8,7 @@ from cloud.cache import Cache, CacheKey, Entry
 
 
 def entry(body: bytes = b"[]", *, etag: str = '"e"', at: float = 100.0) -> Entry:
-    return Entry(body=body, etag=etag, content_type="application/json", fetched_at=at)
+    return Entry(body=body, etag=etag, fetched_at=at)
 
 
 def key(path: str, pits: str = "p1") -> CacheKey:
@@ -114,11 +114,7 @@ def test_refresh_updates_fetched_at_and_keeps_the_rest() -> None:
     refreshed = cache.refresh(key("/a"), 250.0)
     assert refreshed is not None
     assert refreshed.fetched_at == 250.0
-    assert (refreshed.body, refreshed.etag, refreshed.content_type) == (
-        b"[1]",
-        '"t"',
-        "application/json",
-    )
+    assert (refreshed.body, refreshed.etag) == (b"[1]", '"t"')
     got = cache.get(key("/a"))
     assert got is not None and got.fetched_at == 250.0
     assert cache.bytes == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import ujson
 from cloudfakes import Clock, dropped, frame, pits_hello, value
 from support import wait_for
 
@@ -198,11 +199,15 @@ async def test_fetch_times_out(connect, metrics: Metrics) -> None:
     assert value(metrics.fetch_in_flight) == 0
 
 
-async def test_reply_after_the_timeout_counted_as_unknown(connect, metrics: Metrics) -> None:
-    conn, _ = connect()
+async def test_reply_after_the_timeout_counted_as_expired(connect, metrics: Metrics) -> None:
+    conn, transport = connect(settings=ControlSettings(drop_burst=1, drop_rate=0))
     with pytest.raises(ProtocolError):
         await conn.fetch(fetch_msg(), 0.05, frame_id="late-1")
-    conn.on_text(frame(m.Response(status=200, body=b"[]"), "late-1"))
+    late = frame(m.Response(status=200, body=b"[]"), "late-1")
+    conn.on_text(late)
+    assert (dropped(metrics, "expired"), dropped(metrics, "unknown_id")) == (1, 0)
+    assert transport.closes == []  # a slow pits is not a hostile one: not charged
+    conn.on_text(late)  # but the same id again is
     assert dropped(metrics, "unknown_id") == 1
 
 
@@ -407,3 +412,83 @@ def test_unregister_of_an_unknown_connection_is_harmless(
     )
     registry.unregister(stranger)
     assert registry.get("p1") is live
+
+
+# -- what a hostile pits can send -------------------------------------------------------------
+
+
+def test_hello_with_an_8_mib_sw_version_is_closed_1008(connect, registry: Registry) -> None:
+    conn, transport = connect("p1", hello=False)
+    payload = {"protocolVersion": 1, "pitsId": "p1", "swVersion": "x" * (8 * 1024 * 1024)}
+    conn.on_text(ujson.dumps({"id": "h", "type": "hello", "ts": 0, "payload": payload}))
+    [(code, reason)] = transport.closes
+    assert code == CloseCode.POLICY
+    assert "swVersion" in reason
+    assert registry.get("p1") is None
+    assert conn.hello is None
+
+
+def test_a_flood_of_bad_frames_spends_the_budget_and_closes_1008(
+    connect, metrics: Metrics, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, transport = connect(settings=ControlSettings(drop_burst=20, drop_rate=1.0))
+    caplog.set_level("WARNING", logger="pitlink.cloud.control")
+    for i in range(20):
+        conn.on_text(f"junk {i}")
+    assert transport.closes == []
+    assert len(transport.frames("error")) == 20
+    conn.on_text("one past the budget")
+    assert [code for code, _ in transport.closes] == [CloseCode.POLICY]
+    assert conn.state == "closed"
+    assert dropped(metrics, "malformed") == 21
+    assert len(transport.frames("error")) == 20  # the last one is not answered
+    # All in the same second: one line, not twenty-one.
+    lines = [r for r in caplog.records if r.getMessage() == "dropped frame"]
+    assert len(lines) == 1
+
+
+def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(
+    connect, clock: Clock
+) -> None:
+    conn, transport = connect(settings=ControlSettings(drop_burst=3, drop_rate=1.0))
+    for _ in range(30):
+        conn.on_text("junk")
+        clock.advance(1.0)
+    assert transport.closes == []
+
+
+def test_dropped_frame_lines_say_how_many_were_held_back(
+    connect, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, _ = connect()
+    caplog.set_level("WARNING", logger="pitlink.cloud.control")
+    for _ in range(5):
+        conn.on_text("junk")
+    clock.advance(1.0)
+    conn.on_text("junk")
+    lines = [r for r in caplog.records if r.getMessage() == "dropped frame"]
+    assert [r.suppressed for r in lines] == [0, 4]
+
+
+async def test_a_malformed_reply_fails_its_fetch_at_once(connect) -> None:
+    conn, transport = connect()
+    task = asyncio.ensure_future(conn.fetch(fetch_msg(), 30.0, frame_id="f-1"))
+    await wait_for(lambda: transport.frames("fetch"), what="the fetch")
+    bad = {"status": 302, "headers": {"Location": "https://evil.example/"}}
+    conn.on_text(ujson.dumps({"id": "f-1", "type": "response", "ts": 0, "payload": bad}))
+    with pytest.raises(ProtocolError) as caught:
+        await asyncio.wait_for(task, 1)
+    assert caught.value.code == ErrorCode.BAD_CONTENT
+    assert "302" in caught.value.message
+
+
+async def test_error_details_from_a_pits_are_not_passed_on(connect) -> None:
+    conn, transport = connect()
+    task = asyncio.ensure_future(conn.fetch(fetch_msg(), 30.0, frame_id="f-2"))
+    await wait_for(lambda: transport.frames("fetch"), what="the fetch")
+    details = {"httpStatus": 302, "retryAfter": 1e300}
+    conn.on_text(frame(m.Error(code=ErrorCode.BUSY, message="go away", details=details), "f-2"))
+    with pytest.raises(ProtocolError) as caught:
+        await asyncio.wait_for(task, 1)
+    assert (caught.value.code, caught.value.message) == (ErrorCode.BUSY, "go away")
+    assert caught.value.details is None

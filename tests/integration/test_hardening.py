@@ -7,6 +7,7 @@ import json
 import logging
 
 import jwt
+import pytest
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
@@ -17,7 +18,7 @@ from test_control_auth import OPENED, handshake, open_control
 
 from cloud.keys import KeySet, keygen, write_private
 from cloud.keystore import revoke
-from wire import CloseCode
+from wire import CloseCode, ErrorCode
 from wire import messages as m
 
 
@@ -83,8 +84,10 @@ async def test_black_holed_link_is_found_and_replaced(tmp_path, sim, caplog) -> 
         assert proxy.blackhole_existing() == 1
         # No FIN, no RST: only the ping deadlines can tell. Both sides must notice.
         await wait_for(lambda: s.agent.link.sessions > sessions, what="a new session")
-        await s.connected()
-        assert s.relay.registry.get(s.pits_id) is not first
+        # The old connection stays registered until the new one's hello replaces it.
+        await wait_for(
+            lambda: s.relay.registry.get(s.pits_id) not in (None, first), what="the new session"
+        )
         assert any("relay silent" in r.getMessage() for r in caplog.records)
         await wait_for(lambda: first.state == "closed", what="the relay to drop its side")
         got = await s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json")
@@ -138,33 +141,184 @@ async def test_agent_drops_a_link_that_sends_oversized_frames(tmp_path, sim) -> 
         await s.close()
 
 
-async def test_json_path_with_html_content_type_is_not_cached(tmp_path, sim, caplog) -> None:
-    caplog.set_level(logging.WARNING)
+async def raw_pits(s: System, pits_id: str = "raw"):
+    """A hand-driven pits connection: the test writes what a hostile pits would."""
+    ws = await open_control(s.url, s.keys.issue(sub=pits_id, role="pits", ttl=600))
+    await handshake(ws, pits_id)
+    await wait_for(lambda: s.relay.registry.get(pits_id) is not None, what="hello")
+    return ws
+
+
+async def answer_next(ws, reply: m.Message) -> None:
+    frame = m.decode(await ws.read_message(), sender="cloud")
+    while frame.type != "fetch":
+        frame = m.decode(await ws.read_message(), sender="cloud")
+    await ws.write_message(m.encode(reply, frame_id=frame.id, now_ms=0))
+
+
+async def test_the_pits_label_never_chooses_the_content_type(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(client_rate=None, freshness=60.0)
-    token = s.keys.issue(sub="raw", role="pits", ttl=600)
-    ws = await open_control(s.url, token)
-
-    async def answer_next() -> None:
-        frame = m.decode(await ws.read_message(), sender="cloud")
-        while frame.type != "fetch":
-            frame = m.decode(await ws.read_message(), sender="cloud")
-        reply = m.Response(status=200, content_type="text/html", body=b"[1]")
-        await ws.write_message(m.encode(reply, frame_id=frame.id, now_ms=0))
-
+    ws = await raw_pits(s)
     try:
-        await handshake(ws, "raw")
-        await wait_for(lambda: s.relay.registry.get("raw") is not None, what="hello")
-        for _ in range(2):
-            answering = asyncio.ensure_future(answer_next())
-            got = await s.get("/pits/raw/events/e/Event.json")
-            await answering
-            assert got.code == 200
-            assert got.headers["X-Pitlink-Cache"] == "MISS"  # never cached, so never a HIT
-        assert len(s.relay.cache) == 0
-        warnings = [r for r in caplog.records if "non-JSON content type" in r.getMessage()]
-        assert warnings and warnings[0].pits_id == "raw"
-        assert warnings[0].path == "/events/e/Event.json"
+        # JSON labelled as HTML: served as JSON, the label ignored.
+        answering = asyncio.ensure_future(
+            answer_next(ws, m.Response(status=200, content_type="text/html", body=b"[1]"))
+        )
+        got = await s.get("/pits/raw/events/e/Event.json")
+        await answering
+        assert (got.code, got.body) == (200, b"[1]")
+        assert got.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert got.headers["X-Content-Type-Options"] == "nosniff"
+        assert got.headers["Content-Security-Policy"] == "sandbox allow-scripts"
+        # A script labelled as JSON on a .json path: the body is judged, not the label.
+        page = b"<script>alert(document.domain)</script>"
+        answering = asyncio.ensure_future(
+            answer_next(ws, m.Response(status=200, content_type="application/json", body=page))
+        )
+        got = await s.get("/pits/raw/events/e/Rounds.json")
+        await answering
+        assert got.code == 502
+        assert json.loads(got.body)["error"]["code"] == "BAD_CONTENT"
+        assert ("raw", "GET", "/events/e/Rounds.json") not in s.relay.cache._entries
+        # An SVG page under any name is served by its path's extension, here a download.
+        answering = asyncio.ensure_future(
+            answer_next(ws, m.Response(status=200, content_type="image/svg+xml", body=page))
+        )
+        got = await s.get("/pits/raw/httpfiles/logo")
+        await answering
+        assert got.headers["Content-Type"] == "application/octet-stream"
+    finally:
+        ws.close()
+        OPENED.clear()
+        await s.close()
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"httpStatus": 302, "retryAfter": 1},
+        {"httpStatus": -5, "retryAfter": -5},
+        {"httpStatus": 200, "retryAfter": 1e300},
+        {"retryAfter": "tomorrow"},
+    ],
+)
+async def test_a_pits_never_chooses_the_status_line(tmp_path, sim, details) -> None:
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None)
+    ws = await raw_pits(s)
+    try:
+        error = m.Error(code=ErrorCode.BUSY, message="busy", details=details)
+        answering = asyncio.ensure_future(answer_next(ws, error))
+        got = await s.get("/pits/raw/events/e/Event.json")
+        await answering
+        assert got.code == 503
+        assert got.headers["Retry-After"] == "1"
+        assert json.loads(got.body)["error"] == {"code": "BUSY", "message": "busy"}
+    finally:
+        ws.close()
+        OPENED.clear()
+        await s.close()
+
+
+async def test_retry_after_of_1e400_from_a_pits_is_no_traceback(tmp_path, sim) -> None:
+    """`1e400` decodes to infinity: it once reached math.ceil and gave a 500."""
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None)
+    ws = await raw_pits(s)
+    try:
+
+        async def answer() -> None:
+            frame = m.decode(await ws.read_message(), sender="cloud")
+            while frame.type != "fetch":
+                frame = m.decode(await ws.read_message(), sender="cloud")
+            details = '{"httpStatus": 500, "retryAfter": 1e400}'  # not expressible in Python
+            payload = f'{{"code": "BUSY", "message": "m", "details": {details}}}'
+            await ws.write_message(
+                f'{{"id": "{frame.id}", "type": "error", "ts": 0, "payload": {payload}}}'
+            )
+
+        answering = asyncio.ensure_future(answer())
+        got = await s.get("/pits/raw/events/e/Event.json")
+        await answering
+        assert (got.code, got.headers["Retry-After"]) == (503, "1")
+    finally:
+        ws.close()
+        OPENED.clear()
+        await s.close()
+
+
+@pytest.mark.parametrize("status", [302, 204, 101])
+async def test_a_response_status_the_protocol_does_not_allow_fails_the_fetch(
+    tmp_path, sim, status
+) -> None:
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None)
+    ws = await raw_pits(s)
+    try:
+
+        async def answer() -> None:
+            frame = m.decode(await ws.read_message(), sender="cloud")
+            while frame.type != "fetch":
+                frame = m.decode(await ws.read_message(), sender="cloud")
+            payload = {"status": status, "headers": {"Location": "https://evil.example/"}}
+            await ws.write_message(
+                json.dumps({"id": frame.id, "type": "response", "ts": 0, "payload": payload})
+            )
+
+        answering = asyncio.ensure_future(answer())
+        got = await s.get("/pits/raw/events/e/Event.json")
+        await answering
+        assert got.code == 502
+        assert "Location" not in got.headers
+        assert json.loads(got.body)["error"]["code"] == "BAD_CONTENT"
+    finally:
+        ws.close()
+        OPENED.clear()
+        await s.close()
+
+
+async def test_a_hello_with_an_8_mib_sw_version_is_closed_1008(tmp_path, sim) -> None:
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None)
+    ws = await open_control(s.url, s.keys.issue(sub="big", role="pits", ttl=600))
+    try:
+        hello = m.decode(await ws.read_message(), sender="cloud")
+        assert hello.type == "hello"
+        payload = {"protocolVersion": 1, "pitsId": "big", "swVersion": "v" * (8 * 1024 * 1024)}
+        await ws.write_message(
+            json.dumps({"id": "h", "type": "hello", "ts": 0, "payload": payload})
+        )
+        while await ws.read_message() is not None:
+            pass
+        assert ws.close_code == 1008
+        assert "swVersion" in (ws.close_reason or "")
+        assert s.relay.registry.get("big") is None
+        admin = s.keys.issue(sub="ops", role="admin", ttl=600)
+        got = await s.get("/admin/api/connections", headers={"Authorization": f"Bearer {admin}"})
+        assert json.loads(got.body)["connections"] == []
+    finally:
+        ws.close()
+        OPENED.clear()
+        await s.close()
+
+
+async def test_a_flood_of_bad_frames_is_cut_off_and_logged_sparingly(tmp_path, sim, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="pitlink.cloud.control")
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None)
+    ws = await raw_pits(s)
+    try:
+        for i in range(5000):
+            await ws.write_message(f"junk {i}")
+        while await ws.read_message() is not None:
+            pass
+        assert ws.close_code == 1008
+        assert ws.close_reason == "too many bad frames"
+        dropped = s.relay.metrics.frames_dropped.labels("malformed")._value.get()
+        assert 100 < dropped < 5000  # cut off soon after the budget, not after the flood
+        lines = [r for r in caplog.records if r.getMessage() == "dropped frame"]
+        assert 1 <= len(lines) <= 3
     finally:
         ws.close()
         OPENED.clear()

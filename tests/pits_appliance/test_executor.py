@@ -10,13 +10,17 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
 from fpvtrackside_sim import Simulator
 from support import wait_for
 
-from pits_appliance.executor import JSON_TYPE, Executor, content_type_for
+from pits_appliance.executor import Executor
 from pits_appliance.origin import LiteralResolver, Origin
 from wire import ErrorCode, ProtocolError
 from wire.canonical import canonical_json, etag_of
+from wire.mediatypes import JSON
 from wire.messages import Fetch, Response
 from wire.paths import Allowlist
 
@@ -66,7 +70,7 @@ async def test_json_200_with_canonical_body_and_etag(executor: Executor, sim: Si
     assert reply.body == expected
     assert reply.body != raw  # FPVTrackside's CRLF-indented file is re-encoded
     assert reply.etag == etag_of(expected)
-    assert reply.content_type == JSON_TYPE
+    assert reply.content_type == JSON
 
 
 async def test_same_data_same_etag(executor: Executor, sim: Simulator) -> None:
@@ -99,7 +103,7 @@ async def test_head_has_the_etag_but_no_body(executor: Executor, sim: Simulator)
     assert head.status == 200
     assert head.body is None
     assert head.etag == full.etag
-    assert head.content_type == JSON_TYPE
+    assert head.content_type == JSON
     assert sim.request_log[-1][0] == "GET"  # the origin is always asked with GET
 
 
@@ -129,7 +133,7 @@ async def test_missing_event_file_is_an_empty_array(executor: Executor, sim: Sim
     assert not (sim.root / path.lstrip("/")).exists()
     reply = await executor.execute(get(path))
     assert (reply.status, reply.body, reply.etag) == (200, b"[]", etag_of(b"[]"))
-    assert reply.content_type == JSON_TYPE
+    assert reply.content_type == JSON
 
 
 @pytest.mark.parametrize("path", ["/secret.txt", "/Windows/win.ini", "/eventsX/a.json"])
@@ -291,22 +295,61 @@ async def test_body_at_the_cap_is_served(sim: Simulator) -> None:
         origin.close()
 
 
-@pytest.mark.parametrize(
-    ("path", "origin_type", "expected"),
-    [
-        ("/events/e1/Event.json", None, JSON_TYPE),
-        ("/events/e1/EVENT.JSON", "text/html", JSON_TYPE),
-        ("/httpfiles/index.html", "text/html; charset=utf-8", "text/html; charset=utf-8"),
-        ("/", None, "text/html; charset=utf-8"),
-        ("/httpfiles/", None, "text/html; charset=utf-8"),
-        ("/httpfiles/app.css", None, "text/css"),
-        ("/httpfiles/logo.png", None, "image/png"),
-        ("/httpfiles/mystery.zzz9", None, "application/octet-stream"),
-        ("/httpfiles/mystery.zzz9", "font/woff2", "font/woff2"),
-    ],
-)
-def test_content_type_for(path: str, origin_type: str | None, expected: str) -> None:
-    assert content_type_for(path, origin_type) == expected
+class _Hostile(tornado.web.RequestHandler):
+    """Whatever sits at FPVTrackside's address on the venue LAN: any status, always HTML.
+
+    `/httpfiles/<status>/<name>` answers that status; any other path answers 200.
+    """
+
+    def get(self) -> None:
+        parts = self.request.path.split("/")
+        status = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 200
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html")
+        if status not in (204, 304):
+            self.write("<script>alert(document.domain)</script>")
+        self.finish()
+
+
+@pytest.fixture
+async def hostile() -> AsyncIterator[str]:
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", _Hostile)]))
+    server.add_sockets(sockets)
+    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    server.stop()
+    await server.close_all_connections()
+
+
+@pytest.mark.parametrize("status", [201, 204, 301, 302, 307])
+async def test_origin_status_the_relay_cannot_serve_is_bad_content(
+    hostile: str, status: int
+) -> None:
+    origin = Origin(hostile)
+    try:
+        with pytest.raises(ProtocolError) as caught:
+            await Executor(origin, Allowlist()).execute(get(f"/httpfiles/{status}/x.js"))
+        assert caught.value.code == ErrorCode.BAD_CONTENT
+        assert str(status) in caught.value.message
+    finally:
+        origin.close()
+
+
+async def test_content_type_follows_the_path_not_the_origin(hostile: str) -> None:
+    origin = Origin(hostile)
+    executor = Executor(origin, Allowlist(["/**"]))
+    try:
+        for path, expected in [
+            ("/httpfiles/app.js", "text/javascript; charset=utf-8"),
+            ("/httpfiles/logo.png", "image/png"),
+            ("/httpfiles/mystery", "application/octet-stream"),
+        ]:
+            reply = await executor.execute(get(path))
+            assert reply.content_type == expected
+        missing = await executor.execute(get("/httpfiles/404/gone.css"))
+        assert (missing.status, missing.content_type) == (404, "text/css; charset=utf-8")
+    finally:
+        origin.close()
 
 
 async def test_identical_fetches_in_flight_share_one_origin_request(
