@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
@@ -30,6 +31,7 @@ from cloud.handlers import (
     MetricsHandler,
     ReadyHandler,
 )
+from cloud.keys import family_of
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, parse_networks
@@ -99,39 +101,95 @@ class CloudRelay:
         )
         self.app = self.make_app()
         self.server: tornado.httpserver.HTTPServer | None = None
+        self.admin_server: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
+        self.admin_port: int | None = None
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
 
     def make_app(self) -> tornado.web.Application:
+        """The public application; the admin's routes too unless they have an origin of their own.
+
+        Pits content is served under the relay's name, so a page from a pits shares the
+        relay's origin. `--admin-host` or `--admin-port` give the admin page and API another
+        origin, where no pits content is ever served.
+        """
         args: dict[str, Any] = {"relay": self}
-        return tornado.web.Application(
-            [
-                (r"/control", ControlHandler, args),
-                (r"/pits/.*", DataHandler, args),
-                (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
-                (r"/healthz", HealthHandler, args),
-                (r"/readyz", ReadyHandler, args),
-                (r"/generate_204", Generate204Handler, args),
-                (r"/metrics", MetricsHandler, args),
-                (r"/admin/?", AdminPageHandler, args),
-                (r"/admin/api/(.*)", AdminAPIHandler, args),
-                (r"/", IndexHandler, args),
-            ],
+        public: list[Any] = [
+            (r"/control", ControlHandler, args),
+            (r"/pits/.*", DataHandler, args),
+            (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
+            (r"/healthz", HealthHandler, args),
+            (r"/readyz", ReadyHandler, args),
+            (r"/generate_204", Generate204Handler, args),
+            (r"/metrics", MetricsHandler, args),
+            (r"/", IndexHandler, args),
+        ]
+        own_origin = self.config.admin_host is not None or self.config.admin_port is not None
+        app = tornado.web.Application(
+            public if own_origin else public + self._admin_rules(),
             # A frame carries a base64 body (4/3 of its size) plus the envelope.
             websocket_max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
             default_handler_class=_NotFound,
             default_handler_args=args,
         )
+        if self.config.admin_host is not None and self.config.admin_port is None:
+            self._admin_on_host(app)
+        return app
+
+    def make_admin_app(self) -> tornado.web.Application:
+        """The admin listener's application (`--admin-port`): the admin's routes and nothing else."""
+        args: dict[str, Any] = {"relay": self}
+        if self.config.admin_host is not None:
+            app = tornado.web.Application(
+                [], default_handler_class=_NotFound, default_handler_args=args
+            )
+            self._admin_on_host(app)
+            return app
+        return tornado.web.Application(
+            self._admin_rules(), default_handler_class=_NotFound, default_handler_args=args
+        )
+
+    def _admin_rules(self) -> list[Any]:
+        args: dict[str, Any] = {"relay": self}
+        return [
+            (r"/admin/?", AdminPageHandler, args),
+            (r"/admin/api/(.*)", AdminAPIHandler, args),
+        ]
+
+    def _admin_on_host(self, app: tornado.web.Application) -> None:
+        """The admin's routes on `--admin-host` only; every other path there is a 404."""
+        assert self.config.admin_host is not None
+        catch_all = (r".*", _NotFound, {"relay": self})
+        app.add_handlers(re.escape(self.config.admin_host), [*self._admin_rules(), catch_all])
 
     # -- used by handlers ---------------------------------------------------------------------
 
     def verify_token(self, token: str, *, role: str | None) -> dict[str, Any]:
         return self.keystore.verify(token, role=role)
 
-    def renew_token(self, claims: dict[str, Any]) -> str:
-        """A new token for a connected pits, as long-lived as the one it replaces."""
-        lifetime = max(3600, int(claims["exp"]) - int(claims.get("iat", claims["exp"])))
-        return self.keystore.issue(sub=claims["sub"], role="pits", ttl=lifetime)
+    async def renew_token(self, claims: dict[str, Any]) -> str | None:
+        """A new token for a connected pits, as long-lived as the one it replaces; None when
+        that token was renewed before. The new token is of the old one's family, so that
+        revoking either revokes both."""
+        jti, exp, sub = str(claims.get("jti")), float(claims["exp"]), str(claims["sub"])
+        try:
+            first = self.keystore.claim_renewal(jti, exp)
+        except OSError as exc:
+            log.error("cannot note a renewal; not renewing", extra={"error": str(exc)})
+            return None
+        if first and self.cluster is not None:
+            first = await self.cluster.claim_once(f"renewed:{jti}", exp - time.time())
+        if not first:
+            log.info("token renewed before; not again", extra={"pits_id": sub, "jti": jti})
+            return None
+        lifetime = max(3600, int(exp) - int(claims.get("iat", exp)))
+        token = self.keystore.issue(sub=sub, role="pits", ttl=lifetime, family=family_of(claims))
+        new = jwt.decode(token, options={"verify_signature": False})
+        log.info(
+            "token renewed over the connection",
+            extra={"pits_id": sub, "jti": jti, "new_jti": new["jti"], "family": new["fam"]},
+        )
+        return token
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -239,14 +297,38 @@ class CloudRelay:
             sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
-        self.server = tornado.httpserver.HTTPServer(self.app, xheaders=False)
+        self.server = self._http_server(self.app)
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
+        if self.config.admin_port is not None:
+            address = self.config.admin_address or self.config.host
+            admin_sockets = tornado.netutil.bind_sockets(self.config.admin_port, address)
+            self.admin_server = self._http_server(self.make_admin_app())
+            self.admin_server.add_sockets(admin_sockets)
+            self.admin_port = admin_sockets[0].getsockname()[1]
+            log.info("admin listening", extra={"host": address, "port": self.admin_port})
+        elif self.config.admin_host is None:
+            log.warning(
+                "the admin page shares its origin with pits content: give it one of its own "
+                "with --admin-host or --admin-port"
+            )
         tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, tick * 1000)
         self._ticker.start()
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port
+
+    def _http_server(self, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
+        """An HTTP server that lets no client hold a connection open for long with nothing sent."""
+        return tornado.httpserver.HTTPServer(
+            app,
+            xheaders=False,
+            idle_connection_timeout=self.config.idle_timeout,  # also the header deadline
+            body_timeout=self.config.idle_timeout,
+            max_header_size=self.config.max_header_bytes,
+            # No request has a body larger than an admin call's few hundred bytes.
+            max_body_size=64 * 1024,
+        )
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Leave gracefully: stop taking requests, finish those in flight, then let the pits go.
@@ -273,14 +355,15 @@ class CloudRelay:
         """Stop listening and close every pits connection."""
         if self._ticker is not None:
             self._ticker.stop()
-        if self.server is not None:
-            self.server.stop()
+        servers = [x for x in (self.server, self.admin_server) if x is not None]
+        for server in servers:
+            server.stop()
         for conn in list(self.registry.all):
             conn.close(1001, "relay shutting down")
         if self.cluster is not None:
             await self.cluster.stop()
-        if self.server is not None:
-            await self.server.close_all_connections()
+        for server in servers:
+            await server.close_all_connections()
         await asyncio.sleep(0)
 
 

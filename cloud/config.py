@@ -78,6 +78,11 @@ class CloudConfig:
     grace_period: float = 10.0
     workers: int = 1
     public_allowlist: tuple[str, ...] = field(default=DEFAULT_ALLOWLIST)
+    admin_host: str | None = None
+    admin_port: int | None = None
+    admin_address: str | None = None
+    idle_timeout: float = 30.0
+    max_header_bytes: int = 16 * 1024
     log_level: str = "INFO"
 
 
@@ -230,6 +235,31 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="path pattern served publicly; repeatable (default / /events/** /httpfiles/**)",
     )
     a(
+        "--admin-host",
+        help="serve the admin page and API only on this host name, and nothing else there",
+    )
+    a(
+        "--admin-port",
+        type=int,
+        help="serve the admin page and API on a listener of their own, on this port",
+    )
+    a(
+        "--admin-address",
+        help="address of the admin listener (default: the same as --host)",
+    )
+    a(
+        "--idle-timeout",
+        type=float,
+        default=d.idle_timeout,
+        help="close a client connection idle (or sending its headers) this long, s (default %(default)s)",
+    )
+    a(
+        "--max-header-bytes",
+        type=positive_int,
+        default=d.max_header_bytes,
+        help="largest request header accepted (default %(default)s)",
+    )
+    a(
         "--log-level",
         default=d.log_level,
         help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
@@ -247,6 +277,8 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         parser.error("--workers above 1 needs --redis-url: the workers reach each other through it")
     if ns.workers > 1 and ns.port == 0:
         parser.error("--workers above 1 needs a fixed --port (each worker binds it)")
+    if ns.admin_port is not None and ns.workers > 1:
+        parser.error("--admin-port serves one process: use --admin-host with --workers")
     return CloudConfig(
         host=ns.host,
         port=ns.port,
@@ -276,5 +308,10 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         grace_period=ns.grace_period,
         workers=ns.workers,
         public_allowlist=tuple(ns.public_allowlist) or DEFAULT_ALLOWLIST,
+        admin_host=(ns.admin_host or "").strip().lower() or None,
+        admin_port=ns.admin_port,
+        admin_address=ns.admin_address or None,
+        idle_timeout=ns.idle_timeout,
+        max_header_bytes=ns.max_header_bytes,
         log_level=ns.log_level.upper(),
     )

@@ -191,3 +191,28 @@ def test_config_is_frozen() -> None:
     config = config_from_args(JWKS, env={})
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_admin_origin_and_slow_client_flags() -> None:
+    config = config_from_args(
+        [*JWKS, "--admin-host", "Admin.Relay.Example", "--idle-timeout", "5"], env={}
+    )
+    assert (config.admin_host, config.admin_port, config.idle_timeout) == (
+        "admin.relay.example",
+        None,
+        5.0,
+    )
+    config = config_from_args(
+        JWKS, env={"PITLINK_ADMIN_PORT": "8090", "PITLINK_ADMIN_ADDRESS": "127.0.0.1"}
+    )
+    assert (config.admin_port, config.admin_address) == (8090, "127.0.0.1")
+    defaults = config_from_args(JWKS, env={})
+    assert (defaults.admin_host, defaults.admin_port) == (None, None)
+    assert (defaults.idle_timeout, defaults.max_header_bytes) == (30.0, 16 * 1024)
+
+
+def test_admin_port_with_several_workers_is_refused(capsys) -> None:
+    argv = [*JWKS, "--workers", "2", "--redis-url", "redis://x", "--port", "80"]
+    with pytest.raises(SystemExit):
+        config_from_args([*argv, "--admin-port", "8090"], env={})
+    assert "--admin-host" in capsys.readouterr().err
