@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,8 +21,8 @@ import tornado.netutil
 
 from cloud import __version__
 from cloud.config import CloudConfig, config_from_args
-from cloud.keys import ROLES, KeySet, keygen
-from cloud.keystore import revoke, revoked_path_for
+from cloud.keys import ROLES, KeySet, family_of, keygen
+from cloud.keystore import revoke, revoke_subject, revoked_path_for
 from wire import jsonlog
 from wire.settings import SettingsError
 
@@ -136,17 +137,27 @@ def _revoke(argv: Sequence[str]) -> int:
     p.add_argument(
         "--revoked", type=Path, help="the revocation list (default: JWKS name + .revoked)"
     )
-    p.add_argument("--jti", help="the token id to revoke")
-    p.add_argument("--token", help="or the token itself (its jti is read from it)")
+    p.add_argument(
+        "--jti", help="a token id to revoke (a first token's id revokes its renewals too)"
+    )
+    p.add_argument("--token", help="or the token itself: it and every renewal of it")
+    p.add_argument("--sub", help="or a pits id: every token of that pits issued before now")
     p.add_argument("--note", default="", help="a word on why, kept in the file")
     ns = p.parse_args(argv)
+    if sum(bool(x) for x in (ns.jti, ns.token, ns.sub)) != 1:
+        p.error("give one of --jti, --token or --sub")
+    path = ns.revoked or revoked_path_for(ns.jwks)
+    if ns.sub:
+        now = time.time()
+        revoke_subject(path, ns.sub, now, ns.note)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+        print(f"every token of pits {ns.sub} issued before {stamp} revoked in {path}")
+        return 0
     jti = ns.jti
     if ns.token:
-        # Expired or not, the token names its own id; the signature is not the question here.
-        jti = jwt.decode(ns.token.strip(), options={"verify_signature": False}).get("jti")
-    if not jti:
-        p.error("give --jti or --token")
-    path = ns.revoked or revoked_path_for(ns.jwks)
+        # Expired or not, the token names its family; the signature is not the question here.
+        claims = jwt.decode(ns.token.strip(), options={"verify_signature": False})
+        jti = family_of(claims)
     added = revoke(path, jti, ns.note)
     print(f"token {jti} {'revoked' if added else 'was already revoked'} in {path}")
     return 0

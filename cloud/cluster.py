@@ -439,6 +439,15 @@ class Cluster:
 
         return int(await self._call(purge, 0))
 
+    async def claim_once(self, name: str, ttl: float) -> bool:
+        """True for the first replica to claim `name` within `ttl` seconds; True when Redis
+        cannot say (the caller's own record decides then)."""
+        key = f"{P}once:{name}"
+        taken = await self._call(
+            lambda: self.redis.set(key, self.node_id, nx=True, ex=max(1, int(ttl))), default=True
+        )
+        return bool(taken)
+
     # -- shared rate limits -------------------------------------------------------------------
 
     async def rate_check(self, scope: str, key: str, rate: float, burst: float) -> float | None:

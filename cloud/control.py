@@ -11,11 +11,11 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cloud.keys import LEEWAY_S
+from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
 from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
@@ -53,8 +53,9 @@ class ControlSettings:
     limits: dict[str, Any] = field(default_factory=dict)
 
 
-# Issues a fresh token for the claims of a connection whose token is close to expiry.
-Renewer = Callable[[dict[str, Any]], str]
+# Issues a fresh token for the claims of a connection whose token is close to expiry, or None
+# when that token was renewed before (a token is renewed at most once).
+Renewer = Callable[[dict[str, Any]], Awaitable[str | None]]
 
 
 class PitsConnection:
@@ -96,6 +97,7 @@ class PitsConnection:
         self.queued = 0
         self.shed = 0
         self.renewed = False
+        self._renewing: asyncio.Future[None] | None = None
         self.paused = False
         self._renew = renew
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -364,14 +366,18 @@ class PitsConnection:
         if exp - self.wall() > before:
             return
         self.renewed = True
-        token = self._renew(self.claims)
-        self._send(m.Token(token=token))
-        log.info("token renewed over the connection", extra={"pits_id": self.pits_id})
+        self._renewing = asyncio.ensure_future(self._send_renewal(self._renew))
 
-    def revoke_if(self, revoked: frozenset[str], kids: frozenset[str] | None = None) -> None:
+    async def _send_renewal(self, renew: Renewer) -> None:
+        token = await renew(self.claims)
+        if token is not None and self.state == "open":
+            self._send(m.Token(token=token))
+
+    def revoke_if(self, revoked: Revocations, kids: frozenset[str] | None = None) -> None:
         """Close this connection if its token was revoked, or its key removed, since it connected."""
-        if self.claims.get("jti") in revoked:
-            self.close(CloseCode.TOKEN_EXPIRED, "token revoked")
+        refused = revoked.refuses(self.claims)
+        if refused is not None:
+            self.close(CloseCode.TOKEN_EXPIRED, refused)
         elif kids is not None and self.kid is not None and self.kid not in kids:
             self.close(CloseCode.TOKEN_EXPIRED, "token signed by a removed key")
 
@@ -442,7 +448,7 @@ class Registry:
         """The deepest per-pits queue right now (readiness turns on it)."""
         return max((conn.queued for conn in self.all), default=0)
 
-    def revoke(self, revoked: frozenset[str], kids: frozenset[str] | None = None) -> None:
+    def revoke(self, revoked: Revocations, kids: frozenset[str] | None = None) -> None:
         for conn in list(self.all):
             conn.revoke_if(revoked, kids)
 

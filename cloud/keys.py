@@ -15,6 +15,8 @@ import secrets
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,38 @@ from cloud import TokenError
 ROLES = ("pits", "admin")
 _ALGORITHMS = {"oct": "HS256"}
 LEEWAY_S = 30.0
+
+
+def family_of(claims: dict[str, Any]) -> str:
+    """A token's family: the id of the first token it was renewed from (or its own id)."""
+    fam = claims.get("fam")
+    return fam if isinstance(fam, str) and fam else str(claims.get("jti", ""))
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """What the revocation list refuses.
+
+    `ids` are token ids: a token is refused when its own id or its family's is listed, so
+    revoking the token an operator issued also revokes every renewal of it. `subjects` maps a
+    pits id to a time: every token of that pits issued before it is refused.
+    """
+
+    ids: frozenset[str] = frozenset()
+    subjects: Mapping[str, int] = field(default_factory=dict)
+
+    def refuses(self, claims: dict[str, Any]) -> str | None:
+        """Why these claims are refused, or None."""
+        if claims.get("jti") in self.ids or family_of(claims) in self.ids:
+            return "token revoked"
+        cutoff = self.subjects.get(str(claims.get("sub")))
+        iat = claims.get("iat")
+        if cutoff is not None and isinstance(iat, int | float) and iat < cutoff:
+            return "token revoked (every token of this pits issued before then)"
+        return None
+
+    def __len__(self) -> int:
+        return len(self.ids) + len(self.subjects)
 
 
 def _b64url(data: bytes) -> str:
@@ -62,11 +96,23 @@ class KeySet:
         key = self._keys[kid]
         return jwt.encode(claims, key.key, algorithm=key.algorithm_name, headers={"kid": kid})
 
-    def issue(self, *, sub: str, role: str, ttl: float, now: float | None = None) -> str:
-        """A new token for `sub` in `role`, valid for `ttl` seconds from `now`."""
+    def issue(
+        self,
+        *,
+        sub: str,
+        role: str,
+        ttl: float,
+        now: float | None = None,
+        family: str | None = None,
+    ) -> str:
+        """A new token for `sub` in `role`, valid for `ttl` seconds from `now`.
+
+        `family` is the family of the token this one renews; a first token starts its own.
+        """
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         issued = int(time.time() if now is None else now)
+        jti = uuid.uuid4().hex
         return self.sign(
             {
                 "sub": sub,
@@ -74,7 +120,8 @@ class KeySet:
                 "iat": issued,
                 "nbf": issued,
                 "exp": issued + int(ttl),
-                "jti": uuid.uuid4().hex,
+                "jti": jti,
+                "fam": family or jti,
             }
         )
 
@@ -83,7 +130,7 @@ class KeySet:
         token: str,
         *,
         role: str | None = None,
-        revoked: frozenset[str] = frozenset(),
+        revoked: Revocations = Revocations(),
         now: float | None = None,
     ) -> dict[str, Any]:
         """The claims of a valid token, or TokenError saying why not."""
@@ -124,8 +171,9 @@ class KeySet:
                 raise TokenError("token expired")
             if claims.get("nbf", claims["iat"]) - LEEWAY_S > now:
                 raise TokenError("token not yet valid")
-        if claims["jti"] in revoked:
-            raise TokenError("token revoked")
+        refused = revoked.refuses(claims)
+        if refused is not None:
+            raise TokenError(refused)
         if role is not None and claims.get("role") != role:
             raise TokenError(f"token is not a {role} token")
         if not isinstance(claims["sub"], str) or not claims["sub"]:

@@ -7,16 +7,23 @@ them. A file that fails to load leaves the last good set in force and says so in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cloud.keys import KeySet, write_private
+from cloud.keys import LEEWAY_S, KeySet, Revocations, write_private
 
 log = logging.getLogger("pitlink.cloud.keys")
+
+
+def renewed_path_for(jwks: Path) -> Path:
+    """Where the relay notes which tokens it has renewed: beside the key set."""
+    return jwks.with_name(jwks.name + ".renewed")
 
 
 def revoked_path_for(jwks: Path) -> Path:
@@ -32,32 +39,65 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def read_revoked(path: Path) -> frozenset[str]:
-    """The revoked token ids: one per line, `#` comments allowed; a missing file is empty."""
+def read_revoked(path: Path) -> Revocations:
+    """The revocation list; a missing file is empty.
+
+    One entry a line, `#` starts a comment: a token id (which also revokes every renewal of
+    that token), or `sub=<pits id> before=<unix time>` (every token of that pits issued
+    before then). A line that is neither is skipped and said in the log.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return frozenset()
-    return frozenset(
-        line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()
-    )
+        return Revocations()
+    ids: set[str] = set()
+    subjects: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if not words[0].startswith("sub="):
+            ids.add(words[0])
+            continue
+        fields = dict(word.partition("=")[::2] for word in words)
+        try:
+            before = int(fields["before"])
+        except (KeyError, ValueError):
+            log.error("revocation list line skipped", extra={"path": str(path), "line": number})
+            continue
+        sub = fields["sub"]
+        subjects[sub] = max(before, subjects.get(sub, before))
+    return Revocations(frozenset(ids), subjects)
 
 
-def revoke(path: Path, jti: str, note: str = "") -> bool:
-    """Add a token id to the revocation list; False if it was already there."""
-    current = read_revoked(path)
-    if jti in current:
-        return False
+def _append(path: Path, line: str, note: str) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        text = "# token ids (jti) the relay refuses, one per line\n"
+        text = (
+            "# what the relay refuses, one a line: a token id (and every renewal of it),\n"
+            "# or sub=<pits id> before=<unix time> (every token of that pits issued before)\n"
+        )
     if text and not text.endswith("\n"):
         text += "\n"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    text += f"{jti}  # revoked {stamp}{' ' + note if note else ''}\n"
+    text += f"{line}  # revoked {stamp}{' ' + note if note else ''}\n"
     write_private(path, text)
+
+
+def revoke(path: Path, jti: str, note: str = "") -> bool:
+    """Add a token id (or family id) to the revocation list; False if it was already there."""
+    if jti in read_revoked(path).ids:
+        return False
+    _append(path, jti, note)
     return True
+
+
+def revoke_subject(path: Path, sub: str, before: float, note: str = "") -> None:
+    """Refuse every token of pits `sub` issued before `before` (a unix time)."""
+    if not sub or any(ch.isspace() or ch in "#=" for ch in sub):
+        raise ValueError(f"{sub!r} is not a pits id")
+    _append(path, f"sub={sub} before={int(before)}", note)
 
 
 class KeyStore:
@@ -73,6 +113,7 @@ class KeyStore:
     ):
         self.jwks_path = jwks
         self.revoked_path = revoked or revoked_path_for(jwks)
+        self.renewed_path = renewed_path_for(jwks)
         self.check_every = check_every
         self.clock = clock
         self.keys = KeySet.load(jwks)  # the first load must succeed: no keys, no relay
@@ -114,6 +155,36 @@ class KeyStore:
             for listener in self.listeners:
                 listener()
         return changed
+
+    def claim_renewal(self, jti: str, exp: float, now: float | None = None) -> bool:
+        """True the first time a token id is renewed, False ever after (until it expires).
+
+        The ledger is a file beside the key set, locked while it is read and rewritten, so that
+        every worker of one relay agrees; entries of tokens that have expired are dropped.
+        """
+        now = time.time() if now is None else now
+        with open(self.renewed_path, "a+", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o600)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            entries: dict[str, float] = {}
+            for line in f:
+                words = line.split()
+                if len(words) == 2:
+                    try:
+                        entries[words[0]] = float(words[1])
+                    except ValueError:
+                        continue
+            if jti in entries:
+                return False
+            entries = {k: v for k, v in entries.items() if v + LEEWAY_S > now}
+            entries[jti] = exp
+            f.seek(0)
+            f.truncate()
+            f.writelines(f"{k} {int(v)}\n" for k, v in entries.items())
+            f.flush()
+            os.fsync(f.fileno())
+        return True
 
     def verify(
         self, token: str, *, role: str | None = None, now: float | None = None

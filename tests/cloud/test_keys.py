@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from cloud import TokenError
-from cloud.keys import LEEWAY_S, KeySet, keygen, new_key
+from cloud.keys import LEEWAY_S, KeySet, Revocations, family_of, keygen, new_key
 
 NOW = 1_700_000_000.0
 TTL = 600
@@ -150,8 +150,41 @@ def test_revoked_jti_refused(keys: KeySet) -> None:
     token = keys.issue(sub="p", role="pits", ttl=TTL, now=NOW)
     jti = keys.verify(token, now=NOW)["jti"]
     with pytest.raises(TokenError, match="revoked"):
-        keys.verify(token, revoked=frozenset({jti}), now=NOW)
-    assert keys.verify(token, revoked=frozenset({"someone-else"}), now=NOW)["jti"] == jti
+        keys.verify(token, revoked=Revocations(frozenset({jti})), now=NOW)
+    other = Revocations(frozenset({"someone-else"}))
+    assert keys.verify(token, revoked=other, now=NOW)["jti"] == jti
+
+
+def test_a_renewal_is_of_its_tokens_family(keys: KeySet) -> None:
+    first = keys.verify(keys.issue(sub="p", role="pits", ttl=TTL, now=NOW), now=NOW)
+    assert first["fam"] == first["jti"]
+    renewed_token = keys.issue(sub="p", role="pits", ttl=TTL, now=NOW, family=family_of(first))
+    renewed = keys.verify(renewed_token, now=NOW)
+    assert renewed["jti"] != first["jti"]
+    assert family_of(renewed) == first["jti"]
+    # Revoking the token the operator knows of revokes the one the box holds now.
+    with pytest.raises(TokenError, match="revoked"):
+        keys.verify(renewed_token, revoked=Revocations(frozenset({first["jti"]})), now=NOW)
+
+
+def test_a_token_without_a_family_is_its_own(jwks: Path, keys: KeySet) -> None:
+    """Tokens issued before families existed carry no `fam`: revoking their id still works."""
+    token = forge(jwks, claims())
+    jti = keys.verify(token, now=NOW)["jti"]
+    assert family_of(keys.verify(token, now=NOW)) == jti
+    with pytest.raises(TokenError, match="revoked"):
+        keys.verify(token, revoked=Revocations(frozenset({jti})), now=NOW)
+
+
+def test_revoking_a_pits_refuses_its_tokens_issued_before(keys: KeySet) -> None:
+    old = keys.issue(sub="club-7", role="pits", ttl=TTL, now=NOW - 10)
+    same_second = keys.issue(sub="club-7", role="pits", ttl=TTL, now=NOW)
+    other = keys.issue(sub="club-8", role="pits", ttl=TTL, now=NOW - 10)
+    revoked = Revocations(subjects={"club-7": int(NOW)})
+    with pytest.raises(TokenError, match="revoked"):
+        keys.verify(old, revoked=revoked, now=NOW)
+    assert keys.verify(same_second, revoked=revoked, now=NOW)["sub"] == "club-7"
+    assert keys.verify(other, revoked=revoked, now=NOW)["sub"] == "club-8"
 
 
 @pytest.mark.parametrize("missing", ["sub", "exp", "iat", "jti"])

@@ -376,3 +376,76 @@ async def test_token_renewal_over_the_connection(tmp_path, sim) -> None:
         assert s.relay.registry.get(s.pits_id).claims["jti"] == claims["jti"]
     finally:
         await s.close()
+
+
+async def _token_frames(ws, until) -> list[str]:
+    """Read frames (answering nothing) until `until()` holds; the tokens sent meanwhile."""
+    tokens: list[str] = []
+    while not until():
+        try:
+            text = await asyncio.wait_for(ws.read_message(), 0.2)
+        except TimeoutError:
+            continue
+        assert text is not None, "the relay closed the connection"
+        frame = m.decode(text, sender="cloud")
+        if isinstance(frame.message, m.Token):
+            tokens.append(frame.message.token)
+    return tokens
+
+
+async def test_a_token_is_renewed_once_however_often_it_connects(tmp_path, sim, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="pitlink.cloud")
+    s = System(tmp_path, sim)
+    await s.start_relay(renew_before=10 * 86400.0, ping_interval=0.05)
+    first = s.keys.issue(sub="p9", role="pits", ttl=86400)
+    first_jti = jwt.decode(first, options={"verify_signature": False})["jti"]
+    try:
+        renewals = []
+        for _ in range(3):  # a box that never managed to store its renewal
+            ws = await open_control(s.url, first)
+            await handshake(ws, "p9")
+            await wait_for(lambda: s.relay.registry.get("p9") is not None, what="hello")
+            conn = s.relay.registry.get("p9")
+
+            def settled(conn=conn) -> bool:
+                return conn.renewed and conn._renewing is not None and conn._renewing.done()
+
+            renewals += await _token_frames(ws, settled)
+            ws.close()
+            await wait_for(lambda: s.relay.registry.get("p9") is None, what="the close")
+        assert len(renewals) == 1
+        claims = KeySet.load(s.jwks).verify(renewals[0], role="pits")
+        assert claims["fam"] == first_jti and claims["jti"] != first_jti
+        renewed = [
+            r for r in caplog.records if r.getMessage() == "token renewed over the connection"
+        ]
+        assert [(r.jti, r.new_jti) for r in renewed] == [(first_jti, claims["jti"])]
+        assert sum(r.getMessage() == "token renewed before; not again" for r in caplog.records) == 2
+    finally:
+        OPENED.clear()
+        await s.close()
+
+
+async def test_revoking_the_issued_token_cuts_off_its_renewal(tmp_path, sim) -> None:
+    s = System(tmp_path, sim)
+    s.token_file.write_text(s.keys.issue(sub=s.pits_id, role="pits", ttl=86400))
+    issued = s.token_file.read_text().strip()
+    await s.start_relay(renew_before=10 * 86400.0, ping_interval=0.1)
+    await s.start_agent()
+    try:
+        await wait_for(lambda: s.token_file.read_text().strip() != issued, what="the renewal")
+        sessions = s.agent.link.sessions
+        s.agent.link.reconnect_now()
+        await wait_for(lambda: s.agent.link.sessions > sessions, what="a reconnect")
+        await s.connected()
+        conn = s.relay.registry.get(s.pits_id)
+        assert conn.claims["jti"] != jwt.decode(issued, options={"verify_signature": False})["jti"]
+        # The operator revokes the token they issued: the renewal the box holds goes with it.
+        issued_jti = jwt.decode(issued, options={"verify_signature": False})["jti"]
+        revoke(s.jwks.with_name("jwks.json.revoked"), issued_jti)
+        await wait_for(lambda: conn.state == "closed", what="the live link to be cut")
+        assert s.relay.registry.get(s.pits_id) is None
+        await wait_for(lambda: s.agent.state.cloud_error, what="the box to say why")
+        assert s.relay.registry.get(s.pits_id) is None
+    finally:
+        await s.close()
