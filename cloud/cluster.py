@@ -415,9 +415,7 @@ class Cluster:
 
         async def put() -> None:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(
-                key, mapping={"b": body, "e": etag, "f": str(time.time() - age)}
-            )
+            pipe.hset(key, mapping={"b": body, "e": etag, "f": str(time.time() - age)})
             pipe.expire(key, int(self.cache_ttl))
             await pipe.execute()
 

@@ -185,7 +185,9 @@ class PitsConnection:
         if self.queued >= self.settings.queue_size:
             self.shed += 1
             self.metrics.shed.inc()
-            raise ProtocolError(ErrorCode.BUSY, f"too many requests waiting for pits {self.pits_id}")
+            raise ProtocolError(
+                ErrorCode.BUSY, f"too many requests waiting for pits {self.pits_id}"
+            )
         self.queued += 1
         self.metrics.fetch_queue_depth.inc()
         try:

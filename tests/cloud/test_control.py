@@ -447,9 +447,7 @@ def test_a_flood_of_bad_frames_spends_the_budget_and_closes_1008(
     assert len(lines) == 1
 
 
-def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(
-    connect, clock: Clock
-) -> None:
+def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(connect, clock: Clock) -> None:
     conn, transport = connect(settings=ControlSettings(drop_burst=3, drop_rate=1.0))
     for _ in range(30):
         conn.on_text("junk")
