@@ -122,14 +122,22 @@ class Admin:
         self._audit(who, "allowlist", pattern=pattern, enabled=enabled)
 
     def set_active(self, who: str, pits_id: str | None) -> None:
-        self.relay.active_pits = pits_id or None
+        self.relay.choose_active(pits_id or None)
         self._audit(who, "active_pits", pits_id=pits_id)
+
+    def active(self) -> dict[str, Any]:
+        """The active pits, the one an operator named (if any), and how it became active."""
+        active = self.relay.active
+        return {
+            "activePits": active.pits_id,
+            "activeChosen": active.chosen,
+            "activeHow": active.how,
+        }
 
     async def overview(self) -> dict[str, Any]:
         return {
             "connections": await self.connections(),
-            "activePits": self.relay.active_pits_id(),
-            "activeChosen": self.relay.active_pits,
+            **self.active(),
             "cache": self.cache_stats(),
             "allowlist": self.allowlist(),
             "ready": self.relay.ready(),

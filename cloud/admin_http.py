@@ -159,4 +159,4 @@ class AdminAPIHandler(BaseHandler):
         if pits_id is not None and not isinstance(pits_id, str):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsId must be a string or null")
         self.admin.set_active(who, pits_id)
-        return {"activePits": self.relay.active_pits_id(), "activeChosen": self.relay.active_pits}
+        return self.admin.active()

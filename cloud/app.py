@@ -16,6 +16,7 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
+from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
 from cloud.admin_http import AdminAPIHandler, AdminPageHandler
 from cloud.cache import Cache
@@ -36,7 +37,7 @@ from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, parse_networks
 from cloud.relay import Freshness, Relay
-from wire import CloseCode, ErrorCode, ProtocolError
+from wire import CloseCode, ErrorCode
 from wire.errors import PathError
 
 log = logging.getLogger("pitlink.cloud")
@@ -84,7 +85,8 @@ class CloudRelay:
         self._background: set[asyncio.Task[None]] = set()
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
-        self.active_pits = config.active_pits
+        self.active = ActivePits(config.active_pits)
+        self.registry.on_register.append(self._offer_active)
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
@@ -270,24 +272,28 @@ class CloudRelay:
         return pits_id, target
 
     def active_pits_id(self) -> str | None:
-        """The active pits, or None when there is none to choose."""
-        try:
-            return self.current_active()
-        except ProtocolError:
-            return None
+        """The active pits, or None when there is none."""
+        return self.active.pits_id
 
     def current_active(self) -> str:
-        """The pits behind `/events` and `/httpfiles`: the chosen one, or the only one."""
-        if self.active_pits:
-            return self.active_pits
-        live = self.registry.live()
-        if len(live) == 1:
-            return live[0].pits_id
-        if not live:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "no pits is connected")
-        raise ProtocolError(
-            ErrorCode.UNAVAILABLE, "several pits are connected and none is active: use /pits/<id>/"
-        )
+        """The pits behind `/events` and `/httpfiles` (see cloud.active), or UNAVAILABLE."""
+        return self.active.current(self._live_ids())
+
+    def _live_ids(self) -> list[str]:
+        return [conn.pits_id for conn in self.registry.live()]
+
+    def _offer_active(self, pits_id: str) -> None:
+        """A pits finished its handshake: the first one becomes active when none is."""
+        if self.active.offer(self._live_ids()):
+            log.info("active pits adopted: the first to connect", extra={"pits_id": pits_id})
+            if self.cluster is not None:
+                self._spawn(self.cluster.adopt_active(pits_id))
+
+    def choose_active(self, pits_id: str | None) -> None:
+        """An admin's choice of the active pits (None: automatic again)."""
+        self.active.choose(pits_id, self._live_ids())
+        if self.cluster is not None:
+            self._spawn(self.cluster.publish_active(self.active.pits_id, self.active.how))
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import redis.asyncio as aioredis
 import ujson
 from redis.exceptions import RedisError
 
+from cloud.active import How
 from cloud.ratelimit import RateLimited
 from wire import ErrorCode, ProtocolError
 
@@ -49,6 +50,7 @@ REFRESH_S = 3.0
 CONNS_TTL_S = 10
 OP_TIMEOUT_S = 0.5
 HOLDER_CACHE_S = 1.0
+ACTIVE_KEY = f"{P}active"
 
 # Refresh the holder key only while it still names us: a takeover must not be undone.
 _REFRESH = """
@@ -166,6 +168,7 @@ class Cluster:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis not reachable at start: serving alone", extra={"error": str(exc)})
             self._set_up(False)
+        await self.load_active()
         self._tasks = [
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._heartbeat()),
@@ -261,6 +264,8 @@ class Cluster:
                     conn.close(4003, "replaced by a newer connection on another replica")
         elif kind == "admin":
             self._admin_here(data)
+        elif kind == "active":
+            self._learn_active(data.get("pits"), data.get("how"))
 
     async def _publish(self, channel: str, message: dict[str, Any]) -> int:
         return int(await self._call(lambda: self.redis.publish(channel, ujson.dumps(message)), 0))
@@ -445,6 +450,41 @@ class Cluster:
             lambda: self.redis.set(key, self.node_id, nx=True, ex=max(1, int(ttl))), default=True
         )
         return bool(taken)
+
+    # -- the active pits ---------------------------------------------------------------------
+
+    async def adopt_active(self, pits_id: str) -> None:
+        """This replica adopted the first pits to connect; the first replica to do so wins."""
+        value = ujson.dumps({"pits": pits_id, "how": "first"})
+        taken = await self._call(lambda: self.redis.set(ACTIVE_KEY, value, nx=True))
+        if taken:
+            await self._publish(f"{P}all", {"t": "active", "pits": pits_id, "how": "first"})
+        else:
+            await self.load_active()
+
+    async def publish_active(self, pits_id: str | None, how: str | None) -> None:
+        """An admin chose the active pits here: every replica takes the same."""
+        if pits_id is None:
+            await self._call(lambda: self.redis.delete(ACTIVE_KEY))
+        else:
+            value = ujson.dumps({"pits": pits_id, "how": how})
+            await self._call(lambda: self.redis.set(ACTIVE_KEY, value))
+        await self._publish(f"{P}all", {"t": "active", "pits": pits_id, "how": how})
+
+    async def load_active(self) -> None:
+        """Take the active pits the cluster agreed on, unless a flag named one here."""
+        raw = await self._call(lambda: self.redis.get(ACTIVE_KEY))
+        if raw:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                data = ujson.loads(raw)
+                self._learn_active(data.get("pits"), data.get("how"))
+
+    def _learn_active(self, pits_id: object, how: object) -> None:
+        active = self.relay.active
+        if active.how == "flag" or not (pits_id is None or isinstance(pits_id, str)):
+            return
+        learned: How = "admin" if how == "admin" else "first" if how == "first" else "other replica"
+        active.learn(pits_id, learned)
 
     # -- shared rate limits -------------------------------------------------------------------
 

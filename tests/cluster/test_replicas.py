@@ -248,3 +248,21 @@ async def test_graceful_shutdown_hands_the_pits_over(pair: Pair) -> None:
         what="the pits on B",
     )
     assert s.agent.state.close_code == CloseCode.RECONNECT
+
+
+async def test_every_replica_serves_the_root_paths_of_the_pits_adopted_on_one(pair: Pair) -> None:
+    await wait_for(lambda: pair.b.active.pits_id == pair.s.pits_id, what="B to learn it")
+    assert (pair.a.active.how, pair.b.active.how) == ("first", "first")
+    got = await pair.get(pair.b, "/httpfiles/Channels.json")  # the pits is connected to A
+    assert got.code == 200
+    token = pair.s.keys.issue(sub="ops", role="admin", ttl=600)
+    await pair.get(
+        pair.b,
+        "/admin/api/active",
+        method="POST",
+        body='{"pitsId": "club-x"}',
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    await wait_for(lambda: pair.a.active.pits_id == "club-x", what="A to take B's choice")
+    assert pair.a.active.chosen == "club-x"
+    assert (await pair.get(pair.a, "/httpfiles/Channels.json")).code == 503
