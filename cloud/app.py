@@ -67,6 +67,7 @@ class CloudRelay:
             freshness=Freshness(config.freshness, config.ttl),
             fetch_timeout=config.fetch_timeout,
             pits_limiter=RateLimiter(config.pits_fetch_rate, config.pits_fetch_burst),
+            miss_limiter=RateLimiter(config.client_miss_rate, config.client_miss_burst),
             clock=clock,
         )
         self.public_allowlist = PublicAllowlist(config.public_allowlist)

@@ -51,6 +51,7 @@ CONNS_TTL_S = 10
 OP_TIMEOUT_S = 0.5
 HOLDER_CACHE_S = 1.0
 ACTIVE_KEY = f"{P}active"
+NOT_FOUND_TTL_S = 60.0
 
 # Refresh the holder key only while it still names us: a takeover must not be undone.
 _REFRESH = """
@@ -168,11 +169,29 @@ class Cluster:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis not reachable at start: serving alone", extra={"error": str(exc)})
             self._set_up(False)
+        await self._check_maxmemory()
         await self.load_active()
         self._tasks = [
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._heartbeat()),
         ]
+
+    async def _check_maxmemory(self) -> None:
+        """Warn when Redis may grow without bound: the shared cache relies on its maxmemory."""
+        try:
+            config = await asyncio.wait_for(
+                self.redis.config_get("maxmemory*"), self.op_timeout * 2
+            )
+        except (RedisError, OSError, TimeoutError):
+            return  # down, or CONFIG is renamed away (a managed Redis): nothing to check
+        maxmemory = str(config.get("maxmemory", "0"))
+        policy = str(config.get("maxmemory-policy", ""))
+        if maxmemory == "0" or not policy.startswith("allkeys"):
+            log.warning(
+                "redis has no memory bound the shared cache can live with: set maxmemory and "
+                "maxmemory-policy allkeys-lru",
+                extra={"maxmemory": maxmemory, "policy": policy},
+            )
 
     async def stop(self) -> None:
         for conn in self.relay.registry.live():
@@ -416,12 +435,15 @@ class Cluster:
         )
 
     async def cache_put(self, pits_id: str, path: str, body: bytes, etag: str, age: float) -> None:
+        """Share a body. What FPVTrackside answers for a file it does not have (an empty body,
+        `[]` once canonical) expires in a minute: random paths must not fill Redis for hours."""
         key = self._cache_key(pits_id, path)
+        ttl = min(self.cache_ttl, NOT_FOUND_TTL_S) if body in (b"", b"[]") else self.cache_ttl
 
         async def put() -> None:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(key, mapping={"b": body, "e": etag, "f": str(time.time() - age)})
-            pipe.expire(key, int(self.cache_ttl))
+            pipe.expire(key, max(1, int(ttl)))
             await pipe.execute()
 
         await self._call(put)

@@ -70,6 +70,8 @@ class CloudConfig:
     pits_fetch_burst: float = 200.0
     client_rate: float | None = 50.0
     client_burst: float = 200.0
+    client_miss_rate: float | None = 10.0
+    client_miss_burst: float = 50.0
     trusted_proxy: tuple[str, ...] = ()
     renew_before: float | None = 7 * 86400.0
     redis_url: str | None = None
@@ -194,6 +196,19 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="requests a client may make at once (default %(default)s)",
     )
     a(
+        "--client-miss-rate",
+        type=_rate,
+        default=d.client_miss_rate,
+        help="requests a second per client address that start a fetch from a pits, 0 for no "
+        "limit (default %(default)s)",
+    )
+    a(
+        "--client-miss-burst",
+        type=float,
+        default=d.client_miss_burst,
+        help="such requests a client may make at once (default %(default)s)",
+    )
+    a(
         "--trusted-proxy",
         action="append",
         default=[],
@@ -300,6 +315,8 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         pits_fetch_burst=ns.pits_fetch_burst,
         client_rate=ns.client_rate,
         client_burst=ns.client_burst,
+        client_miss_rate=ns.client_miss_rate,
+        client_miss_burst=ns.client_miss_burst,
         trusted_proxy=_proxies(ns.trusted_proxy),
         renew_before=ns.renew_before,
         redis_url=ns.redis_url or None,

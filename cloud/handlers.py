@@ -138,7 +138,7 @@ class DataHandler(BaseHandler):
         try:
             check_method(self.request.method or "")
             pits_id, path = self.relay.route(normalize_path(self.request.path))
-            served = await self.relay.relay.get(pits_id, path, request_id=request_id)
+            served = await self.relay.relay.get(pits_id, path, request_id=request_id, client=ip)
         except RateLimited as exc:
             self.write_json_error(exc.code, exc.message, 429, exc.retry_after)
             return

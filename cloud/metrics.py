@@ -54,6 +54,11 @@ class Metrics:
         self.cache_stale = Counter(
             P + "cache_stale_served", "Requests served a stale copy", registry=r
         )
+        self.cache_negative = Counter(
+            P + "cache_negative_hits",
+            "Requests answered from a remembered negative answer (no fetch)",
+            registry=r,
+        )
         self.cache_bytes_saved = Counter(
             P + "cache_bytes_saved",
             "Body bytes the uplink did not carry thanks to 304s",

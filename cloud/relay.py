@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -69,6 +70,21 @@ def _served(entry: Entry, cache: str, ttl: float, reason: ErrorCode | None = Non
     )
 
 
+# Answers from a pits that say the path has nothing to serve now. Remembered for the path's
+# freshness window, so that asking again and again for what is not there costs no fetch.
+NEGATIVE = frozenset(
+    {
+        ErrorCode.DENIED,
+        ErrorCode.BAD_REQUEST,
+        ErrorCode.BAD_CONTENT,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.ORIGIN_UNREACHABLE,
+        ErrorCode.INTERNAL,
+    }
+)
+MAX_NEGATIVE = 10_000
+
+
 class Relay:
     """Answers (pits id, normalized path) from the cache, revalidating with the pits when due."""
 
@@ -81,6 +97,7 @@ class Relay:
         freshness: Freshness,
         fetch_timeout: float = 8.0,
         pits_limiter: RateLimiter | None = None,
+        miss_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.registry = registry
@@ -89,8 +106,12 @@ class Relay:
         self.freshness = freshness
         self.fetch_timeout = fetch_timeout
         self.pits_limiter = RateLimiter(None) if pits_limiter is None else pits_limiter
+        # Per client: requests that would start a fetch. Well below the per-pits budget, so
+        # that a few spectators asking for random paths cannot spend a whole pits' budget.
+        self.miss_limiter = RateLimiter(None) if miss_limiter is None else miss_limiter
         self.clock = clock
         self._flights: dict[CacheKey, asyncio.Future[Served]] = {}
+        self._negative: OrderedDict[CacheKey, tuple[float, Served | ProtocolError]] = OrderedDict()
         self.cluster: Cluster | None = None  # set by the relay when replicas share Redis
         self.waiting = 0  # public requests waiting on a revalidation
 
@@ -100,19 +121,41 @@ class Relay:
         return len(self._flights)
 
     async def get(
-        self, pits_id: str, path: str, *, request_id: str, local_only: bool = False
+        self,
+        pits_id: str,
+        path: str,
+        *,
+        request_id: str,
+        local_only: bool = False,
+        client: str | None = None,
     ) -> Served:
         """Serve one public GET or HEAD; raises ProtocolError when there is nothing to serve.
 
         `local_only`: do not send the request on to another replica (it came from one).
+        `client`: who asks, charged for a request that starts a fetch (the miss budget).
         """
         key: CacheKey = (pits_id, "GET", path)
         ttl = self.freshness.ttl(path)
+        now = self.clock()
         entry = self.cache.get(key)
-        if entry is not None and entry.age(self.clock()) < ttl:
+        if entry is not None and entry.age(now) < ttl:
             self.metrics.cache_hits.inc()
             return _served(entry, "HIT", ttl)
+        negative = self._negative_answer(key, entry, ttl, now)
+        if negative is not None:
+            return negative
         flight = self._flights.get(key)
+        if flight is None and client is not None:
+            wait = await self._miss_wait(client)
+            if wait:
+                self.metrics.rate_limited.labels("miss").inc()
+                if entry is not None:
+                    self.metrics.cache_stale.inc()
+                    return _served(entry, "STALE", ttl, ErrorCode.BUSY)
+                raise RateLimited(
+                    "too many requests for what is not in the cache from this address", wait
+                )
+            flight = self._flights.get(key)  # another request may have started it meanwhile
         if flight is None:
             flight = asyncio.ensure_future(
                 self._revalidate(key, entry, ttl, request_id, local_only)
@@ -134,6 +177,45 @@ class Relay:
         else:
             self.metrics.cache_misses.inc()
         return served
+
+    def _negative_answer(
+        self, key: CacheKey, entry: Entry | None, ttl: float, now: float
+    ) -> Served | None:
+        """A negative answer still within its window: the stale copy, the answer, or its error."""
+        remembered = self._negative.get(key)
+        if remembered is None:
+            return None
+        until, answer = remembered
+        if now >= until:
+            del self._negative[key]
+            return None
+        self.metrics.cache_negative.inc()
+        if entry is not None:
+            self.metrics.cache_stale.inc()
+            code = answer.code if isinstance(answer, ProtocolError) else None
+            return _served(entry, "STALE", ttl, code)
+        if isinstance(answer, ProtocolError):
+            raise ProtocolError(answer.code, answer.message)
+        return answer
+
+    def _remember_negative(self, key: CacheKey, answer: Served | ProtocolError, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._negative[key] = (self.clock() + ttl, answer)
+        self._negative.move_to_end(key)
+        while len(self._negative) > MAX_NEGATIVE:
+            self._negative.popitem(last=False)
+
+    async def _miss_wait(self, client: str) -> float:
+        """The per-client miss budget, shared across replicas when there is a cluster."""
+        limiter = self.miss_limiter
+        if limiter.rate is None:
+            return 0.0
+        if self.cluster is not None:
+            wait = await self.cluster.rate_check("miss", client, limiter.rate, limiter.burst)
+            if wait is not None:
+                return wait
+        return limiter.check(client, self.clock())
 
     def _forget(self, key: CacheKey, flight: asyncio.Future[Served]) -> None:
         if self._flights.get(key) is flight:
@@ -160,9 +242,15 @@ class Relay:
         try:
             served = await self._fetch(key, entry, ttl, request_id, local_only)
             status = served.status
+            if served.status != 200:
+                self._remember_negative(key, served, ttl)
+            else:
+                self._negative.pop(key, None)
             return served
         except ProtocolError as exc:
             code = exc.code
+            if exc.code in NEGATIVE and not isinstance(exc, RateLimited):
+                self._remember_negative(key, exc, ttl)
             if entry is not None and exc.code in STALE_OK:
                 log.warning(
                     "serving stale copy",

@@ -158,6 +158,8 @@ def main() -> None:
                 str(jwks),
                 "--client-rate",
                 "0",
+                "--client-miss-rate",
+                "0",
                 "--pits-fetch-rate",
                 "0",
                 "--freshness",

@@ -87,7 +87,10 @@ class System:
         self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=64)
 
     def relay_config(self, **overrides: Any) -> CloudConfig:
-        base = CloudConfig(host="127.0.0.1", port=self.relay_port, jwks=self.jwks)
+        # No miss budget unless a test asks for one: one test client plays every spectator.
+        base = CloudConfig(
+            host="127.0.0.1", port=self.relay_port, jwks=self.jwks, client_miss_rate=None
+        )
         return replace(base, **overrides)
 
     def agent_config(self, **overrides: Any) -> AgentConfig:

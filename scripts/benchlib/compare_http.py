@@ -79,7 +79,17 @@ def hit(settings: Settings) -> Outcome:
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
-        relay = start_relay(stack, keys, "relay", "--freshness", "3600", "--client-rate", "0")
+        relay = start_relay(
+            stack,
+            keys,
+            "relay",
+            "--freshness",
+            "3600",
+            "--client-rate",
+            "0",
+            "--client-miss-rate",
+            "0",
+        )
         start_agent(stack, keys, relay.url, sim)
         path = sim.biggest()
         body = wait_data(stack, relay.data(path))
@@ -161,8 +171,20 @@ def cdn(settings: Settings) -> Outcome:
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
         relays = {
-            "60": start_relay(stack, keys, "relay60", "--freshness", "60", "--client-rate", "0"),
-            "1": start_relay(stack, keys, "relay1", "--client-rate", "0"),
+            "60": start_relay(
+                stack,
+                keys,
+                "relay60",
+                "--freshness",
+                "60",
+                "--client-rate",
+                "0",
+                "--client-miss-rate",
+                "0",
+            ),
+            "1": start_relay(
+                stack, keys, "relay1", "--client-rate", "0", "--client-miss-rate", "0"
+            ),
         }
         for window, relay in relays.items():
             start_agent(stack, keys, relay.url, sim, f"agent{window}")
@@ -292,9 +314,29 @@ def latency(settings: Settings) -> Outcome:
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
         miss = start_relay(
-            stack, keys, "miss", "--freshness", "0", "--client-rate", "0", "--pits-fetch-rate", "0"
+            stack,
+            keys,
+            "miss",
+            "--freshness",
+            "0",
+            "--client-rate",
+            "0",
+            "--client-miss-rate",
+            "0",
+            "--pits-fetch-rate",
+            "0",
         )
-        hit_relay = start_relay(stack, keys, "hit", "--freshness", "3600", "--client-rate", "0")
+        hit_relay = start_relay(
+            stack,
+            keys,
+            "hit",
+            "--freshness",
+            "3600",
+            "--client-rate",
+            "0",
+            "--client-miss-rate",
+            "0",
+        )
         agent = start_agent(stack, keys, miss.url, sim, "agent-miss")
         start_agent(stack, keys, hit_relay.url, sim, "agent-hit")
         path = sim.biggest()
@@ -425,7 +467,7 @@ def workers(settings: Settings) -> Outcome:
     need("wrk", "redis-server")
     out = Outcome("workers")
     keys = make_keys(settings.tmp)
-    flags = ("--freshness", "3600", "--client-rate", "0")
+    flags = ("--freshness", "3600", "--client-rate", "0", "--client-miss-rate", "0")
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
         # A Redis each: the two relays must not see each other's pits as one cluster.

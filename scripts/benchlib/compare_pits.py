@@ -94,7 +94,7 @@ def fanin(settings: Settings) -> Outcome:
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
         sim = start_sim(stack, lap_interval=1.0)  # a live race: the file does change
-        relay = start_relay(stack, keys, "relay", "--client-rate", "0")
+        relay = start_relay(stack, keys, "relay", "--client-rate", "0", "--client-miss-rate", "0")
         start_agent(stack, keys, relay.url, sim)
         path = f"/pits/{PITS_ID}{sim.current_race()}"
         wait_data(stack, relay.url + path)
@@ -175,7 +175,7 @@ def uplink(settings: Settings) -> Outcome:
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
         sim = start_sim(stack, lap_interval=1.0)
-        relay = start_relay(stack, keys, "relay", "--client-rate", "0")
+        relay = start_relay(stack, keys, "relay", "--client-rate", "0", "--client-miss-rate", "0")
 
         async def run() -> dict[str, Any]:
             proxy = CountingProxy(*_host_port(relay.url))
@@ -369,7 +369,9 @@ def conns(settings: Settings) -> Outcome:
     nofile = raise_nofile()
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
-        relay = start_relay(stack, keys, "relay", "--client-rate", "0", nofile=nofile)
+        relay = start_relay(
+            stack, keys, "relay", "--client-rate", "0", "--client-miss-rate", "0", nofile=nofile
+        )
         time.sleep(1.0)
         rss_idle = rss_kib(relay.proc.pid)
         swarm = stack.start(
@@ -451,7 +453,7 @@ def blackhole(settings: Settings) -> Outcome:
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
         sim = start_sim(stack)
-        relay = start_relay(stack, keys, "relay", "--client-rate", "0")
+        relay = start_relay(stack, keys, "relay", "--client-rate", "0", "--client-miss-rate", "0")
         host, port = _host_port(relay.url)
         probe_base = f"/pits/{PITS_ID}{sim.path('probe')}"
 

@@ -221,6 +221,8 @@ class Drill:
                 str(jwks),
                 "--client-rate",
                 "0",
+                "--client-miss-rate",
+                "0",
                 "--pits-fetch-rate",
                 "0",
                 "--ping-interval",

@@ -216,3 +216,10 @@ def test_admin_port_with_several_workers_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         config_from_args([*argv, "--admin-port", "8090"], env={})
     assert "--admin-host" in capsys.readouterr().err
+
+
+def test_miss_budget_flags() -> None:
+    defaults = config_from_args(JWKS, env={})
+    assert (defaults.client_miss_rate, defaults.client_miss_burst) == (10.0, 50.0)
+    off = config_from_args([*JWKS, "--client-miss-rate", "0", "--client-miss-burst", "5"], env={})
+    assert (off.client_miss_rate, off.client_miss_burst) == (None, 5.0)

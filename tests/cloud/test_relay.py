@@ -15,7 +15,8 @@ from support import wait_for
 from cloud.cache import Cache
 from cloud.control import PitsConnection, Registry
 from cloud.metrics import Metrics
-from cloud.relay import Freshness, Relay, Served
+from cloud.ratelimit import RateLimited, RateLimiter
+from cloud.relay import NEGATIVE, Freshness, Relay, Served
 from wire import ErrorCode, ProtocolError
 from wire import messages as m
 from wire.canonical import etag_of
@@ -239,6 +240,11 @@ async def test_error_reply_serves_the_stale_copy(
     assert served.stale_reason == code
     assert served.fetched_at == first.fetched_at  # its age is the truth
     assert counts(metrics)["stale"] == 1
+    if code in NEGATIVE:  # an answer about the path: the copy stands in for its window
+        again = await relay.get("p1", PATH, request_id="r2b")
+        assert (again.cache, again.body) == ("STALE", BODY)
+        assert len(transport.frames("fetch")) == 2
+        clock.advance(1.0)
     # A stale copy is not made fresh: the next request asks the pits again.
     task = asyncio.ensure_future(relay.get("p1", PATH, request_id="r3"))
     answer(conn, await next_fetch(transport, 3), m.Response(status=304, etag=ETAG))
@@ -353,3 +359,91 @@ async def test_requests_for_different_pits_do_not_share(relay: Relay, connect) -
     answer(b_conn, await next_fetch(b_t, 1), ok(b"[2]"))
     assert (await ta).body == b"[1]"
     assert (await tb).body == b"[2]"
+
+
+# -- what spectators asking for what is not there cost ----------------------------------------
+
+
+async def test_a_negative_answer_is_remembered_for_the_freshness_window(
+    relay: Relay, pits, clock: Clock, metrics: Metrics
+) -> None:
+    conn, transport = pits
+    path = "/httpfiles/Missing.json"  # FPVTrackside's HTML fallback: BAD_CONTENT at the pits
+    task = asyncio.ensure_future(relay.get("p1", path, request_id="r1"))
+    answer(conn, await next_fetch(transport, 1), m.Error(code=ErrorCode.BAD_CONTENT, message="no"))
+    with pytest.raises(ProtocolError):
+        await asyncio.wait_for(task, 2)
+    for _ in range(50):  # asked again and again within the window: no fetch
+        with pytest.raises(ProtocolError) as caught:
+            await relay.get("p1", path, request_id="r")
+        assert caught.value.code == ErrorCode.BAD_CONTENT
+    assert len(transport.frames("fetch")) == 1
+    assert value(metrics.cache_negative) == 50
+    clock.advance(1.0)  # the window is over: the pits is asked again
+    task = asyncio.ensure_future(relay.get("p1", path, request_id="r2"))
+    answer(conn, await next_fetch(transport, 2), ok(b"[]"))
+    assert (await asyncio.wait_for(task, 2)).body == b"[]"
+
+
+async def test_an_origin_error_status_is_remembered_too(relay: Relay, pits, clock: Clock) -> None:
+    conn, transport = pits
+    task = asyncio.ensure_future(relay.get("p1", "/httpfiles/gone.css", request_id="r1"))
+    answer(conn, await next_fetch(transport, 1), m.Response(status=404, body=b"not here"))
+    assert (await asyncio.wait_for(task, 2)).status == 404
+    again = await relay.get("p1", "/httpfiles/gone.css", request_id="r2")
+    assert (again.status, again.body) == (404, b"not here")
+    assert len(transport.frames("fetch")) == 1
+
+
+async def test_busy_and_timeouts_are_not_remembered(relay: Relay, pits) -> None:
+    conn, transport = pits
+    task = asyncio.ensure_future(relay.get("p1", PATH, request_id="r1"))
+    answer(conn, await next_fetch(transport, 1), m.Error(code=ErrorCode.BUSY, message="busy"))
+    with pytest.raises(ProtocolError):
+        await asyncio.wait_for(task, 2)
+    task = asyncio.ensure_future(relay.get("p1", PATH, request_id="r2"))
+    answer(conn, await next_fetch(transport, 2), ok())
+    assert (await asyncio.wait_for(task, 2)).status == 200
+
+
+@pytest.fixture
+def budgeted(registry: Registry, metrics: Metrics, clock: Clock) -> Relay:
+    return Relay(
+        registry=registry,
+        cache=Cache(),
+        metrics=metrics,
+        freshness=Freshness(1.0),
+        miss_limiter=RateLimiter(1.0, 3.0),
+        clock=clock,
+    )
+
+
+async def test_a_client_past_its_miss_budget_costs_the_pits_nothing(
+    budgeted: Relay, pits, clock: Clock
+) -> None:
+    conn, transport = pits
+
+    async def ask(path: str, client: str) -> Served:
+        n = len(transport.frames("fetch")) + 1
+        task = asyncio.ensure_future(budgeted.get("p1", path, request_id=path, client=client))
+        answer(conn, await next_fetch(transport, n), ok(b"[]"))
+        return await asyncio.wait_for(task, 2)
+
+    for i in range(3):
+        assert (await ask(f"/events/e1/random-{i}.json", "10.0.0.9")).status == 200
+    with pytest.raises(RateLimited) as caught:
+        await budgeted.get("p1", "/events/e1/random-3.json", request_id="x", client="10.0.0.9")
+    assert caught.value.retry_after > 0
+    assert len(transport.frames("fetch")) == 3
+    # What is fresh in the cache costs nothing: the same client still gets it.
+    hit = await budgeted.get("p1", "/events/e1/random-0.json", request_id="y", client="10.0.0.9")
+    assert hit.cache == "HIT"
+    # Another spectator is not affected.
+    assert (await ask("/events/e1/Event.json", "10.0.0.10")).status == 200
+    # A stale copy stands in for a client over its budget.
+    clock.advance(0.5)
+    stale = await budgeted.get("p1", "/events/e1/random-0.json", request_id="z", client="10.0.0.9")
+    assert stale.cache == "HIT"
+    clock.advance(0.6)
+    stale = await budgeted.get("p1", "/events/e1/random-1.json", request_id="z", client="10.0.0.9")
+    assert stale.cache == "STALE"

@@ -6,8 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import free_port
@@ -16,7 +17,7 @@ from support import free_port
 class RedisServer:
     """redis-server on a loopback port of its own, without persistence; can stop and come back."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, *, maxmemory: str | None = "64mb"):
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -25,6 +26,7 @@ class RedisServer:
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,10 +47,11 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
-                "--maxmemory",
-                "64mb",
-                "--maxmemory-policy",
-                "allkeys-lru",
+                *(
+                    ["--maxmemory", self.maxmemory, "--maxmemory-policy", "allkeys-lru"]
+                    if self.maxmemory
+                    else []
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -79,3 +82,20 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start redis-servers with settings of the test's choosing; all stopped at the end."""
+    started: list[RedisServer] = []
+
+    def make(**settings: Any) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis-{len(started)}", **settings)
+        server.workdir.mkdir()
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -266,3 +267,44 @@ async def test_every_replica_serves_the_root_paths_of_the_pits_adopted_on_one(pa
     await wait_for(lambda: pair.a.active.pits_id == "club-x", what="A to take B's choice")
     assert pair.a.active.chosen == "club-x"
     assert (await pair.get(pair.a, "/httpfiles/Channels.json")).code == 503
+
+
+async def test_what_was_never_found_expires_quickly_in_redis(pair: Pair, redis_server) -> None:
+    import redis.asyncio as aioredis
+
+    sim = pair.s.sim
+    missing = f"{sim.event_path}/Results.json"  # no such file yet: FPVTrackside's empty 200
+    real = f"{sim.event_path}/Pilots.json"
+    for path in (missing, real):
+        assert (await pair.get(pair.a, f"/pits/{pair.s.pits_id}{path}")).code == 200
+    client = aioredis.from_url(redis_server.url)
+    try:
+
+        async def ttl(path: str) -> int:
+            return int(await client.ttl(f"pitlink:cache:{pair.s.pits_id}:{path}"))
+
+        assert 0 < await ttl(missing) <= 60
+        assert await ttl(real) > 600
+    finally:
+        await client.aclose()
+
+
+async def test_redis_without_maxmemory_is_warned_about_at_start(
+    tmp_path, sim, caplog, redis_factory
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pitlink.cloud.cluster")
+    unbounded = redis_factory(maxmemory=None)
+    s = System(tmp_path, sim)
+    try:
+        relay = await start_replica(s, unbounded.url, "U")
+        await relay.stop()
+        warned = [r for r in caplog.records if "maxmemory" in r.getMessage()]
+        assert warned and warned[0].maxmemory == "0"
+    finally:
+        s.http.close()
+
+
+async def test_bounded_redis_is_not_warned_about(pair: Pair, caplog) -> None:
+    started = caplog.get_records("setup")  # the replicas started in the fixture
+    assert any(r.getMessage() == "relay listening" for r in started)
+    assert not [r for r in started if "maxmemory" in r.getMessage()]

@@ -294,3 +294,43 @@ async def test_per_path_ttl_keeps_slow_endpoints_cached(tmp_path, sim: Simulator
         assert (await s.get(pilots)).headers["X-Pitlink-Cache"] == "REVALIDATED"
     finally:
         await s.close()
+
+
+async def test_spectators_asking_for_random_paths_cannot_spend_the_pits_budget(
+    tmp_path, sim: Simulator
+) -> None:
+    """Each random path cost a fetch (FPVTrackside answers them with an empty 200)."""
+    clock = FakeClock()
+    s = System(tmp_path, sim)
+    await s.start_relay(
+        clock=clock,
+        client_rate=None,
+        client_miss_rate=5.0,
+        client_miss_burst=20.0,
+        pits_fetch_rate=100.0,
+        pits_fetch_burst=200.0,
+        trusted_proxy=("127.0.0.1",),
+    )
+    await s.start_agent()
+    try:
+        before = sim.requests_total
+        attackers = ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+        codes: list[int] = []
+        for i in range(100):
+            for ip in attackers:
+                path = f"/pits/{s.pits_id}{sim.event_path}/nothing-{ip}-{i}.json"
+                got = await s.get(path, headers={"X-Forwarded-For": ip})
+                codes.append(got.code)
+        assert codes.count(200) == 3 * 20  # each attacker's burst, then nothing
+        assert set(codes) == {200, 429}
+        assert sim.requests_total - before == 3 * 20
+        assert s.relay.metrics.rate_limited.labels("miss")._value.get() == 3 * 80
+        # The pits still has its budget for everybody else.
+        real = f"/pits/{s.pits_id}{sim.event_path}/Pilots.json"
+        assert (await s.get(real, headers={"X-Forwarded-For": "198.51.100.7"})).code == 200
+        # And asking again for a path already fetched costs nothing within the window.
+        seen = f"/pits/{s.pits_id}{sim.event_path}/nothing-192.0.2.1-0.json"
+        again = await s.get(seen, headers={"X-Forwarded-For": "192.0.2.1"})
+        assert (again.code, again.headers["X-Pitlink-Cache"]) == (200, "HIT")
+    finally:
+        await s.close()
