@@ -52,7 +52,8 @@ class CloudRelay:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
-        self.keystore = KeyStore(config.jwks, config.revoked)
+        renewed = None if config.state_dir is None else config.state_dir / "renewed"
+        self.keystore = KeyStore(config.jwks, config.revoked, renewed=renewed)
         self.registry = Registry(self.metrics)
         self.keystore.listeners.append(
             lambda: self.registry.revoke(self.keystore.revoked, frozenset(self.keystore.keys.kids))

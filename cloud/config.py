@@ -54,6 +54,7 @@ class CloudConfig:
     port: int = 8080
     jwks: Path
     revoked: Path | None = None
+    state_dir: Path | None = None
     active_pits: str | None = None
     fetch_timeout: float = 8.0
     freshness: float = 1.0
@@ -98,6 +99,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--revoked",
         type=Path,
         help="revoked token ids, one per line (default: the JWKS file's name + .revoked)",
+    )
+    a(
+        "--state-dir",
+        type=Path,
+        help="a writable folder for what the relay notes (which tokens it renewed); "
+        "default: beside the JWKS file",
     )
     a(
         "--active-pits",
@@ -299,6 +306,7 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         port=ns.port,
         jwks=ns.jwks,
         revoked=ns.revoked,
+        state_dir=ns.state_dir,
         active_pits=ns.active_pits or None,
         fetch_timeout=ns.fetch_timeout,
         freshness=ns.freshness,

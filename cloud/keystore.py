@@ -108,12 +108,13 @@ class KeyStore:
         jwks: Path,
         revoked: Path | None = None,
         *,
+        renewed: Path | None = None,
         check_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.jwks_path = jwks
         self.revoked_path = revoked or revoked_path_for(jwks)
-        self.renewed_path = renewed_path_for(jwks)
+        self.renewed_path = renewed or renewed_path_for(jwks)
         self.check_every = check_every
         self.clock = clock
         self.keys = KeySet.load(jwks)  # the first load must succeed: no keys, no relay
@@ -163,6 +164,7 @@ class KeyStore:
         every worker of one relay agrees; entries of tokens that have expired are dropped.
         """
         now = time.time() if now is None else now
+        self.renewed_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.renewed_path, "a+", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o600)
             fcntl.flock(f, fcntl.LOCK_EX)

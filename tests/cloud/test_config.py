@@ -223,3 +223,9 @@ def test_miss_budget_flags() -> None:
     assert (defaults.client_miss_rate, defaults.client_miss_burst) == (10.0, 50.0)
     off = config_from_args([*JWKS, "--client-miss-rate", "0", "--client-miss-burst", "5"], env={})
     assert (off.client_miss_rate, off.client_miss_burst) == (None, 5.0)
+
+
+def test_state_dir() -> None:
+    assert config_from_args(JWKS, env={}).state_dir is None
+    config = config_from_args(JWKS, env={"PITLINK_STATE_DIR": "/var/lib/pitlink"})
+    assert config.state_dir == Path("/var/lib/pitlink")

@@ -165,3 +165,13 @@ def test_a_token_is_renewed_at_most_once(tmp_path) -> None:
     # Entries of expired tokens are dropped as new ones come in: the ledger stays small.
     assert store.claim_renewal("t3", exp=9000.0, now=5000.0) is True
     assert store.renewed_path.read_text().split() == ["t3", "9000"]
+
+
+def test_the_renewal_ledger_can_live_in_a_state_directory(tmp_path) -> None:
+    """The relay's unit keeps /etc/pitlink read-only: the ledger goes to its state directory."""
+    jwks = tmp_path / "etc" / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks, renewed=tmp_path / "state" / "renewed")
+    assert store.claim_renewal("t1", exp=2000.0, now=1000.0) is True
+    assert (tmp_path / "state" / "renewed").read_text().split() == ["t1", "2000"]
+    assert not (tmp_path / "etc" / "jwks.json.renewed").exists()
