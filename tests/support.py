@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import tornado.httpclient
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
 from logcheck import SECRETS
 
 from cloud.app import CloudRelay
@@ -39,6 +43,23 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serving(handler: type[tornado.web.RequestHandler]) -> AsyncIterator[str]:
+    """Serve every path with one handler on a loopback port; yields the base URL.
+
+    For the peers a test plays itself: a hostile origin on the venue LAN, a portal, a relay
+    from the future.
+    """
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", handler)]))
+    server.add_sockets(sockets)
+    try:
+        yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
 
 
 def free_port() -> int:

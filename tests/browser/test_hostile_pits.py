@@ -14,11 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
 from playwright.async_api import Browser, Page, expect
-from support import System, wait_for
+from support import System, serving, wait_for
 
 from pits_appliance.agent import Agent
 
@@ -42,12 +40,8 @@ class _Hostile(tornado.web.RequestHandler):
 
 @pytest.fixture
 async def hostile_origin() -> AsyncIterator[str]:
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", _Hostile)]))
-    server.add_sockets(sockets)
-    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    server.stop()
-    await server.close_all_connections()
+    async with serving(_Hostile) as url:
+        yield url
 
 
 @pytest.fixture

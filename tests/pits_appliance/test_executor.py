@@ -10,11 +10,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-import tornado.httpserver
-import tornado.netutil
 import tornado.web
 from fpvtrackside_sim import Simulator
-from support import wait_for
+from support import serving, wait_for
 
 from pits_appliance.executor import Executor
 from pits_appliance.origin import LiteralResolver, Origin
@@ -313,12 +311,8 @@ class _Hostile(tornado.web.RequestHandler):
 
 @pytest.fixture
 async def hostile() -> AsyncIterator[str]:
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/.*", _Hostile)]))
-    server.add_sockets(sockets)
-    yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-    server.stop()
-    await server.close_all_connections()
+    async with serving(_Hostile) as url:
+        yield url
 
 
 @pytest.mark.parametrize("status", [201, 204, 301, 302, 307])
