@@ -8,6 +8,11 @@ NetworkManager, the box asks for a URL known to answer an empty 204 (the relay's
 - `portal`: a 3xx (its Location is where to sign in), or a 200 with a page;
 - `limited`: DNS works but the probe times out, is refused or fails;
 - `none`: no route, no address, or DNS fails.
+
+The portal's address comes from the network (a redirect's Location, the RFC 8908 API) and is
+shown on the status page as a link, so only an absolute http or https URL with a host, of at
+most `MAX_PORTAL_URL` characters, is kept: anything else (`javascript:`, `data:`, a relative
+path) leaves no link, and the page says to open any web page instead.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 State = Literal["full", "portal", "limited", "none", "unknown"]
 STATES: tuple[State, ...] = ("full", "portal", "limited", "none", "unknown")
@@ -43,6 +49,27 @@ class Verdict:
     detail: str = ""
 
 
+MAX_PORTAL_URL = 2000
+
+
+def portal_link(url: object) -> str | None:
+    """`url` if it is fit to be shown as a link: absolute http(s), with a host, not too long."""
+    if not isinstance(url, str) or not url or len(url) > MAX_PORTAL_URL:
+        return None
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        return None  # browsers drop tabs, newlines and spaces: "java\tscript:" is javascript:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError when the port is not a number in range
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    if "\\" in url:
+        return None  # a browser reads http:\\evil as http://evil; no portal needs one
+    return url
+
+
 def classify(probe: Probe) -> Verdict:
     """The verdict on one probe."""
     if probe.failure is not None:
@@ -55,7 +82,7 @@ def classify(probe: Probe) -> Verdict:
     if 300 <= status < 400:
         return Verdict(
             state="portal",
-            portal_url=probe.location or None,
+            portal_url=portal_link(probe.location),
             detail=f"redirected ({status})" if probe.location else f"{status} without a Location",
         )
     if status == 200:
@@ -89,12 +116,9 @@ def parse_captive_api(body: bytes) -> Verdict | None:
         return None
     if not doc["captive"]:
         return None  # not captive: the probes decide how connected we are
-    url = doc.get("user-portal-url")
     return Verdict(
         state="portal",
-        portal_url=url
-        if isinstance(url, str) and url.startswith(("https://", "http://"))
-        else None,
+        portal_url=portal_link(doc.get("user-portal-url")),
         detail="the network's captive portal API says so",
     )
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pits_appliance.connectivity import portal_link
+
 
 @dataclass
 class AgentState:
@@ -39,6 +41,13 @@ class AgentState:
     relay_url: str = ""
     sw_version: str = ""
     changed_at: dict[str, float] = field(default_factory=dict)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "portal_url":
+            # Shown as a link on the status page, whoever sets it: never javascript:, data:,
+            # or a relative path (connectivity.portal_link; the page checks once more).
+            value = portal_link(value)
+        super().__setattr__(name, value)
 
     def set(self, name: str, value: Any, now: float | None = None) -> None:
         """Set a field, remembering when its value last changed."""

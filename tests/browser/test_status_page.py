@@ -196,3 +196,47 @@ async def test_actions_need_the_page_header(system: System) -> None:
     )
     assert got.code == 403
     assert not system.agent.state.paused
+
+
+# -- what the venue's network or another web page must not be able to do --------------------
+
+
+async def test_a_javascript_portal_url_is_never_a_link(page: Page, system: System) -> None:
+    await first_check(system)
+    system.agent.watchdog.record(Verdict(state="portal", portal_url="javascript:alert(1)"))
+    await open_status(page, system)
+    await expect_row(page, "portal", "red", "did not say where", "Open any web page")
+    await expect(row(page, "portal").locator("a")).to_have_count(0)
+    await expect(page.locator('a[href^="javascript"]')).to_have_count(0)
+    assert page.errors == []
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["javascript:alert(1)", " JavaScript:alert(1)", "data:text/html,x", "/login", "x" * 3000],
+)
+async def test_the_page_itself_refuses_a_link_that_is_not_a_web_address(
+    page: Page, system: System, link: str
+) -> None:
+    """Whatever /status.json says (here rewritten on its way), the page links only http(s)."""
+    await first_check(system)
+    system.agent.watchdog.record(Verdict(state="portal", portal_url="http://10.0.0.1/login"))
+
+    async def rewrite(route) -> None:
+        response = await route.fetch()
+        view = await response.json()
+        for r in view["rows"]:
+            if r["key"] == "portal":
+                assert r["link"] == "http://10.0.0.1/login"
+                r["link"] = link
+        await route.fulfill(response=response, json=view)
+
+    await page.route("**/status.json", rewrite)
+    await open_status(page, system)
+    await expect_row(page, "portal", "red", "A captive portal is in the way")
+    await expect(row(page, "portal").locator("a")).to_have_count(0)
+    await page.unroute("**/status.json")
+    await page.reload()
+    await expect(row(page, "portal").locator("a.link")).to_have_attribute(
+        "href", "http://10.0.0.1/login"
+    )

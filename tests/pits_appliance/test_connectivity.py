@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pits_appliance.connectivity import (
+    MAX_PORTAL_URL,
     Probe,
     Schedule,
     Verdict,
@@ -12,6 +15,7 @@ from pits_appliance.connectivity import (
     classify,
     combine,
     parse_captive_api,
+    portal_link,
 )
 from pits_appliance.watchdog import probe_urls
 
@@ -159,3 +163,79 @@ def test_captive_api_uri_from_networkd_state() -> None:
 )
 def test_probe_urls(cloud: str, http: str, https: str | None) -> None:
     assert probe_urls(cloud) == (http, https)
+
+
+# -- the portal's address becomes a link on the status page: only a plain web address may -------
+
+LONG = "http://portal.example/login?" + "x" * 5000
+BAD_PORTAL_URLS = [
+    "javascript:alert(1)",
+    "JavaScript:alert(document.cookie)",
+    " javascript:alert(1)",
+    "java\tscript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:msgbox(1)",
+    "file:///etc/passwd",
+    "/login",
+    "login.html",
+    "//portal.example/login",
+    "http://",
+    "http:///login",
+    "http:\\\\portal.example\\login",
+    "http://portal.example:99999/",
+    "http://[::1/",
+    "http://portal.example/a b",
+    LONG,
+]
+
+
+@pytest.mark.parametrize("url", BAD_PORTAL_URLS)
+def test_a_redirect_to_anything_but_a_web_address_shows_no_link(url: str) -> None:
+    verdict = classify(Probe(status=302, location=url))
+    assert verdict.state == "portal"
+    assert verdict.portal_url is None
+    assert verdict.detail == "redirected (302)"
+    assert portal_link(url) is None
+
+
+@pytest.mark.parametrize("url", BAD_PORTAL_URLS)
+def test_the_portal_api_cannot_name_anything_but_a_web_address(url: str) -> None:
+    body = json.dumps({"captive": True, "user-portal-url": url}).encode()
+    verdict = parse_captive_api(body)
+    assert verdict is not None and verdict.state == "portal"
+    assert verdict.portal_url is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/login?x=1",
+        "https://wifi.venue.example/",
+        "HTTPS://Wifi.Venue.Example:8443/portal#terms",
+        "http://[2001:db8::1]:8080/login",
+        "http://portal.example/" + "x" * (MAX_PORTAL_URL - 22),
+    ],
+)
+def test_plain_web_addresses_are_kept(url: str) -> None:
+    assert len(url) <= MAX_PORTAL_URL
+    assert portal_link(url) == url
+    assert classify(Probe(status=307, location=url)).portal_url == url
+    api = parse_captive_api(json.dumps({"captive": True, "user-portal-url": url}).encode())
+    assert api is not None and api.portal_url == url
+
+
+def test_a_non_string_portal_url_is_none() -> None:
+    body = b'{"captive": true, "user-portal-url": ["http://x/"]}'
+    verdict = parse_captive_api(body)
+    assert verdict is not None and verdict.portal_url is None
+
+
+def test_the_agent_state_never_holds_a_bad_portal_url() -> None:
+    from pits_appliance.state import AgentState
+
+    state = AgentState()
+    state.portal_url = "javascript:alert(1)"
+    assert state.portal_url is None
+    state.portal_url = "http://10.0.0.1/login"
+    assert state.portal_url == "http://10.0.0.1/login"
+    assert AgentState(portal_url="data:,x").portal_url is None
