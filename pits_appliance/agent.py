@@ -5,26 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import logging
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
 
-import jwt
 import tornado.httpserver
 import tornado.netutil
 
-from pits_appliance import ConfigError, __version__
+from pits_appliance import __version__
 from pits_appliance.config import AgentConfig
 from pits_appliance.executor import Executor
-from pits_appliance.link import CloudLink, write_atomic
+from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin
 from pits_appliance.sdnotify import Notifier
 from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
+from pits_appliance.tokens import TokenStore, expiry, pits_id_from_token, token_claims
 from pits_appliance.watchdog import Watchdog
 from wire import ProtocolError
 from wire.paths import Allowlist
@@ -35,21 +33,6 @@ log = logging.getLogger("pitlink.pits.agent")
 COLLECT_INTERVAL = 10.0
 
 EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]+)"')
-
-
-def token_claims(token: str) -> dict[str, Any]:
-    """The token's claims, read without verifying (only the relay holds the key)."""
-    try:
-        return dict(jwt.decode(token, options={"verify_signature": False}))
-    except jwt.PyJWTError:
-        raise ConfigError("the token is not a valid token: ask for a new one") from None
-
-
-def pits_id_from_token(token: str) -> str:
-    sub = token_claims(token).get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise ConfigError("the token names no pits id")
-    return sub
 
 
 class Agent:
@@ -69,8 +52,13 @@ class Agent:
         self.executor = Executor(
             self.origin, Allowlist(config.allowlist), fetch_timeout=config.fetch_timeout
         )
+        self.tokens = TokenStore(config.token_file, configured=config.token)
         self.link = CloudLink(
-            config=config, executor=self.executor, state=self.state, metrics=self.metrics
+            config=config,
+            executor=self.executor,
+            state=self.state,
+            metrics=self.metrics,
+            tokens=self.tokens,
         )
         self.watchdog = Watchdog(self)
         self.systemd = Notifier(env)
@@ -82,43 +70,16 @@ class Agent:
     # -- start and stop -----------------------------------------------------------------------
 
     def import_token(self) -> None:
-        """Take a TOKEN from the settings into the state directory's token file.
-
-        Done on first start, and again whenever the settings hold a different token than the
-        one last taken (the organiser pasted a new one); renewals land in the file and are kept.
-        """
-        token = self.config.token
-        if not token:
-            return
-        token_claims(token)  # refuse garbage before it replaces anything
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        marker = self.config.token_file.with_name(self.config.token_file.name + ".source")
-        try:
-            taken = marker.read_text().strip()
-        except OSError:
-            taken = ""
-        if taken == digest and self.config.token_file.exists():
-            return
-        self.config.token_file.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.config.token_file, token + "\n")
-        write_atomic(marker, digest + "\n")
-        log.info("token taken from the settings", extra={"token_file": str(self.config.token_file)})
-
-    def _read_token(self) -> str:
-        try:
-            return self.config.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the token file {self.config.token_file}: {exc.strerror}"
-            ) from None
+        """Take a TOKEN from the settings into the token file (see TokenStore.import_configured)."""
+        self.tokens.import_configured()
 
     async def start(self) -> None:
         """Serve the status page, then dial the relay, watch FPVTrackside and the uplink."""
         self.import_token()
-        token = self._read_token()
+        token = self.tokens.current()
+        token_claims(token)  # a plain error on the page when the file holds no token
         self.state.pits_id = self.config.pits_id or pits_id_from_token(token)
-        exp = token_claims(token).get("exp")
-        self.state.token_expires = float(exp) if isinstance(exp, int | float) else None
+        self.state.token_expires = expiry(token)
         sockets = tornado.netutil.bind_sockets(self.config.status_port, self.config.status_host)
         self._server = tornado.httpserver.HTTPServer(make_status_app(self))
         self._server.add_sockets(sockets)

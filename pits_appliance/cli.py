@@ -82,7 +82,7 @@ async def _show_settings_error(message: str, argv: Sequence[str]) -> int:
 
 def _print_pits_id(config: AgentConfig) -> int:
     """For the image's boot scripts (the hostname is pitlink-<short id>)."""
-    from pits_appliance.agent import pits_id_from_token
+    from pits_appliance.tokens import pits_id_from_token
 
     try:
         if config.pits_id:

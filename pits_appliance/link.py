@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import jwt
 import tornado.httpclient
 import tornado.iostream
 import tornado.websocket
 
-from pits_appliance import __version__
+from pits_appliance import ConfigError, __version__
 from pits_appliance.config import AgentConfig, control_url
 from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
+from pits_appliance.tokens import TokenStore, expiry
 from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.backoff import Backoff
@@ -34,17 +32,6 @@ fetch_log = logging.getLogger("pitlink.pits.fetch")
 
 FEATURES = ("canonical-json-v1", "etag-sha256", "token-renewal")
 _SLOW_CODES = {CloseCode.TOKEN_EXPIRED, CloseCode.VERSION_REFUSED, CloseCode.POLICY}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace a file so that a power cut leaves the old or the new content, never half."""
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fchmod(f.fileno(), 0o600)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _close_if_connected(
@@ -66,8 +53,12 @@ class CloudLink:
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        tokens: TokenStore | None = None,
     ):
         self.config = config
+        self.tokens = (
+            tokens if tokens is not None else TokenStore(config.token_file, configured=config.token)
+        )
         self.executor = executor
         self.state = state
         self.metrics = metrics
@@ -119,17 +110,9 @@ class CloudLink:
 
     def _read_token(self) -> str:
         try:
-            token = self.config.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ProtocolError(
-                ErrorCode.UNAUTHORIZED,
-                f"cannot read the token file {self.config.token_file}: {exc.strerror}",
-            ) from None
-        if not token:
-            raise ProtocolError(
-                ErrorCode.UNAUTHORIZED, f"the token file {self.config.token_file} is empty"
-            )
-        return token
+            return self.tokens.current()
+        except ConfigError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHORIZED, str(exc)) from None
 
     async def _session(self) -> float:
         """One connection's life; returns how long to wait before the next attempt."""
@@ -173,10 +156,18 @@ class CloudLink:
                 raise
         except tornado.httpclient.HTTPClientError as exc:
             if exc.code in (401, 403):
+                log.warning("relay refused the token", extra={"status": exc.code})
+                # `sessions` grows whenever a dial gets past the relay's token check.
+                fallback = self.tokens.refused(token, epoch=self.sessions)
+                if fallback is not None:
+                    self.state.token_expires = expiry(fallback)
+                    self.state.set(
+                        "cloud_error", "the relay refused this box's token: trying the one before"
+                    )
+                    return self.backoff.base  # soon: another token may well work
                 self.state.set(
                     "cloud_error", "the relay refused this box's token: ask for a new one"
                 )
-                log.warning("relay refused the token", extra={"status": exc.code})
                 return self.backoff.slow_delay()
             if 300 <= exc.code < 400:
                 self.state.set(
@@ -377,17 +368,11 @@ class CloudLink:
             self.metrics.frames_dropped.labels("unexpected").inc()
 
     def _store_token(self, token: str) -> None:
-        try:
-            write_atomic(self.config.token_file, token + "\n")
-        except OSError as exc:
-            log.error("could not store the renewed token", extra={"error": exc.strerror})
-            return
-        try:
-            exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-            self.state.token_expires = float(exp) if isinstance(exp, int | float) else None
-        except jwt.PyJWTError:
-            pass
-        log.info("token renewed")
+        """A renewal from the relay: the store keeps it only if it may replace the current one."""
+        if self.tokens.offer(token):
+            self.state.token_expires = expiry(token)
+        else:
+            self.metrics.frames_dropped.labels("bad_token").inc()
 
     async def _fetch(
         self, ws: tornado.websocket.WebSocketClientConnection, frame_id: str, fetch: m.Fetch
