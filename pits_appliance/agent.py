@@ -10,7 +10,6 @@ import re
 import time
 from collections.abc import Mapping
 
-import tornado.httpserver
 import tornado.netutil
 
 from pits_appliance import __version__
@@ -20,6 +19,7 @@ from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin
 from pits_appliance.sdnotify import Notifier
+from pits_appliance.server import StatusServer
 from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
 from pits_appliance.tokens import TokenStore, expiry, pits_id_from_token, token_claims
@@ -63,7 +63,7 @@ class Agent:
         self.watchdog = Watchdog(self)
         self.systemd = Notifier(env)
         self.status_port: int | None = None
-        self._server: tornado.httpserver.HTTPServer | None = None
+        self._server: StatusServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.collect_interval = COLLECT_INTERVAL
 
@@ -81,7 +81,7 @@ class Agent:
         self.state.pits_id = self.config.pits_id or pits_id_from_token(token)
         self.state.token_expires = expiry(token)
         sockets = tornado.netutil.bind_sockets(self.config.status_port, self.config.status_host)
-        self._server = tornado.httpserver.HTTPServer(make_status_app(self))
+        self._server = StatusServer(make_status_app(self))
         self._server.add_sockets(sockets)
         self.status_port = sockets[0].getsockname()[1]
         self._tasks = [

@@ -10,7 +10,6 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 
-import tornado.httpserver
 import tornado.netutil
 
 from pits_appliance import ConfigError, __version__
@@ -71,9 +70,10 @@ async def _show_settings_error(message: str, argv: Sequence[str]) -> int:
         sockets = tornado.netutil.bind_sockets(port, host)
     except OSError:
         return 2
+    from pits_appliance.server import StatusServer
     from pits_appliance.status import make_status_app
 
-    server = tornado.httpserver.HTTPServer(make_status_app(BrokenSettings(message)))
+    server = StatusServer(make_status_app(BrokenSettings(message)))
     server.add_sockets(sockets)
     await _wait_for_signal(hold)
     server.stop()

@@ -7,6 +7,9 @@ page cannot trigger them from a visitor's browser.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,9 +18,12 @@ import tornado.web
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
+from wire.budget import Throttle
 
 if TYPE_CHECKING:
     from pits_appliance.link import CloudLink
+
+access_log = logging.getLogger("tornado.access")
 
 PAGE = resources.files("pits_appliance").joinpath("static/status.html").read_bytes()
 ACTION_HEADER = "X-Pitlink-Action"
@@ -102,6 +108,34 @@ class ActionHandler(_Base):
         self.finish(result)
 
 
+class AccessLog:
+    """Tornado's access line, at most one a second for each class of status (2xx, 4xx, ...),
+    with the count of those held back: a flood of requests from the LAN must not fill the box's
+    RAM-backed journal."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.throttle = Throttle(1.0)
+
+    def __call__(self, handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        held = self.throttle.allow(f"{status // 100}xx", self.clock())
+        if held is None:
+            return
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        request = handler.request
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            request.uri[:200] if request.uri else "",
+            request.remote_ip,
+            1000.0 * request.request_time(),
+            extra={"held_back": held},
+        )
+
+
 def make_status_app(agent: StatusSource) -> tornado.web.Application:
     args = {"agent": agent}
     return tornado.web.Application(
@@ -111,5 +145,6 @@ def make_status_app(agent: StatusSource) -> tornado.web.Application:
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
             (r"/api/(reconnect|pause|resume)", ActionHandler, args),
-        ]
+        ],
+        log_function=AccessLog(),
     )

@@ -1,22 +1,352 @@
 """Attacks on the pits agent (security issue #12), each performed for real against real parts.
 
+- From the pits LAN: a thousand connections to the status port that send half a header and
+  stall, against an agent running as its own process under the descriptor limit of a small
+  box (1,024). The race data must keep flowing, the page must keep answering, the agent's
+  descriptors must stay bounded and its log quiet.
 - From a hostile relay: `token` frames that would brick the box's token if it stored them, and
   a renewed token that the relay then refuses.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jwt
+import pytest
 from logcheck import RECORDER
-from support import System, wait_for
+from support import System, free_port, make_keys, wait_for
 
 from cloud.keystore import revoke
 from pits_appliance.tokens import fingerprint
 from wire import CloseCode
 from wire import messages as m
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT_NOFILE = 1024  # a small box's default soft limit, and what the agent once ran under
+SLOW_CONNECTIONS = 1100
+HALF_HEADER = b"GET /status.json HTTP/1.1\r\nHost: pitlink"
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def poll(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def get(
+    port: int, path: str, *, source: str = "127.0.0.1", timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """GET from a loopback port, from the given source address; status 0 if it failed."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source, 0)
+    )
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    except OSError:
+        return 0, {}, b""
+    finally:
+        conn.close()
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Rig:
+    """The simulator, the relay and the agent as processes, as on a box and in the cloud."""
+
+    def __init__(self, tmp: Path, *, agent_nofile: int):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.jwks, keys = make_keys(tmp)
+        token_file = tmp / "token"
+        token_file.write_text(keys.issue(sub="box", role="pits", ttl=30 * 86400))
+        self.sim_port, self.relay_port, self.status_port = free_port(), free_port(), free_port()
+        self._start(
+            "sim", [sys.executable, "scripts/fpvtrackside_sim.py", "--port", str(self.sim_port)]
+        )
+        self._start(
+            "relay",
+            [
+                sys.executable,
+                "-m",
+                "cloud",
+                "serve",
+                "--port",
+                str(self.relay_port),
+                "--jwks",
+                str(self.jwks),
+            ],
+        )
+        conf = tmp / "pitlink.conf"
+        conf.write_text(
+            f"CLOUD_URL=http://127.0.0.1:{self.relay_port}\nTOKEN_FILE={token_file}\n"
+            f"FPVTRACKSIDE=127.0.0.1:{self.sim_port}\n"
+        )
+
+        def limit() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (agent_nofile, agent_nofile))
+
+        self.agent = self._start(
+            "agent",
+            [
+                sys.executable,
+                "-m",
+                "pits_appliance",
+                "--config",
+                str(conf),
+                "--status-host",
+                "127.0.0.1",
+                "--status-port",
+                str(self.status_port),
+                "--reconnect-base",
+                "0.1",
+            ],
+            preexec_fn=limit,
+        )
+        poll(lambda: get(self.status_port, "/healthz")[0] == 200, "the agent to connect")
+
+    def _start(self, name: str, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.tmp / f"{name}.log", "wb") as err:
+            proc = subprocess.Popen(
+                args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO, **kw
+            )
+        self.procs.append(proc)
+        return proc
+
+    def agent_log(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in (self.tmp / "agent.log").read_text().splitlines()]
+
+    def fetch(self, path: str = "/httpfiles/Channels.json") -> tuple[int, dict[str, str], bytes]:
+        return get(self.relay_port, f"/pits/box{path}", timeout=15)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def nofile() -> Iterator[None]:
+    """Room in this process for the attack's own sockets (its limit is raised, then restored)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if want < 2 * SLOW_CONNECTIONS + 200:
+        pytest.fail(f"the hard descriptor limit ({hard}) is too low for this test")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def rig(tmp_path: Path, nofile: None) -> Iterator[Rig]:
+    r = Rig(tmp_path, agent_nofile=AGENT_NOFILE)
+    yield r
+    r.stop()
+
+
+class Sampler:
+    """Counts the agent's open descriptors every few milliseconds, in a thread."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(descriptors(self.pid))
+            except OSError:
+                return
+            self._stop.wait(0.005)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def open_slow(
+    port: int, count: int, sources: list[str], timeout: float = 30.0
+) -> list[socket.socket]:
+    """`count` connections from the given source addresses, each sending half a header."""
+    sel = selectors.DefaultSelector()
+    socks = []
+    for i in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.bind((sources[i % len(sources)], 0))
+        s.connect_ex(("127.0.0.1", port))
+        sel.register(s, selectors.EVENT_WRITE)
+        socks.append(s)
+    pending = count
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj
+            assert isinstance(s, socket.socket)
+            sel.unregister(s)
+            pending -= 1
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                try:
+                    s.send(HALF_HEADER)
+                except OSError:
+                    pass  # the agent closed it already
+    sel.close()
+    return socks
+
+
+def lines_about(log: list[dict[str, object]], text: str) -> list[dict[str, object]]:
+    return [r for r in log if text in str(r.get("event", ""))]
+
+
+# -- A: slow clients on the status port ------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_slow_clients_cannot_exhaust_the_agents_descriptors(rig: Rig) -> None:
+    baseline = descriptors(rig.agent.pid)
+    # From eight addresses of the LAN, so that the whole cap fills, not one address's share.
+    attackers = [f"127.0.0.{i}" for i in range(1, 9)]
+    slow: list[socket.socket] = []
+    started = time.monotonic()
+    try:
+        with Sampler(rig.agent.pid) as sampler:
+            slow += open_slow(rig.status_port, SLOW_CONNECTIONS, attackers)
+            opened = time.monotonic() - started
+
+            # Race data still flows: a fresh path, fetched from FPVTrackside through the agent.
+            status, headers, body = rig.fetch()
+            assert status == 200, body
+            assert headers["X-Pitlink-Cache"] == "MISS"
+            assert isinstance(json.loads(body), list) and json.loads(body)
+
+            # The page still answers, to a phone elsewhere on the LAN and to an attacker's
+            # neighbour at one of the attacking addresses (a stalled connection makes room).
+            for source in ("127.0.0.200", "127.0.0.1"):
+                got = poll(
+                    lambda source=source: (
+                        get(rig.status_port, "/status.json", source=source)[0] == 200
+                    ),
+                    f"the status page from {source}",
+                    timeout=15,
+                )
+                assert got
+            health = get(rig.status_port, "/healthz", source="127.0.0.200")
+            assert health[0] == 200 and json.loads(health[2])["wsConnected"] is True
+
+            # A second wave while the first one's connections are still open.
+            slow += open_slow(rig.status_port, SLOW_CONNECTIONS, attackers)
+            assert rig.fetch()[0] == 200
+            during = descriptors(rig.agent.pid)
+        elapsed = time.monotonic() - started
+        peak = max(sampler.samples)
+        print(
+            f"\nslow clients: {len(slow)} connections opened in {opened:.1f} s (first wave); "
+            f"agent descriptors {baseline} before, peak {peak} over {len(sampler.samples)} samples, "
+            f"{during} at the end; attack lasted {elapsed:.1f} s"
+        )
+        # 64 connections at most, plus what the agent has anyway and a few in passing.
+        assert peak <= baseline + 64 + 16, (baseline, peak)
+        assert rig.agent.poll() is None
+    finally:
+        for s in slow:
+            s.close()
+
+    # The stalled connections give their places back (closed by us, or by the header timeout).
+    poll(lambda: descriptors(rig.agent.pid) <= baseline + 4, "the descriptors to come back", 20)
+    log = rig.agent_log()
+    accept_errors = lines_about(log, "cannot accept")
+    full = lines_about(log, "status port full") + lines_about(log, "to make room")
+    print(
+        f"agent log: {len(log)} lines in all, {len(accept_errors)} about accept errors, "
+        f"{len(full)} about the full port (held back: {sum(int(r['held_back']) for r in full)})"
+    )
+    assert accept_errors == []  # never even came close to the descriptor limit
+    assert 1 <= len(full) <= 2 * (elapsed + 2)  # one line a second, with counts
+    assert len(log) < 200
+    assert not [
+        r for r in log if r["level"] in ("ERROR", "CRITICAL") and "access" not in str(r["logger"])
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_a_full_descriptor_table_pauses_the_accept_loop(tmp_path: Path, nofile: None) -> None:
+    """Below the cap (a limit of 40), accept() itself fails: it must pause, never spin."""
+    rig = Rig(tmp_path, agent_nofile=40)
+    slow: list[socket.socket] = []
+    try:
+        baseline = descriptors(rig.agent.pid)
+        attackers = [f"127.0.0.{i}" for i in range(1, 9)]
+        started = time.monotonic()
+        slow = open_slow(rig.status_port, 300, attackers, timeout=5)
+        poll(lambda: descriptors(rig.agent.pid) >= 39, "the agent's table to fill")
+        # Hold it full for a few seconds, then give the descriptors back.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert rig.agent.poll() is None
+            time.sleep(0.2)
+        for s in slow:
+            s.close()
+        slow = []
+        held = time.monotonic() - started
+        poll(lambda: get(rig.status_port, "/healthz")[0] == 200, "the agent to answer again")
+        status, _, body = rig.fetch()
+        assert status == 200, body
+        text = (tmp_path / "agent.log").read_text()
+        assert "Traceback" not in text and "Exception in callback" not in text
+        log = rig.agent_log()
+        assert len(log) < 300
+        pauses = lines_about(log, "cannot accept connections; pausing")
+        print(
+            f"\nfull table: baseline {baseline} descriptors, limit 40; {len(pauses)} accept-error "
+            f"lines over {held:.1f} s (held back: {[r['held_back'] for r in pauses]}); "
+            f"{len(log)} log lines in all"
+        )
+        assert pauses, "the attack never filled the descriptor table"
+        assert all(r["error"] == "EMFILE" and r["resource"] is True for r in pauses)
+        assert len(pauses) <= held + 2  # at most one a second
+    finally:
+        for s in slow:
+            s.close()
+        rig.stop()
+
 
 # -- B: a hostile relay and the box's token ------------------------------------------------------
 
