@@ -11,6 +11,9 @@ more than a bounded share of its descriptors, memory or log:
   second makes room, or else the newcomer is closed at once (its descriptor lives an instant);
 - a full descriptor table (EMFILE and friends): the accept loop pauses instead of spinning,
   and says so in at most one line a second, with the count of lines it held back.
+
+Who may ask (the Host check against DNS rebinding) is decided here too, as pure functions the
+handlers in `status.py` call.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import errno
 import ipaddress
 import itertools
 import logging
+import re
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import tornado.httpserver
 import tornado.httputil
@@ -155,6 +160,32 @@ def peer_of(address: Any) -> str:
     return str(ip)
 
 
+# -- who may ask --------------------------------------------------------------------------------
+
+
+def short_id(pits_id: str) -> str:
+    """The image's short id (see image/rootfs/usr/lib/pitlink/pitlink-hostname): the first 8
+    characters, lower-cased, anything but a-z and 0-9 a dash, no dashes at the end."""
+    short = "".join(c if re.fullmatch(r"[a-z0-9]", c) else "-" for c in pits_id[:8].lower())
+    return short.rstrip("-")
+
+
+# A Host header: a bracketed IPv6 address (with a zone, perhaps) or a name or IPv4 address,
+# then perhaps a port.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+(?:%[\w.-]+)?)\]|(?P<name>[^\[\]:/@\s]+))(?::\d{1,5})?")
+
+
+def _split_host(host: str) -> str | None:
+    """The name or address in a Host header, lower-cased, without port, brackets or final dot."""
+    if len(host) > 300:
+        return None
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return None
+    name = match.group("v6") or match.group("name").rstrip(".")
+    return name or None
+
+
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         ip = ipaddress.ip_address(text.split("%", 1)[0])
@@ -163,6 +194,79 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def host_allowed(
+    host: str | None, *, local_address: str | None, pits_id: str, hostname: str
+) -> bool:
+    """Whether a request's Host names this box, so that it cannot come from DNS rebinding.
+
+    The box's own names are `localhost`, `pitlink-<short id>.local`, its host name and
+    `<host name>.local`; its addresses are the loopback ones and the local address the
+    request arrived on (the server socket's own address for that connection).
+    """
+    if host is None:
+        return False
+    name = _split_host(host)
+    if name is None:
+        return False
+    ip = _address(name)
+    if ip is not None:
+        if ip.is_loopback:
+            return True
+        local = _address(local_address) if local_address else None
+        return local is not None and ip == local
+    names = {"localhost"}
+    short = short_id(pits_id)
+    if short:
+        names.add(f"pitlink-{short}.local")
+    hostname = hostname.strip().lower().rstrip(".")
+    if hostname:
+        names.update({hostname, f"{hostname}.local"})
+    return name in names
+
+
+def same_origin(
+    origin: str | None, fetch_site: str | None, *, host: str | None, scheme: str
+) -> bool:
+    """Whether a POST comes from the status page itself, by its `Origin` or `Sec-Fetch-Site`.
+
+    At least one must say same-origin, and neither may say otherwise: an `Origin` must be
+    `<scheme>://<Host>` (default port or not), a `Sec-Fetch-Site` must be `same-origin`.
+    """
+    if fetch_site is not None and fetch_site.strip().lower() != "same-origin":
+        return False
+    if origin is None:
+        return fetch_site is not None
+    if host is None:
+        return False
+    try:
+        o = urlsplit(origin.strip())
+        h = urlsplit(f"{scheme}://{host.strip()}")
+        default = {"http": 80, "https": 443}.get(scheme)
+        return (
+            o.scheme.lower() == scheme
+            and o.hostname is not None
+            and o.hostname == h.hostname
+            and (o.port or default) == (h.port or default)
+            and o.path in ("", "/")
+            and not o.query
+            and not o.username
+        )
+    except ValueError:
+        return False
+
+
+def local_address(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """The server socket's own address for the connection a request came on."""
+    stream = getattr(request.connection, "stream", None)
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        return str(sock.getsockname()[0])
+    except (OSError, IndexError):
+        return None
 
 
 # -- the server ---------------------------------------------------------------------------------

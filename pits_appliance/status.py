@@ -1,13 +1,17 @@
 """The agent's local HTTP server on the status port: the status page, its JSON, health, metrics.
 
-The page is for whoever is at the pits, on a phone on the pits network. The few actions it
-offers (reconnect, pause, resume) are POSTs that need the page's own header, so another web
-page cannot trigger them from a visitor's browser.
+The page is for whoever is at the pits, on a phone on the pits network. Every request must
+name the box in its Host (its own names and addresses, see `server.host_allowed`), so a web
+page elsewhere cannot reach it by DNS rebinding; the few actions it offers (reconnect, pause,
+resume) are POSTs that need the page's own header and a same-origin `Origin` (or
+`Sec-Fetch-Site: same-origin`), so another web page cannot trigger them from a visitor's
+browser.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import tornado.web
 
 from pits_appliance.metrics import AgentMetrics
+from pits_appliance.server import host_allowed, local_address, same_origin
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
 from wire.budget import Throttle
@@ -48,8 +53,29 @@ class _Base(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
 
+    def prepare(self) -> None:
+        allowed = host_allowed(
+            self.request.headers.get("Host"),
+            local_address=local_address(self.request),
+            pits_id=self.agent.state.pits_id,
+            hostname=socket.gethostname(),
+        )
+        if not allowed:
+            self.set_status(421)
+            self.finish({"error": "this box answers only to its own names and addresses"})
+
     def compute_etag(self) -> None:
         return None
+
+
+class NotFoundHandler(_Base):
+    """Any other path: 404, after the Host check like everything else."""
+
+    def get(self, *args: str) -> None:
+        self.set_status(404)
+        self.finish({"error": "not found"})
+
+    post = get
 
 
 class PageHandler(_Base):
@@ -87,7 +113,14 @@ class ActionHandler(_Base):
     """POST /api/reconnect, /api/pause, /api/resume."""
 
     def post(self, action: str) -> None:
-        if self.request.headers.get(ACTION_HEADER) != "1":
+        headers = self.request.headers
+        from_page = same_origin(
+            headers.get("Origin"),
+            headers.get("Sec-Fetch-Site"),
+            host=headers.get("Host"),
+            scheme=self.request.protocol,
+        )
+        if not from_page or headers.get(ACTION_HEADER) != "1":
             self.set_status(403)
             self.finish({"error": "actions come from the status page"})
             return
@@ -146,5 +179,7 @@ def make_status_app(agent: StatusSource) -> tornado.web.Application:
             (r"/metrics", MetricsHandler, args),
             (r"/api/(reconnect|pause|resume)", ActionHandler, args),
         ],
+        default_handler_class=NotFoundHandler,
+        default_handler_args=args,
         log_function=AccessLog(),
     )

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-import tornado.httpserver
 import tornado.netutil
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, async_playwright, expect
 from support import System, wait_for
 
 from pits_appliance.cli import BrokenSettings
 from pits_appliance.connectivity import Verdict
+from pits_appliance.server import StatusServer
 from pits_appliance.status import make_status_app
+
+# As tests/browser/conftest.py launches it, for the test that needs its own resolver rules.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture
@@ -151,7 +165,7 @@ async def test_token_expiry(page: Page, system: System, left: float, mark: str, 
 
 async def test_settings_error_is_one_red_line(page: Page, tmp_path: Path) -> None:
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    server = tornado.httpserver.HTTPServer(
+    server = StatusServer(
         make_status_app(BrokenSettings("no cloud URL: set CLOUD_URL in the config file"))
     )
     server.add_sockets(sockets)
@@ -188,11 +202,9 @@ async def test_pause_and_resume_buttons(page: Page, system: System) -> None:
 
 
 async def test_actions_need_the_page_header(system: System) -> None:
+    base = f"http://127.0.0.1:{system.agent.status_port}"
     got = await system.http.fetch(
-        f"http://127.0.0.1:{system.agent.status_port}/api/pause",
-        method="POST",
-        body=b"",
-        raise_error=False,
+        base + "/api/pause", method="POST", body=b"", headers={"Origin": base}, raise_error=False
     )
     assert got.code == 403
     assert not system.agent.state.paused
@@ -240,3 +252,110 @@ async def test_the_page_itself_refuses_a_link_that_is_not_a_web_address(
     await expect(row(page, "portal").locator("a.link")).to_have_attribute(
         "href", "http://10.0.0.1/login"
     )
+
+
+async def test_a_foreign_host_is_refused_everywhere(system: System) -> None:
+    """DNS rebinding: evil.example resolved to the box; the browser sends Host: evil.example."""
+    base = f"http://127.0.0.1:{system.agent.status_port}"
+    for path in ("/", "/status.json", "/healthz", "/metrics", "/nowhere"):
+        got = await system.http.fetch(
+            base + path, headers={"Host": "evil.example"}, raise_error=False
+        )
+        assert got.code == 421, path
+        assert json.loads(got.body) == {
+            "error": "this box answers only to its own names and addresses"
+        }
+        assert system.pits_id.encode() not in got.body
+    got = await system.http.fetch(
+        base + "/api/pause",
+        method="POST",
+        body=b"",
+        headers={
+            "Host": f"evil.example:{system.agent.status_port}",
+            "Origin": f"http://evil.example:{system.agent.status_port}",
+            "X-Pitlink-Action": "1",
+        },
+        raise_error=False,
+    )
+    assert got.code == 421
+    assert not system.agent.state.paused
+    # The box's own names answer.
+    for host in ("localhost", f"pitlink-{system.pits_id}.local", "127.0.0.1"):
+        got = await system.http.fetch(base + "/status.json", headers={"Host": host})
+        assert json.loads(got.body)["rows"], host
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1:1"},  # another port is another origin
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "{self}", "Sec-Fetch-Site": "cross-site"},
+        {},  # the page's header alone is no longer enough
+    ],
+)
+async def test_actions_need_the_same_origin(system: System, headers: dict[str, str]) -> None:
+    base = f"http://127.0.0.1:{system.agent.status_port}"
+    headers = {k: v.replace("{self}", base) for k, v in headers.items()}
+    got = await system.http.fetch(
+        base + "/api/pause",
+        method="POST",
+        body=b"",
+        headers={"X-Pitlink-Action": "1", **headers},
+        raise_error=False,
+    )
+    assert got.code == 403
+    assert json.loads(got.body) == {"error": "actions come from the status page"}
+    assert not system.agent.state.paused
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "{self}"}, {"Sec-Fetch-Site": "same-origin"}],
+    ids=["origin", "fetch-site"],
+)
+async def test_same_origin_actions_act(system: System, headers: dict[str, str]) -> None:
+    base = f"http://127.0.0.1:{system.agent.status_port}"
+    headers = {k: v.replace("{self}", base) for k, v in headers.items()}
+    got = await system.http.fetch(
+        base + "/api/pause",
+        method="POST",
+        body=b"",
+        headers={"X-Pitlink-Action": "1", **headers},
+    )
+    assert json.loads(got.body) == {
+        "ok": True,
+        "message": "Paused: the box no longer answers the relay.",
+    }
+    assert system.agent.state.paused
+
+
+async def test_the_page_by_the_boxs_mdns_name_works_and_a_rebound_name_does_not(
+    system: System,
+) -> None:
+    """A real Chromium that resolves the box's .local name and evil.example to the box."""
+    port = system.agent.status_port
+    name = f"pitlink-{system.pits_id}.local"
+    rules = f"--host-resolver-rules=MAP {name} 127.0.0.1, MAP evil.example 127.0.0.1"
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, rules], headless=True)
+        try:
+            page = await b.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            evil = await page.goto(f"http://evil.example:{port}/status.json")
+            assert evil is not None and evil.status == 421
+            await page.goto(f"http://{name}:{port}/")
+            await expect(page.locator("#rows li").first).to_be_visible()
+            await page.click("#pause")
+            await expect(page.locator("#message")).to_have_text(
+                "Paused: the box no longer answers the relay."
+            )
+            assert system.agent.state.paused
+            await page.click("#pause")
+            await expect(page.locator("#message")).to_have_text("Resumed.")
+            assert not system.agent.state.paused
+        finally:
+            await b.close()

@@ -1,5 +1,5 @@
-"""The status port's server: the connection cap and the accept guard, pure and then on real
-loopback sockets."""
+"""The status port's server: the connection cap, the accept guard and the Host rules, pure and
+then on real loopback sockets."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from pits_appliance.server import (
     AcceptGuard,
     ConnectionCap,
     StatusServer,
+    host_allowed,
     peer_of,
+    same_origin,
+    short_id,
 )
 from pits_appliance.status import make_status_app
 
@@ -102,6 +105,90 @@ def test_accept_guard_pauses_more_while_it_goes_on_and_logs_once_a_second() -> N
     assert sum(held for _, held in lines) + len(lines) <= 40
     guard.succeeded()
     assert guard.failed(errno.EMFILE, now)[0] == 0.05
+
+
+# -- who may ask, pure ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pits_id", "short"),
+    [
+        ("club-42", "club-42"),
+        ("Club_42 Racing", "club-42"),
+        ("pits-1", "pits-1"),
+        ("abcdefgh-ij", "abcdefgh"),
+        ("a-b-c-d-", "a-b-c-d"),
+        ("ümlaut", "-mlaut"),
+        ("----", ""),
+        ("", ""),
+    ],
+)
+def test_short_id_as_the_image_names_the_box(pits_id: str, short: str) -> None:
+    assert short_id(pits_id) == short
+
+
+@pytest.mark.parametrize(
+    ("host", "local", "allowed"),
+    [
+        ("localhost", None, True),
+        ("LOCALHOST:8081", None, True),
+        ("127.0.0.1:8081", None, True),
+        ("127.0.0.2", None, True),
+        ("[::1]:80", None, True),
+        ("pitlink-club-42.local", None, True),
+        ("PITLINK-CLUB-42.LOCAL.", None, True),
+        ("pitlink-club-42.local:80", None, True),
+        ("boxhost", None, True),
+        ("boxhost.local", None, True),
+        ("192.168.1.50", "192.168.1.50", True),
+        ("192.168.1.50:80", "::ffff:192.168.1.50", True),
+        ("[fe80::1]", "fe80::1%eth0", True),
+        ("192.168.1.51", "192.168.1.50", False),  # another box's address
+        ("10.0.0.1", None, False),
+        ("evil.example", None, False),
+        ("evil.example:8081", "127.0.0.1", False),  # rebinding to loopback: still refused
+        ("pitlink-club-43.local", None, False),
+        ("pitlink-club-42.local.evil.example", None, False),
+        ("localhost.evil.example", None, False),
+        ("", None, False),
+        (None, None, False),
+        ("user@localhost", None, False),
+        ("localhost:80:80", None, False),
+        ("[::1", None, False),
+        ("localhost/x", None, False),
+    ],
+)
+def test_host_names_this_box(host: str | None, local: str | None, allowed: bool) -> None:
+    assert host_allowed(host, local_address=local, pits_id="Club-42", hostname="BoxHost") is allowed
+
+
+def test_without_a_pits_id_only_the_host_name_and_addresses() -> None:
+    assert not host_allowed("pitlink-.local", local_address=None, pits_id="", hostname="pitlink")
+    assert host_allowed("pitlink.local", local_address=None, pits_id="", hostname="pitlink")
+
+
+@pytest.mark.parametrize(
+    ("origin", "site", "host", "ok"),
+    [
+        ("http://127.0.0.1:8081", None, "127.0.0.1:8081", True),
+        ("http://127.0.0.1:8081", "same-origin", "127.0.0.1:8081", True),
+        (None, "same-origin", "127.0.0.1:8081", True),
+        ("http://pitlink-club-42.local", None, "pitlink-club-42.local", True),
+        ("http://pitlink-club-42.local:80", None, "pitlink-club-42.local", True),
+        ("http://evil.example", None, "127.0.0.1:8081", False),
+        ("http://127.0.0.1:8082", None, "127.0.0.1:8081", False),  # another port: another origin
+        ("https://127.0.0.1:8081", None, "127.0.0.1:8081", False),
+        ("null", None, "127.0.0.1:8081", False),
+        ("http://127.0.0.1:8081", "cross-site", "127.0.0.1:8081", False),
+        (None, "same-site", "127.0.0.1:8081", False),
+        (None, "none", "127.0.0.1:8081", False),
+        (None, None, "127.0.0.1:8081", False),  # neither says where it comes from
+        ("http://127.0.0.1:8081", None, None, False),
+        ("http://127.0.0.1:99999", None, "127.0.0.1:99999", False),
+    ],
+)
+def test_same_origin(origin: str | None, site: str | None, host: str | None, ok: bool) -> None:
+    assert same_origin(origin, site, host=host, scheme="http") is ok
 
 
 # -- the server on real sockets -----------------------------------------------------------------
