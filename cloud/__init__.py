@@ -6,6 +6,8 @@ Exception tree::
     └── TokenError        a token refused (bad signature, expired, revoked, wrong role)
 """
 
+from wire.errors import TokenRefusal
+
 __version__ = "0.1.0"
 
 
@@ -14,4 +16,12 @@ class CloudError(Exception):
 
 
 class TokenError(CloudError):
-    """A token was refused; the message says why, never the token itself."""
+    """A token was refused; the message says why, never the token itself.
+
+    `reason` is the word for it in the wire protocol (wire.errors.TokenRefusal), which the
+    relay puts in its 401 body so that the box can say it in plain words.
+    """
+
+    def __init__(self, message: str, reason: TokenRefusal = TokenRefusal.INVALID):
+        super().__init__(message)
+        self.reason = reason

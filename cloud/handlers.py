@@ -20,7 +20,7 @@ from cloud.ratelimit import RateLimited, client_ip
 from cloud.relay import Served
 from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
-from wire.errors import HTTP_STATUS
+from wire.errors import HTTP_STATUS, TokenRefusal
 from wire.errors import retry_after as clamp_retry_after
 from wire.mediatypes import content_type_for_path
 from wire.paths import check_method, normalize_path
@@ -40,6 +40,33 @@ DATA_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "sandbox allow-scripts",
 }
+
+
+access_log = logging.getLogger("tornado.access")
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access line, except that a health check's 503 is an answer, not an error.
+
+    A balancer asks /readyz every few seconds; "not ready" while draining is the point of it.
+    """
+    status = handler.get_status()
+    request = handler.request
+    if status < 400 or request.path in HEALTH_PATHS:
+        level = logging.INFO
+    elif status < 500:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    access_log.log(
+        level,
+        "%d %s %s %.2fms",
+        status,
+        request.method,
+        request.path[:200],
+        1000.0 * request.request_time(),
+    )
 
 
 class BaseHandler(tornado.web.RequestHandler):
@@ -197,26 +224,36 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
         auth = self.request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            self._refuse(401, ErrorCode.UNAUTHORIZED, "a Bearer token is required")
+            self._refuse(
+                401, ErrorCode.UNAUTHORIZED, "a Bearer token is required", TokenRefusal.MALFORMED
+            )
             return
         try:
             self.claims = self.relay.verify_token(token.strip(), role="pits")
             self.kid = jwt.get_unverified_header(token.strip()).get("kid")
         except TokenError as exc:
             self.relay.metrics.auth_failures.inc()
-            log.warning("control connection refused", extra={"reason": str(exc)})
-            self._refuse(401, ErrorCode.UNAUTHORIZED, str(exc))
+            log.warning(
+                "control connection refused", extra={"reason": str(exc.reason), "detail": str(exc)}
+            )
+            self._refuse(401, ErrorCode.UNAUTHORIZED, str(exc), reason=exc.reason)
             return
         version = self.get_query_argument("version", "")
         self.version_ok = version.isdigit() and int(version) in SUPPORTED_VERSIONS
         await super().get(*args, **kwargs)
 
-    def _refuse(self, status: int, code: ErrorCode, message: str) -> None:
+    def _refuse(
+        self, status: int, code: ErrorCode, message: str, reason: str | None = None
+    ) -> None:
+        """Refuse before the upgrade; a refused token says why (`reason`, for the box)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="pitlink"')
-        self.finish(ujson.dumps({"error": {"code": str(code), "message": message}}))
+        error = {"code": str(code), "message": message}
+        if reason is not None:
+            error["reason"] = reason
+        self.finish(ujson.dumps({"error": error}))
 
     def check_origin(self, origin: str) -> bool:
         return True  # pits agents are not browsers; the token is the credential

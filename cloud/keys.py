@@ -23,6 +23,8 @@ from typing import Any
 import jwt
 
 from cloud import TokenError
+from wire.errors import TokenRefusal as R
+from wire.settings import SettingsError
 
 ROLES = ("pits", "admin")
 _ALGORITHMS = {"oct": "HS256"}
@@ -86,9 +88,19 @@ class KeySet:
 
     @classmethod
     def load(cls, path: Path) -> KeySet:
-        """Read a JWKS file."""
-        with open(path, encoding="utf-8") as f:
-            return cls(json.load(f))
+        """Read a JWKS file; SettingsError says in one line what is wrong with it."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls(json.load(f))
+        except FileNotFoundError:
+            raise SettingsError(
+                f"the key set {path} does not exist: create it with "
+                f"`cloud-relay keygen --jwks {path}`"
+            ) from None
+        except OSError as exc:
+            raise SettingsError(f"cannot read the key set {path}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+            raise SettingsError(f"the key set {path} is not a valid JWKS file: {exc}") from None
 
     def sign(self, claims: dict[str, Any]) -> str:
         """Sign claims with the newest key."""
@@ -137,13 +149,13 @@ class KeySet:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise TokenError("token is malformed") from None
+            raise TokenError("token is malformed", R.MALFORMED) from None
         kid = header.get("kid")
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
-            raise TokenError("token signed by an unknown key")
+            raise TokenError("token signed by an unknown key", R.UNKNOWN_KEY)
         if header.get("alg") != key.algorithm_name:
-            raise TokenError("token algorithm does not match its key")
+            raise TokenError("token algorithm does not match its key", R.MALFORMED)
         options: dict[str, Any] = {"require": ["sub", "exp", "iat", "jti"]}
         if now is not None:
             # PyJWT reads the clock itself; for an injected time check expiry here instead.
@@ -157,27 +169,27 @@ class KeySet:
                 leeway=LEEWAY_S,
             )
         except jwt.ExpiredSignatureError:
-            raise TokenError("token expired") from None
+            raise TokenError("token expired", R.EXPIRED) from None
         except jwt.ImmatureSignatureError:
-            raise TokenError("token not yet valid") from None
+            raise TokenError("token not yet valid", R.NOT_YET_VALID) from None
         except jwt.PyJWTError as exc:
             raise TokenError(f"token refused: {type(exc).__name__}") from None
         if now is not None:
             for name in ("exp", "iat", "nbf"):
                 value = claims.get(name, 0)
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise TokenError(f"token claim {name} is not a number")
+                    raise TokenError(f"token claim {name} is not a number", R.MALFORMED)
             if claims["exp"] + LEEWAY_S < now:
-                raise TokenError("token expired")
+                raise TokenError("token expired", R.EXPIRED)
             if claims.get("nbf", claims["iat"]) - LEEWAY_S > now:
-                raise TokenError("token not yet valid")
+                raise TokenError("token not yet valid", R.NOT_YET_VALID)
         refused = revoked.refuses(claims)
         if refused is not None:
-            raise TokenError(refused)
+            raise TokenError(refused, R.REVOKED)
         if role is not None and claims.get("role") != role:
-            raise TokenError(f"token is not a {role} token")
+            raise TokenError(f"token is not a {role} token", R.WRONG_ROLE)
         if not isinstance(claims["sub"], str) or not claims["sub"]:
-            raise TokenError("token has no subject")
+            raise TokenError("token has no subject", R.MALFORMED)
         return claims
 
 

@@ -41,6 +41,18 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4003
 
 
+class TokenRefusal(enum.StrEnum):
+    """Why the relay refused a token: the `reason` of its 401 body, so the box can say it."""
+
+    MALFORMED = "malformed"
+    UNKNOWN_KEY = "unknown_key"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    REVOKED = "revoked"
+    WRONG_ROLE = "wrong_role"
+    INVALID = "invalid"
+
+
 # The HTTP status the public API answers with when an error leaves nothing to serve.
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,

@@ -11,6 +11,7 @@ import tornado.httpclient
 import tornado.websocket
 from support import System, make_keys
 
+from cloud.keystore import revoke
 from wire import PROTOCOL_VERSION, CloseCode
 from wire import messages as m
 
@@ -52,42 +53,61 @@ def claims(sub: str = "pits-1", role: str = "pits", **extra) -> dict:
     return base
 
 
-async def assert_refused(s: System, token: str | None) -> None:
+async def assert_refused(s: System, token: str | None, reason: str) -> None:
+    """Refused before the upgrade, with the reason in the body for the box to say."""
     with pytest.raises(tornado.httpclient.HTTPClientError) as caught:
         await open_control(s.url, token)
     assert caught.value.code == 401
     body = json.loads(caught.value.response.body)
     assert body["error"]["code"] == "UNAUTHORIZED"
+    assert body["error"]["reason"] == reason
     assert s.relay.registry.all == set()
 
 
 async def test_missing_token_is_401(relay_only: System) -> None:
-    await assert_refused(relay_only, None)
+    await assert_refused(relay_only, None, "malformed")
 
 
 async def test_garbage_token_is_401(relay_only: System) -> None:
-    await assert_refused(relay_only, "not-a-token")
+    await assert_refused(relay_only, "not-a-token", "malformed")
 
 
 async def test_expired_token_is_401(relay_only: System) -> None:
     token = relay_only.keys.issue(sub="pits-1", role="pits", ttl=-3600)
-    await assert_refused(relay_only, token)
+    await assert_refused(relay_only, token, "expired")
 
 
 async def test_token_from_another_key_set_is_401(relay_only: System, tmp_path) -> None:
     other_dir = tmp_path / "other"
     other_dir.mkdir()
     _, other = make_keys(other_dir, kid="k1")  # same kid, different secret
-    await assert_refused(relay_only, other.issue(sub="pits-1", role="pits", ttl=600))
+    await assert_refused(relay_only, other.issue(sub="pits-1", role="pits", ttl=600), "invalid")
+
+
+async def test_token_signed_by_an_unknown_key_is_401(relay_only: System, tmp_path) -> None:
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    _, other = make_keys(other_dir, kid="gone")
+    token = other.issue(sub="pits-1", role="pits", ttl=600)
+    await assert_refused(relay_only, token, "unknown_key")
 
 
 async def test_admin_token_cannot_open_a_pits_connection(relay_only: System) -> None:
-    await assert_refused(relay_only, relay_only.keys.issue(sub="ops", role="admin", ttl=600))
+    token = relay_only.keys.issue(sub="ops", role="admin", ttl=600)
+    await assert_refused(relay_only, token, "wrong_role")
+
+
+async def test_revoked_token_says_so(relay_only: System) -> None:
+    token = relay_only.keys.issue(sub="pits-1", role="pits", ttl=600)
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    revoke(relay_only.jwks.with_name("jwks.json.revoked"), jti)
+    relay_only.relay.keystore.maybe_reload(force=True)
+    await assert_refused(relay_only, token, "revoked")
 
 
 async def test_unsigned_token_is_401(relay_only: System) -> None:
     token = jwt.encode(claims(), None, algorithm="none", headers={"kid": "k1"})
-    await assert_refused(relay_only, token)
+    await assert_refused(relay_only, token, "malformed")
 
 
 async def test_role_query_is_required(relay_only: System) -> None:
