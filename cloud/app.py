@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 import socket
@@ -31,6 +32,7 @@ from cloud.handlers import (
     IndexHandler,
     MetricsHandler,
     ReadyHandler,
+    log_request,
 )
 from cloud.keys import family_of
 from cloud.keystore import KeyStore
@@ -39,6 +41,7 @@ from cloud.ratelimit import RateLimiter, parse_networks
 from cloud.relay import Freshness, Relay
 from wire import CloseCode, ErrorCode
 from wire.errors import PathError
+from wire.settings import SettingsError
 
 log = logging.getLogger("pitlink.cloud")
 
@@ -135,6 +138,7 @@ class CloudRelay:
             websocket_max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
             default_handler_class=_NotFound,
             default_handler_args=args,
+            log_function=log_request,
         )
         if self.config.admin_host is not None and self.config.admin_port is None:
             self._admin_on_host(app)
@@ -145,12 +149,18 @@ class CloudRelay:
         args: dict[str, Any] = {"relay": self}
         if self.config.admin_host is not None:
             app = tornado.web.Application(
-                [], default_handler_class=_NotFound, default_handler_args=args
+                [],
+                default_handler_class=_NotFound,
+                default_handler_args=args,
+                log_function=log_request,
             )
             self._admin_on_host(app)
             return app
         return tornado.web.Application(
-            self._admin_rules(), default_handler_class=_NotFound, default_handler_args=args
+            self._admin_rules(),
+            default_handler_class=_NotFound,
+            default_handler_args=args,
+            log_function=log_request,
         )
 
     def _admin_rules(self) -> list[Any]:
@@ -302,7 +312,7 @@ class CloudRelay:
     async def start(self, sockets: list[socket.socket] | None = None) -> int:
         """Listen (on the configured address, or the given sockets) and start pinging."""
         if sockets is None:
-            sockets = tornado.netutil.bind_sockets(self.config.port, self.config.host)
+            sockets = _bind(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
         self.server = self._http_server(self.app)
@@ -310,7 +320,7 @@ class CloudRelay:
         self.port = sockets[0].getsockname()[1]
         if self.config.admin_port is not None:
             address = self.config.admin_address or self.config.host
-            admin_sockets = tornado.netutil.bind_sockets(self.config.admin_port, address)
+            admin_sockets = _bind(self.config.admin_port, address)
             self.admin_server = self._http_server(self.make_admin_app())
             self.admin_server.add_sockets(admin_sockets)
             self.admin_port = admin_sockets[0].getsockname()[1]
@@ -373,6 +383,19 @@ class CloudRelay:
         for server in servers:
             await server.close_all_connections()
         await asyncio.sleep(0)
+
+
+def _bind(port: int, host: str) -> list[socket.socket]:
+    """Listen, or say in one line why not (the port is taken, the address is not ours)."""
+    try:
+        return tornado.netutil.bind_sockets(port, host)
+    except OSError as exc:
+        why = {
+            errno.EADDRINUSE: "the port is taken (another relay, or another program?)",
+            errno.EADDRNOTAVAIL: "that address is not one of this machine's",
+            errno.EACCES: "ports below 1024 need privileges: use a higher one behind a proxy",
+        }.get(exc.errno or 0, exc.strerror)
+        raise SettingsError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 class _NotFound(DataHandler):

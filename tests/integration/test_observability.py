@@ -88,3 +88,17 @@ async def test_one_request_id_through_relay_and_agent_logs(system: System, caplo
     )
     loggers = {r.name for r in caplog.records if getattr(r, "request_id", None) == request_id}
     assert {"pitlink.cloud.audit", "pitlink.pits.fetch"} <= loggers
+
+
+async def test_a_health_checks_503_is_not_logged_as_an_error(system: System, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="tornado.access")
+    system.relay.draining = True
+    try:
+        assert (await system.get("/readyz")).code == 503
+    finally:
+        system.relay.draining = False
+    lines = [
+        r for r in caplog.records if r.name == "tornado.access" and "/readyz" in r.getMessage()
+    ]
+    assert [r.levelname for r in lines] == ["INFO"]
+    assert lines[0].getMessage().startswith("503 GET /readyz")
