@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -24,7 +23,7 @@ from cloud.config import CloudConfig, config_from_args
 from cloud.keys import ROLES, KeySet, family_of, keygen
 from cloud.keystore import revoke, revoke_subject, revoked_path_for
 from wire import jsonlog
-from wire.settings import SettingsError
+from wire.settings import Parser, SettingsError
 
 log = logging.getLogger("pitlink.cloud")
 
@@ -105,7 +104,7 @@ async def _serve_one(config: CloudConfig, sockets: list[socket.socket] | None = 
 
 
 def _keygen(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cloud-relay keygen",
         description="Create the key set, or put a new signing key first (older keys still verify).",
     )
@@ -118,7 +117,11 @@ def _keygen(argv: Sequence[str]) -> int:
 
 
 def _token(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="cloud-relay token", description="Print a signed token.")
+    p = Parser(
+        prog="cloud-relay token",
+        description="Print a signed token: for a box (--role pits, --sub its pits id) or for "
+        "an operator of the admin page (--role admin).",
+    )
     p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
     p.add_argument("--sub", required=True, help="the pits id, or the admin's name")
     p.add_argument("--role", choices=ROLES, default="pits")
@@ -129,7 +132,7 @@ def _token(argv: Sequence[str]) -> int:
 
 
 def _revoke(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="cloud-relay revoke",
         description="Refuse a token from now on; a running relay picks the change up by itself.",
     )
@@ -165,18 +168,37 @@ def _revoke(argv: Sequence[str]) -> int:
 
 COMMANDS = {"serve": _serve, "keygen": _keygen, "token": _token, "revoke": _revoke}
 
+HELP = """usage: cloud-relay COMMAND [flags]
+
+The Pitlink cloud relay: pits boxes dial in over one WebSocket, spectators and dashboards read
+each box's FPVTrackside data from it.
+
+commands:
+  serve    run the relay: cloud-relay serve --jwks FILE [--host ADDR] [--port N] ...
+  keygen   create the key set that signs tokens, or put a new signing key first (rotation)
+  token    print a signed token for a box (--role pits) or for an operator (--role admin)
+  revoke   refuse a token and its renewals (--token, --jti), or every token of a box (--sub)
+
+Each command takes --help. Every flag of serve can also be set as PITLINK_<FLAG> in the
+environment (--fetch-timeout is PITLINK_FETCH_TIMEOUT).
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        if args and args[0] == "--version":
-            print(__version__)
-            return
+    if args and args[0] == "--version":
+        print(__version__)
+        return
+    if not args or args[0] in ("-h", "--help"):
+        print(HELP, end="", file=sys.stdout if args else sys.stderr)
+        sys.exit(0 if args else 2)
+    if args[0] not in COMMANDS:
         print(
-            "usage: cloud-relay {serve,keygen,token,revoke} [flags]  (each takes --help)",
-            file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout,
+            f"cloud-relay: no command {args[0][:40]!r}: use serve, keygen, token or revoke "
+            "(cloud-relay --help)",
+            file=sys.stderr,
         )
-        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+        sys.exit(2)
     command, rest = COMMANDS[args[0]], args[1:]
     try:
         code = command(rest)

@@ -9,34 +9,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloud.ratelimit import parse_networks
-from wire.paths import DEFAULT_ALLOWLIST
-from wire.settings import positive_int, resolve
+from wire.paths import DEFAULT_ALLOWLIST, Allowlist
+from wire.settings import Parser, SettingsError, log_level, positive_int, resolve
 
 MIB = 1024 * 1024
 
 
 def _ttl_rule(text: str) -> tuple[str, float]:
     pattern, sep, seconds = text.rpartition("=")
-    if not sep or not pattern.startswith("/"):
-        raise ValueError("expected PATTERN=SECONDS, e.g. /events/*/Results.json=5")
-    value = float(seconds)
+    try:
+        if not sep or not pattern.startswith("/"):
+            raise ValueError
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not PATTERN=SECONDS, e.g. /events/*/Results.json=5"
+        ) from None
     if value < 0:
-        raise ValueError("seconds must not be negative")
+        raise argparse.ArgumentTypeError(f"{text!r}: the seconds must not be negative")
+    Allowlist([pattern])  # a bad pattern fails now, in its own words
     return pattern, value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
-        raise ValueError("must not be negative")
+        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative")
     return value
 
 
 def _rate(text: str) -> float | None:
     """A non-negative number where 0 means off (None)."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if value < 0:
-        raise ValueError("must not be negative")
+        raise argparse.ArgumentTypeError(f"{text!r}: must not be negative (0 turns it off)")
     return value or None
 
 
@@ -283,6 +295,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a(
         "--log-level",
+        type=log_level,
         default=d.log_level,
         help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
     )
@@ -291,16 +304,25 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) -> CloudConfig:
     """Parse `serve` flags (with PITLINK_* environment defaults) into a CloudConfig."""
-    parser = build_parser(argparse.ArgumentParser(prog="cloud-relay serve"))
+    parser = build_parser(
+        Parser(
+            prog="cloud-relay serve", description="Run the relay: boxes dial in, spectators read."
+        )
+    )
     ns = resolve(parser, argv, os.environ if env is None else env)
     if ns.jwks is None:
-        parser.error("--jwks (or PITLINK_JWKS) is required")
+        raise SettingsError(
+            "--jwks (or PITLINK_JWKS) is required: the key set that verifies tokens; "
+            "make one with `cloud-relay keygen --jwks FILE`"
+        )
     if ns.workers > 1 and not ns.redis_url:
-        parser.error("--workers above 1 needs --redis-url: the workers reach each other through it")
+        raise SettingsError(
+            "--workers above 1 needs --redis-url: the workers reach each other through it"
+        )
     if ns.workers > 1 and ns.port == 0:
-        parser.error("--workers above 1 needs a fixed --port (each worker binds it)")
+        raise SettingsError("--workers above 1 needs a fixed --port (each worker binds it)")
     if ns.admin_port is not None and ns.workers > 1:
-        parser.error("--admin-port serves one process: use --admin-host with --workers")
+        raise SettingsError("--admin-port serves one process: use --admin-host with --workers")
     return CloudConfig(
         host=ns.host,
         port=ns.port,
@@ -338,5 +360,5 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
         admin_address=ns.admin_address or None,
         idle_timeout=ns.idle_timeout,
         max_header_bytes=ns.max_header_bytes,
-        log_level=ns.log_level.upper(),
+        log_level=ns.log_level,
     )

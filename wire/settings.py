@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 ENV_PREFIX = "PITLINK_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -17,6 +18,26 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 class SettingsError(ValueError):
     """A configuration value or file that cannot be used; the message is one plain line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one plain line (SettingsError), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise SettingsError(f"{message} (see {self.prog} --help)")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def log_level(text: str) -> str:
+    """An argparse type: a log level, in any case."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level: use {', '.join(LOG_LEVELS)}"
+        )
+    return level
 
 
 def key_of(action: argparse.Action) -> str | None:
@@ -29,9 +50,12 @@ def key_of(action: argparse.Action) -> str | None:
 
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise ValueError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
     return value
 
 
@@ -118,5 +142,5 @@ def _convert(action: argparse.Action, origin: str, raw: str) -> object:
         return raw
     try:
         return action.type(raw)  # type: ignore[operator]
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         raise SettingsError(f"{origin}={raw!r} is not valid: {exc}") from None

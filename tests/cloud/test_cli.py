@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import jwt
 import pytest
 
 from cloud.cli import main
-from cloud.keys import KeySet
+from cloud.keys import KeySet, keygen
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,23 +124,72 @@ def test_keygen_with_a_taken_kid_exits_2(
     assert KeySet.load(jwks).kids == ["k1"]
 
 
-def test_serve_without_jwks_exits_2_with_a_clear_line() -> None:
+def test_serve_without_jwks_exits_2_with_one_clear_line() -> None:
     got = run("serve", "--port", "0")
     assert got.returncode == 2
     assert "Traceback" not in got.stderr
-    last = got.stderr.strip().splitlines()[-1]
-    assert "--jwks" in last and "required" in last
+    [line] = got.stderr.strip().splitlines()
+    assert "--jwks" in line and "required" in line and "cloud-relay keygen" in line
     assert got.stdout == ""
 
 
-@pytest.mark.parametrize("args", [[], ["frobnicate"]])
-def test_unknown_or_missing_command_exits_2(args: list[str], capsys) -> None:
-    code, out, err = run_main(args, capsys)
+def test_serve_with_a_missing_key_set_says_how_to_make_one(tmp_path: Path) -> None:
+    missing = tmp_path / "jwks.json"
+    got = run("serve", "--port", "0", "--jwks", str(missing))
+    assert got.returncode == 2
+    [line] = got.stderr.strip().splitlines()
+    assert line == (
+        f"cloud-relay: the key set {missing} does not exist: "
+        f"create it with `cloud-relay keygen --jwks {missing}`"
+    )
+
+
+def test_serve_with_a_damaged_key_set_names_it(tmp_path: Path) -> None:
+    damaged = tmp_path / "jwks.json"
+    damaged.write_text("{not json")
+    got = run("serve", "--port", "0", "--jwks", str(damaged))
+    assert got.returncode == 2
+    [line] = got.stderr.strip().splitlines()
+    assert line.startswith(f"cloud-relay: the key set {damaged} is not a valid JWKS file")
+
+
+def test_serve_on_a_taken_port_says_so(tmp_path: Path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "k")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        got = run("serve", "--port", str(port), "--jwks", str(jwks))
+    assert got.returncode == 2
+    last = got.stderr.strip().splitlines()[-1]
+    assert last == f"cloud-relay: cannot listen on 127.0.0.1:{port}: " + (
+        "the port is taken (another relay, or another program?)"
+    )
+
+
+def test_a_bad_flag_value_is_one_line() -> None:
+    got = run("serve", "--jwks", "x", "--ttl", "soon")
+    assert got.returncode == 2
+    [line] = got.stderr.strip().splitlines()
+    assert "--ttl" in line and "PATTERN=SECONDS" in line
+
+
+def test_missing_command_prints_the_help_and_exits_2(capsys) -> None:
+    code, _, err = run_main([], capsys)
     assert code == 2
-    assert "usage: cloud-relay" in out + err
+    assert "usage: cloud-relay COMMAND" in err
 
 
-def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_command_exits_2_naming_the_commands(capsys) -> None:
+    code, _, err = run_main(["frobnicate"], capsys)
+    assert code == 2
+    assert "'frobnicate'" in err and "serve, keygen, token or revoke" in err
+
+
+def test_help_describes_each_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_main(["--help"], capsys)
     assert code == 0
-    assert "keygen" in out and "token" in out and "serve" in out
+    for command in ("serve", "keygen", "token", "revoke"):
+        assert f"\n  {command} " in out
+    assert "PITLINK_" in out
