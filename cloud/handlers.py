@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pitlink.cloud.http")
 
+# How FPVTrackside's page names the open event (fixtures/README: `new EventManager("events/<id>")`).
+EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]{1,64})"')
 EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
 RETRY_AFTER = {ErrorCode.BUSY: 1, ErrorCode.UNAVAILABLE: 5}
 # Pits content is served under the relay's name: it may never be sniffed into something else,
@@ -325,18 +328,59 @@ class MetricsHandler(BaseHandler):
 
 
 class IndexHandler(BaseHandler):
-    """A plain page listing the connected pits and their spectator URLs."""
+    """What a visitor finds at `/`: the connected pits, their pages and data, and how to use them."""
 
     def get(self) -> None:
+        active = self.relay.active_pits_id()
         rows = "".join(
-            f'<li><a href="/pits/{url_escape(c.pits_id)}/">{xhtml_escape(c.pits_id)}</a> '
-            f"(connected {int(time.time() - c.connected_since_wall)} s)</li>"
-            for c in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
+            self._row(conn.pits_id, conn.connected_since_wall, conn.pits_id == active)
+            for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
         )
+        base = xhtml_escape(f"{self.request.protocol}://{self.request.host}")
         self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
         self.finish(
-            "<!doctype html><meta charset=utf-8>"
+            "<!doctype html><html lang=en><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            "<title>Pitlink relay</title><h1>Pitlink relay</h1>"
-            f"<p>Connected pits:</p><ul>{rows or '<li>none yet</li>'}</ul>"
+            "<title>Pitlink relay</title>"
+            "<style>body{font:16px/1.45 system-ui,sans-serif;max-width:46em;margin:1em auto;"
+            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0}</style>"
+            "<h1>Pitlink relay</h1>"
+            "<p>Live FPV race data from the pits, as FPVTrackside serves it at the race.</p>"
+            "<h2>Connected pits</h2>"
+            f"<ul id=pits>{rows or '<li>None yet: a box appears here once it connects.</li>'}</ul>"
+            "<h2>Dashboards and overlays</h2>"
+            "<p>Give a dashboard or a stream overlay the address "
+            f"<code>{base}/pits/&lt;pits id&gt;/</code> where it would take FPVTrackside's "
+            "address: every path FPVTrackside serves is there, "
+            "<code>events/&lt;event id&gt;/Race.json</code> and the rest, refreshed about "
+            "every second.</p>"
         )
+
+    def _row(self, pits_id: str, since: float, active: bool) -> str:
+        quoted = url_escape(pits_id, plus=False)
+        name = xhtml_escape(pits_id)
+        links = [f'<a href="/pits/{quoted}/">race page</a>']
+        event = self._event_of(pits_id)
+        if event is not None:
+            links += [
+                f'<a href="/pits/{quoted}/events/{event}/{file}">{file}</a>'
+                for file in ("Event.json", "Pilots.json", "Rounds.json", "Results.json")
+            ]
+        links.append(f'<a href="/pits/{quoted}/httpfiles/Channels.json">Channels.json</a>')
+        note = (
+            " (active: also at <code>/events/…</code>, <code>/httpfiles/…</code>)" if active else ""
+        )
+        minutes = max(0, int(time.time() - since) // 60)
+        return (
+            f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min: "
+            + " · ".join(links)
+            + "</li>"
+        )
+
+    def _event_of(self, pits_id: str) -> str | None:
+        """The event the pits has open, read from its page if the relay holds a copy."""
+        entry = self.relay.cache.get((pits_id, "GET", "/"))
+        match = EVENT_RE.search(entry.body) if entry is not None else None
+        return match.group(1).decode("ascii") if match else None
