@@ -19,6 +19,7 @@ from wire.paths import Allowlist, check_method, normalize_path
 
 log = logging.getLogger("pitlink.pits.fetch")
 
+
 class Executor:
     """Turns a Fetch into a Response, or raises ProtocolError."""
 

@@ -363,7 +363,10 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
 
             # Pausing from the status page arms the self-test hook: it kills the agent.
             paused = await fetch(
-                "/api/pause", method="POST", body=b"", headers={"X-Pitlink-Action": "1"}
+                "/api/pause",
+                method="POST",
+                body=b"",
+                headers={"X-Pitlink-Action": "1", "Origin": status},
             )
             assert paused is not None and paused.code == 200, paused and paused.body
             await wait_for(
