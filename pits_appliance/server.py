@@ -196,14 +196,20 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+LAN_SUFFIXES = frozenset(
+    {"local", "lan", "home", "home.arpa", "localdomain", "internal", "fritz.box", "box"}
+)
+
+
 def host_allowed(
     host: str | None, *, local_address: str | None, pits_id: str, hostname: str
 ) -> bool:
     """Whether a request's Host names this box, so that it cannot come from DNS rebinding.
 
-    The box's own names are `localhost`, `pitlink-<short id>.local`, its host name and
-    `<host name>.local`; its addresses are the loopback ones and the local address the
-    request arrived on (the server socket's own address for that connection).
+    The box's own names are `localhost`, `pitlink-<short id>` and its host name, bare or with a
+    home network's suffix (`.local`, `.lan`, `.home`, ...); its addresses are the loopback ones
+    and the local address the request arrived on (the server socket's own address for that
+    connection).
     """
     if host is None:
         return False
@@ -216,14 +222,17 @@ def host_allowed(
             return True
         local = _address(local_address) if local_address else None
         return local is not None and ip == local
-    names = {"localhost"}
+    bases = {hostname.strip().lower().rstrip(".")}
     short = short_id(pits_id)
     if short:
-        names.add(f"pitlink-{short}.local")
-    hostname = hostname.strip().lower().rstrip(".")
-    if hostname:
-        names.update({hostname, f"{hostname}.local"})
-    return name in names
+        bases.add(f"pitlink-{short}")
+    bases.discard("")
+    if name == "localhost" or name in bases:
+        return True
+    # A router that registers its DHCP clients in its own DNS serves the box under one of the
+    # usual home-network suffixes: those are the box's names too, a stranger's domain is not.
+    base, _, suffix = name.partition(".")
+    return base in bases and suffix in LAN_SUFFIXES
 
 
 def same_origin(

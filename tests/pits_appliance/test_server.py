@@ -140,6 +140,12 @@ def test_short_id_as_the_image_names_the_box(pits_id: str, short: str) -> None:
         ("pitlink-club-42.local:80", None, True),
         ("boxhost", None, True),
         ("boxhost.local", None, True),
+        ("pitlink-club-42", None, True),  # bare, as some routers' DNS serves it
+        ("pitlink-club-42.lan", None, True),
+        ("boxhost.fritz.box", None, True),
+        ("boxhost.home.arpa", None, True),
+        ("pitlink-club-42.evil.example", None, False),
+        ("boxhost.lan.evil.example", None, False),
         ("192.168.1.50", "192.168.1.50", True),
         ("192.168.1.50:80", "::ffff:192.168.1.50", True),
         ("[fe80::1]", "fe80::1%eth0", True),
