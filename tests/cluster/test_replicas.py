@@ -17,6 +17,7 @@ from support import System, wait_for
 from cloud.app import CloudRelay
 from wire import CloseCode
 from wire import messages as m
+from wire.backoff import Backoff
 
 
 @dataclass
@@ -127,6 +128,9 @@ async def test_shared_cache_warms_a_new_replica(pair: Pair, redis_server) -> Non
 
 
 async def test_newer_connection_on_another_replica_takes_over(pair: Pair) -> None:
+    # The replaced agent dials again; let it wait, so that it cannot take the pits back to A
+    # before the holder is read.
+    pair.s.agent.link.backoff = Backoff(base=60.0, cap=60.0, rand=lambda: 1.0)
     old = pair.a.registry.get(pair.s.pits_id)
     token = pair.s.token_file.read_text().strip()
     request = tornado.httpclient.HTTPRequest(
