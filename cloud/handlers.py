@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
 from wire.errors import HTTP_STATUS, TokenRefusal
 from wire.errors import retry_after as clamp_retry_after
+from wire.event import event_id_from_page
 from wire.mediatypes import content_type_for_path
 from wire.paths import check_method, normalize_path
 
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pitlink.cloud.http")
 
-# How FPVTrackside's page names the open event (fixtures/README: `new EventManager("events/<id>")`).
-EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]{1,64})"')
 EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
 RETRY_AFTER = {ErrorCode.BUSY: 1, ErrorCode.UNAVAILABLE: 5}
 # Pits content is served under the relay's name: it may never be sniffed into something else,
@@ -382,5 +380,4 @@ class IndexHandler(BaseHandler):
     def _event_of(self, pits_id: str) -> str | None:
         """The event the pits has open, read from its page if the relay holds a copy."""
         entry = self.relay.cache.get((pits_id, "GET", "/"))
-        match = EVENT_RE.search(entry.body) if entry is not None else None
-        return match.group(1).decode("ascii") if match else None
+        return event_id_from_page(entry.body) if entry is not None else None

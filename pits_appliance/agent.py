@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import re
 import time
 from collections.abc import Mapping
 
@@ -14,6 +13,7 @@ import tornado.netutil
 
 from pits_appliance import __version__
 from pits_appliance.config import AgentConfig
+from pits_appliance.dialing import DialFailure, FailureLog
 from pits_appliance.executor import Executor
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
@@ -22,17 +22,16 @@ from pits_appliance.sdnotify import Notifier
 from pits_appliance.server import StatusServer
 from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
-from pits_appliance.tokens import TokenStore, expiry, pits_id_from_token, token_claims
+from pits_appliance.tokens import TokenStore, pits_id_from_token, token_claims, validity
 from pits_appliance.watchdog import Watchdog
-from wire import ProtocolError
+from wire import ErrorCode, ProtocolError
+from wire.event import event_id_from_page, event_name
 from wire.paths import Allowlist
 
 log = logging.getLogger("pitlink.pits.agent")
 
 # How often the agent collects reference cycles itself (see Agent._collect_loop).
 COLLECT_INTERVAL = 10.0
-
-EVENT_RE = re.compile(rb'new EventManager\("events/([a-z0-9-]+)"')
 
 
 class Agent:
@@ -66,6 +65,7 @@ class Agent:
         self._server: StatusServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.collect_interval = COLLECT_INTERVAL
+        self._origin_failures = FailureLog()
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class Agent:
         token = self.tokens.current()
         token_claims(token)  # a plain error on the page when the file holds no token
         self.state.pits_id = self.config.pits_id or pits_id_from_token(token)
-        self.state.token_expires = expiry(token)
+        self.state.token_issued, self.state.token_expires = validity(token)
         sockets = tornado.netutil.bind_sockets(self.config.status_port, self.config.status_host)
         self._server = StatusServer(make_status_app(self))
         self._server.add_sockets(sockets)
@@ -126,17 +126,54 @@ class Agent:
             await asyncio.sleep(self.config.origin_check_interval)
 
     async def check_origin(self) -> None:
+        """Ask FPVTrackside for its page: does it answer, and which event has it open?
+
+        A failure goes in the log (WARNING, with the address and the error) when it starts or
+        changes and every five minutes while it lasts; its return, at INFO.
+        """
+        url = self.config.fpvtrackside
         try:
             reply = await self.origin.get("/", self.config.fetch_timeout)
+            if reply.status != 200:
+                raise ProtocolError(
+                    ErrorCode.ORIGIN_UNREACHABLE,
+                    f"FPVTrackside at {url} answered HTTP {reply.status}",
+                )
         except ProtocolError as exc:
             self.state.set("origin_reachable", False)
             self.state.origin_error = exc.message
+            held = self._origin_failures.should_log(
+                DialFailure("network", exc.message), time.monotonic()
+            )
+            if held is not None:
+                log.warning(
+                    "FPVTrackside is not answering",
+                    extra={"url": url, "error": exc.message, "failed_since_last_line": held},
+                )
         else:
-            self.state.set("origin_reachable", reply.status == 200)
-            match = EVENT_RE.search(reply.body)
-            self.state.set("origin_event", match.group(1).decode() if match else None)
-            self.state.origin_error = None if reply.status == 200 else f"HTTP {reply.status}"
+            if self.state.origin_reachable is False:
+                log.info("FPVTrackside answers again", extra={"url": url})
+            self._origin_failures.reset()
+            self.state.set("origin_reachable", True)
+            self.state.origin_error = None
+            event = event_id_from_page(reply.body)
+            if event != self.state.origin_event or (event and not self.state.origin_event_name):
+                self.state.origin_event_name = await self._event_name(event)
+                log.info(
+                    "FPVTrackside event",
+                    extra={"event": event, "event_name": self.state.origin_event_name},
+                )
+            self.state.set("origin_event", event)
         self.state.origin_checked = time.time()
+
+    async def _event_name(self, event: str | None) -> str | None:
+        if event is None:
+            return None
+        try:
+            reply = await self.origin.get(f"/events/{event}/Event.json", self.config.fetch_timeout)
+        except ProtocolError:
+            return None
+        return event_name(reply.body) if reply.status == 200 else None
 
     def healthy(self) -> bool:
         """The loop runs (we are here) and none of the agent's tasks has died."""

@@ -61,15 +61,25 @@ async def _wait_for_signal(timeout: float | None) -> None:
         pass
 
 
+def under_systemd(env: Mapping[str, str]) -> bool:
+    """Whether systemd runs us as a service (it sets INVOCATION_ID for each service run)."""
+    return bool(env.get("INVOCATION_ID") or env.get("NOTIFY_SOCKET"))
+
+
 async def _show_settings_error(message: str, argv: Sequence[str]) -> int:
-    """Serve the status page with the error for a while, then exit so systemd tries again."""
+    """Under systemd, serve the status page with the error for a while, then exit so that
+    systemd starts us again; at a terminal, exit at once (the one line said it all)."""
     host, port, hold = _lenient(argv, os.environ)
-    if hold <= 0:
+    if hold <= 0 or not under_systemd(os.environ):
         return 2
     try:
         sockets = tornado.netutil.bind_sockets(port, host)
     except OSError:
         return 2
+    shown = "the box's address" if host in ("0.0.0.0", "::", "") else host
+    print(
+        f"pits-agent: shown on http://{shown}:{port}/ for {hold:g} s", file=sys.stderr, flush=True
+    )
     from pits_appliance.server import StatusServer
     from pits_appliance.status import make_status_app
 

@@ -67,13 +67,23 @@ class AgentConfig:
 
 
 def control_url(cloud_url: str) -> str:
-    """`https://relay.example` or `wss://relay.example` -> `wss://relay.example/control?...`."""
+    """`https://relay.example` or `wss://relay.example` -> `wss://relay.example/control?...`.
+
+    The endpoint itself (`wss://relay.example/control`) is accepted too: the `/control` is
+    not doubled. A query or fragment is refused, naming the URL, rather than dropped.
+    """
     parts = urlsplit(cloud_url)
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
         raise ConfigError(f"cloud URL {cloud_url!r} must look like https://relay.example.com")
-    path = parts.path.rstrip("/") + "/control"
-    return urlunsplit((scheme, parts.netloc, path, "role=pits&version=1", ""))
+    if parts.query or parts.fragment:
+        raise ConfigError(
+            f"cloud URL {cloud_url!r} must be the relay's address alone, with no ?query or #part"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith("/control"):
+        path = path[: -len("/control")]
+    return urlunsplit((scheme, parts.netloc, path + "/control", "role=pits&version=1", ""))
 
 
 def _http_url(text: str) -> str:

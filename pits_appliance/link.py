@@ -19,10 +19,11 @@ import tornado.websocket
 
 from pits_appliance import ConfigError, __version__
 from pits_appliance.config import AgentConfig, control_url
+from pits_appliance.dialing import DialFailure, FailureLog, classify
 from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
-from pits_appliance.tokens import TokenStore, expiry
+from pits_appliance.tokens import TokenStore, validity
 from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.backoff import Backoff
@@ -75,6 +76,7 @@ class CloudLink:
         self._relay_index = 0
         self._healthy_session = False
         self._session_up = False
+        self.failures = FailureLog()
 
     # -- control ------------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ class CloudLink:
             if self._stopping:
                 break
             self.state.next_attempt_in = delay
-            log.info("reconnecting", extra={"delay_s": round(delay, 2)})
+            log.debug("reconnecting", extra={"delay_s": round(delay, 2)})
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
@@ -155,35 +157,25 @@ class CloudLink:
                 connecting.add_done_callback(_close_if_connected)
                 raise
         except tornado.httpclient.HTTPClientError as exc:
-            if exc.code in (401, 403):
-                log.warning("relay refused the token", extra={"status": exc.code})
+            body = exc.response.body if exc.response is not None else None
+            failure = classify(exc, relay_url, status=exc.code, body=body)
+            if failure.kind == "token":
+                self._report(failure, relay_url)
                 # `sessions` grows whenever a dial gets past the relay's token check.
                 fallback = self.tokens.refused(token, epoch=self.sessions)
                 if fallback is not None:
-                    self.state.token_expires = expiry(fallback)
-                    self.state.set(
-                        "cloud_error", "the relay refused this box's token: trying the one before"
-                    )
+                    self.state.token_issued, self.state.token_expires = validity(fallback)
+                    self.state.set("cloud_error", failure.text + "; trying the token before")
                     return self.backoff.base  # soon: another token may well work
-                self.state.set(
-                    "cloud_error", "the relay refused this box's token: ask for a new one"
-                )
                 return self.backoff.slow_delay()
-            if 300 <= exc.code < 400:
-                self.state.set(
-                    "cloud_error",
-                    "the network sent the connection to a sign-in page instead of the relay",
-                )
-            else:
-                self.state.set("cloud_error", f"the relay at {relay_url} answered HTTP {exc.code}")
+            self._report(failure, relay_url)
             return self.backoff.next_delay()
         except (
             OSError,
             tornado.iostream.StreamClosedError,
             tornado.websocket.WebSocketError,
         ) as exc:
-            self.state.set("cloud_error", f"cannot reach the relay at {relay_url}: {exc}")
-            log.info("relay unreachable", extra={"error": str(exc)})
+            self._report(classify(exc, relay_url), relay_url)
             return self.backoff.next_delay()
         self._ws = ws
         self.sessions += 1
@@ -204,6 +196,24 @@ class CloudLink:
             if was_connected:
                 self.backoff.disconnected(self.clock())
         return self._after_close(ws.close_code, ws.close_reason)
+
+    def _report(self, failure: DialFailure, url: str) -> None:
+        """Show why the dial failed, and log it when the reason changes (or every 5 minutes)."""
+        self.state.set("cloud_error", failure.text)
+        self.state.cloud_failure = failure.kind
+        held = self.failures.should_log(failure, self.clock())
+        if held is not None:
+            log.warning(
+                "cannot connect to the relay",
+                extra={
+                    "url": url,
+                    "kind": failure.kind,
+                    "status": failure.status,
+                    "reason": failure.reason,
+                    "error": failure.text,
+                    "failed_since_last_line": held,
+                },
+            )
 
     def _after_close(self, code: int | None, reason: str | None) -> float:
         # A session that got through its handshake keeps its relay, unless it was replaced
@@ -260,6 +270,8 @@ class CloudLink:
         self.state.connected_since = now
         self._session_up = True
         self.state.set("cloud_error", None)
+        self.state.cloud_failure = None
+        self.failures.reset()
         self.metrics.ws_connected.set(1)
         self.backoff.connected(self.clock())
         log.info("link up", extra={"relay": self.state.relay_url})
@@ -370,7 +382,7 @@ class CloudLink:
     def _store_token(self, token: str) -> None:
         """A renewal from the relay: the store keeps it only if it may replace the current one."""
         if self.tokens.offer(token):
-            self.state.token_expires = expiry(token)
+            self.state.token_issued, self.state.token_expires = validity(token)
         else:
             self.metrics.frames_dropped.labels("bad_token").inc()
 

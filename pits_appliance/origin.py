@@ -21,6 +21,7 @@ from tornado.httputil import HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from wire import ErrorCode, ProtocolError
+from wire.budget import Throttle
 from wire.paths import encode_path
 
 log = logging.getLogger("pitlink.pits.origin")
@@ -111,6 +112,7 @@ class Origin:
         self.max_body_bytes = max_body_bytes
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(concurrency)
+        self._log = Throttle(1.0)
         self._client = tornado.httpclient.AsyncHTTPClient(
             force_instance=True,
             resolver=LiteralResolver(),
@@ -131,13 +133,33 @@ class Origin:
                 try:
                     return await self._get_once(path, remaining)
                 except _CONNECT_ERRORS as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:200]
                     if attempt == 2:
+                        self._warn("FPVTrackside failed again after a retry", path, error)
                         raise ProtocolError(
                             ErrorCode.ORIGIN_UNREACHABLE,
                             f"FPVTrackside at {self.base_url} is not answering ({type(exc).__name__})",
                         ) from None
-                    log.info("origin connection failed, retrying once", extra={"path": path})
+                    self._warn("FPVTrackside connection failed, retrying once", path, error)
+                except ProtocolError as exc:
+                    self._warn("FPVTrackside request failed", path, exc.message)
+                    raise
         raise ProtocolError(ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s")
+
+    def _warn(self, event: str, path: str, error: str) -> None:
+        """At most one line a second of each kind, with the count of those held back: with
+        FPVTrackside down, every fetch from the relay fails the same way."""
+        held = self._log.allow(event, time.monotonic())
+        if held is not None:
+            log.warning(
+                event,
+                extra={
+                    "url": self.base_url,
+                    "path": path[:200],
+                    "error": error,
+                    "suppressed": held,
+                },
+            )
 
     async def _get_once(self, path: str, timeout: float) -> OriginReply:
         guard = _SizeGuard(self.max_body_bytes)

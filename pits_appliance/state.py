@@ -21,8 +21,10 @@ class AgentState:
     origin_reachable: bool | None = None
     origin_checked: float | None = None
     origin_event: str | None = None
+    origin_event_name: str | None = None
     origin_error: str | None = None
     cloud_error: str | None = None
+    cloud_failure: str | None = None  # the kind of the last failed dial (pits_appliance.dialing)
     close_code: int | None = None
     close_reason: str | None = None
     round_trip: float | None = None
@@ -36,6 +38,7 @@ class AgentState:
     recovery_at: float | None = None
     paused: bool = False
     config_error: str | None = None
+    token_issued: float | None = None
     token_expires: float | None = None
     fpvtrackside_url: str = ""
     relay_url: str = ""

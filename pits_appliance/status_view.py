@@ -13,7 +13,7 @@ from pits_appliance.state import AgentState
 from wire import PROTOCOL_VERSION
 
 GREEN, AMBER, RED = "green", "amber", "red"
-TOKEN_WARN_S = 30 * 86400
+RENEW_WINDOW_S = 7 * 86400  # the relay's default --renew-before
 
 
 def _when(ts: float | None) -> str:
@@ -66,7 +66,9 @@ def fpvtrackside_row(s: AgentState) -> dict[str, Any]:
         "fpvtrackside",
         GREEN,
         "FPVTrackside is answering",
-        f"Event {s.origin_event} is open.",
+        f"Event “{s.origin_event_name}” is open."
+        if s.origin_event_name
+        else f"Event {s.origin_event} is open.",
         since,
     )
 
@@ -157,6 +159,9 @@ def cloud_row(s: AgentState, now: float) -> dict[str, Any]:
         )
         return _row("cloud", GREEN, "Connected to the relay", ", ".join(parts) + ".", since)
     reason = s.cloud_error or "Connecting to the relay."
+    if s.connectivity == "portal" and s.cloud_failure in (None, "not_a_relay", "timeout", "tls"):
+        # What the dial met was most likely the portal's page: the portal line says what to do.
+        reason = "The captive portal above is in the way: the box connects once it lets it through."
     if not reason.endswith("."):
         reason += "."
     nxt = f" Next try in about {ago(s.next_attempt_in)}." if s.next_attempt_in else ""
@@ -173,6 +178,12 @@ def cloud_row(s: AgentState, now: float) -> dict[str, Any]:
 
 
 def token_row(s: AgentState, now: float) -> dict[str, Any]:
+    """Amber only when a person should act: the token is about to expire and was not renewed.
+
+    While the box is connected the relay renews its token (7 days before expiry by default),
+    so a token far from its end, or one whose renewal is still ahead, needs nobody. A token in
+    the last tenth of its life (at least an hour) should have been renewed by then.
+    """
     if s.token_expires is None:
         return _row(
             "token",
@@ -181,25 +192,40 @@ def token_row(s: AgentState, now: float) -> dict[str, Any]:
             "The relay decides whether it is still good.",
         )
     left = s.token_expires - now
+    until = _when(s.token_expires)
     if left <= 0:
         return _row(
             "token",
             RED,
-            f"The token expired on {_when(s.token_expires)}",
+            f"The token expired on {until}",
             "Ask the relay's operator for a new token and put it in pitlink.conf (TOKEN=).",
         )
-    if left < TOKEN_WARN_S:
+    lifetime = s.token_expires - s.token_issued if s.token_issued is not None else None
+    if lifetime is None or lifetime <= 0:
+        lifetime = 10 * RENEW_WINDOW_S
+    # Connected, a token is renewed as it enters the relay's window; one in the last tenth of
+    # its life (or of the window) was not. Not connected, say so in time to connect it.
+    overdue = min(RENEW_WINDOW_S, max(3600.0, 0.1 * lifetime))
+    soon = min(RENEW_WINDOW_S, max(3600.0, 0.5 * lifetime))
+    if not s.ws_connected and left < soon:
         return _row(
             "token",
             AMBER,
-            f"The token expires on {_when(s.token_expires)}",
-            "It is renewed by itself while the box is connected: connect the box before then, "
-            "or ask for a new token.",
+            f"The token expires on {until}",
+            "It is renewed by itself once the box is connected to the relay: connect it before then.",
+        )
+    if left < overdue:
+        return _row(
+            "token",
+            AMBER,
+            f"The token expires on {until}",
+            "It should have been renewed by now: connect the box to the relay, or ask the "
+            "relay's operator for a new token.",
         )
     return _row(
         "token",
         GREEN,
-        f"Token valid until {_when(s.token_expires)}",
+        f"Token valid until {until}",
         "Renewed by itself while connected.",
     )
 

@@ -71,10 +71,14 @@ def pits_id_from_token(token: str) -> str:
     return sub
 
 
-def expiry(token: str) -> float | None:
-    """The token's `exp` as a number, or None."""
-    exp = (claims_of(token) or {}).get("exp")
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+def validity(token: str) -> tuple[float | None, float | None]:
+    """The token's `iat` and `exp` as numbers (None where missing)."""
+    claims = claims_of(token) or {}
+
+    def number(value: Any) -> float | None:
+        return float(value) if _is_number(value) else None
+
+    return number(claims.get("iat")), number(claims.get("exp"))
 
 
 def _is_number(value: Any) -> bool:
@@ -203,7 +207,7 @@ class TokenStore:
             extra={
                 "token_fp": fingerprint(token),
                 "previous_fp": fingerprint(current),
-                "exp": expiry(token),
+                "exp": validity(token)[1],
             },
         )
         return True

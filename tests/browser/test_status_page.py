@@ -16,6 +16,7 @@ from pits_appliance.cli import BrokenSettings
 from pits_appliance.connectivity import Verdict
 from pits_appliance.server import StatusServer
 from pits_appliance.status import make_status_app
+from wire.event import event_name
 
 # As tests/browser/conftest.py launches it, for the test that needs its own resolver rules.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,9 +73,10 @@ async def test_all_green_when_all_is_well(page: Page, system: System, tmp_path: 
     await expect(page.locator("#headline")).to_have_text(
         "All is well: race data is reaching the Internet."
     )
-    await expect_row(
-        page, "fpvtrackside", "green", "FPVTrackside is answering", system.sim.event_id
-    )
+    event_json = system.sim.root / system.sim.event_path.lstrip("/") / "Event.json"
+    name = event_name(event_json.read_bytes())
+    assert name
+    await expect_row(page, "fpvtrackside", "green", "FPVTrackside is answering", f"Event “{name}”")
     await expect_row(page, "internet", "green", "The Internet is reachable")
     await expect_row(page, "portal", "green", "No captive portal")
     await expect_row(page, "cloud", "green", "Connected to the relay", "no fetch yet")
@@ -147,18 +149,42 @@ async def test_cloud_down_says_why_and_when_next(page: Page, system: System) -> 
     await system.stop_relay()
     await wait_for(lambda: not system.agent.state.ws_connected, what="link down")
     await open_status(page, system)
-    await expect_row(page, "cloud", "red", "Not connected to the relay", "cannot reach the relay")
+    await expect_row(
+        page, "cloud", "red", "Not connected to the relay", "cannot reach the relay", "refused"
+    )
+
+
+DAY = 86400.0
 
 
 @pytest.mark.parametrize(
-    ("left", "mark", "text"),
+    ("lifetime", "left", "connected", "mark", "text"),
     [
-        (10 * 86400, "amber", "renewed by itself while the box is connected"),
-        (-60, "red", "Ask the relay's operator for a new token"),
+        # A person should act only when the token is near its end and was not renewed.
+        (DAY, DAY - 60, True, "green", "Token valid until"),  # a 1-day token, just issued
+        (90 * DAY, 10 * DAY, True, "green", "Renewed by itself while connected"),
+        (90 * DAY, 3 * DAY, False, "amber", "renewed by itself once the box is connected"),
+        (DAY, 1800, True, "amber", "It should have been renewed by now"),
+        (365 * DAY, 5 * DAY, True, "amber", "It should have been renewed by now"),
+        (365 * DAY, 20 * DAY, True, "green", "Token valid until"),
+        (DAY, -60, True, "red", "Ask the relay's operator for a new token"),
     ],
 )
-async def test_token_expiry(page: Page, system: System, left: float, mark: str, text: str) -> None:
-    system.agent.state.token_expires = time.time() + left
+async def test_token_expiry(
+    page: Page,
+    system: System,
+    lifetime: float,
+    left: float,
+    connected: bool,
+    mark: str,
+    text: str,
+) -> None:
+    now = time.time()
+    if not connected:
+        await system.stop_relay()
+        await wait_for(lambda: not system.agent.state.ws_connected, what="link down")
+    state = system.agent.state
+    state.token_issued, state.token_expires = now + left - lifetime, now + left
     await open_status(page, system)
     await expect_row(page, "token", mark, text)
 

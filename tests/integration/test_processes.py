@@ -162,6 +162,23 @@ def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
     assert "PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_a_settings_error_at_a_terminal_exits_at_once(tmp_path) -> None:
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text("# CLOUD_URL forgotten\nFPVTRACKSIDE=192.168.1.20:8080\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "NOTIFY_SOCKET")}
+    done = subprocess.run(  # with a 10-minute hold: only exiting at once beats the timeout
+        [sys.executable, "-m", "pits_appliance", "--config", str(conf), "--error-hold", "600"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert "CLOUD_URL" in line
+
+
 def test_settings_error_is_shown_on_the_status_page(tmp_path) -> None:
     conf = tmp_path / "pitlink.conf"
     conf.write_text("# CLOUD_URL forgotten\nFPVTRACKSIDE=192.168.1.20:8080\n")
@@ -183,6 +200,7 @@ def test_settings_error_is_shown_on_the_status_page(tmp_path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=REPO,
+        env=dict(os.environ, INVOCATION_ID="0123456789abcdef"),  # as systemd runs it
     )
     try:
         poll(lambda: http_get(f"http://127.0.0.1:{port}/status.json")[0] == 200, "the page")
@@ -193,11 +211,75 @@ def test_settings_error_is_shown_on_the_status_page(tmp_path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 2
         assert proc.stderr is not None
-        err = proc.stderr.read().decode()
-        assert err.count("\n") == 1 and "CLOUD_URL" in err
+        first, second = proc.stderr.read().decode().splitlines()
+        assert "CLOUD_URL" in first
+        assert second == f"pits-agent: shown on http://127.0.0.1:{port}/ for 120 s"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "kind", "words"),
+    [
+        ("http", "not_a_relay", "does not look like a Pitlink relay"),
+        ("https", "tls", "TLS failed with https://127.0.0.1:{port}: is the relay https?"),
+    ],
+)
+def test_a_wrong_cloud_url_is_said_once_in_the_log_and_plainly_on_the_page(
+    tmp_path, procs, scheme: str, kind: str, words: str
+) -> None:
+    """An ordinary web server where the relay should be: not a portal, not 'HTTP 599'."""
+    web_port, status_port = free_port(), free_port()
+    start(
+        procs,
+        [sys.executable, "-m", "http.server", str(web_port), "--bind", "127.0.0.1"],
+        tmp_path / "web.log",
+    )
+    poll(lambda: http_get(f"http://127.0.0.1:{web_port}/")[0] == 200, "the web server")
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "k")
+    token = tmp_path / "token"
+    token.write_text(KeySet.load(jwks).issue(sub="club-9", role="pits", ttl=86400))
+    url = f"{scheme}://127.0.0.1:{web_port}"
+    log = tmp_path / "agent.log"
+    start(
+        procs,
+        [
+            sys.executable,
+            "-m",
+            "pits_appliance",
+            "--cloud-url",
+            url,
+            "--token-file",
+            str(token),
+            "--status-host",
+            "127.0.0.1",
+            "--status-port",
+            str(status_port),
+            "--reconnect-base",
+            "0.05",
+            "--reconnect-cap",
+            "0.2",
+        ],
+        log,
+    )
+
+    def attempts() -> int:
+        code, body = http_get(f"http://127.0.0.1:{status_port}/healthz")
+        return int(json.loads(body)["reconnects"]) if code == 503 else 0
+
+    poll(lambda: attempts() >= 8, "several attempts", timeout=60)
+    status = json.loads(http_get(f"http://127.0.0.1:{status_port}/status.json")[1])
+    [cloud] = [row for row in status["rows"] if row["key"] == "cloud"]
+    assert cloud["mark"] == "red"
+    assert words.format(port=web_port) in cloud["text"]
+    assert "sign-in" not in cloud["text"] and "599" not in cloud["text"]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    failed = [line for line in lines if line["event"] == "cannot connect to the relay"]
+    assert len(failed) == 1, failed  # once, not once per attempt
+    assert (failed[0]["kind"], failed[0]["url"], failed[0]["level"]) == (kind, url, "WARNING")
+    assert words.format(port=web_port) in failed[0]["error"]

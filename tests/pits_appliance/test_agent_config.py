@@ -242,6 +242,13 @@ def test_config_file_with_a_byte_order_mark(tmp_path: Path) -> None:
         ("https://example.com/a/b/", "wss://example.com/a/b/control?role=pits&version=1"),
         ("wss://relay.example.com", "wss://relay.example.com/control?role=pits&version=1"),
         ("ws://[::1]:8000", "ws://[::1]:8000/control?role=pits&version=1"),
+        # The endpoint itself, as people copy it from a relay's docs: /control is not doubled.
+        ("wss://relay.example.com/control", "wss://relay.example.com/control?role=pits&version=1"),
+        (
+            "https://relay.example.com/control/",
+            "wss://relay.example.com/control?role=pits&version=1",
+        ),
+        ("https://example.com/a/control", "wss://example.com/a/control?role=pits&version=1"),
     ],
 )
 def test_control_url(cloud: str, control: str) -> None:
@@ -251,9 +258,19 @@ def test_control_url(cloud: str, control: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "cloud", ["", "relay.example.com", "ftp://relay.example.com", "https://", "https:relay"]
+    "cloud",
+    [
+        "",
+        "relay.example.com",
+        "ftp://relay.example.com",
+        "https://",
+        "https:relay",
+        "wss://relay.example.com/control?role=pits&version=1",
+        "https://relay.example.com/#top",
+    ],
 )
 def test_bad_control_url_refused(cloud: str) -> None:
     with pytest.raises(ConfigError) as caught:
         control_url(cloud)
     assert "\n" not in str(caught.value)
+    assert repr(cloud) in str(caught.value)

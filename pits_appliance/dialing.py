@@ -1,0 +1,148 @@
+"""Why a dial to the relay failed, in plain words, and when to say it in the log.
+
+Network-free: an exception (and the body of a refusal) in, a `DialFailure` out. The link shows
+its `text` on the status page and logs it, with the URL it tried, whenever the reason changes
+and at least every five minutes while it persists, never once per attempt.
+
+A captive portal is the connectivity probe's to find (`connectivity.py`): a dial that meets an
+ordinary web page instead of a relay says that the address does not look like a Pitlink relay,
+and the status page puts the two together when the probe has found a portal.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Literal
+
+from wire.errors import TokenRefusal
+
+Kind = Literal[
+    "token",
+    "not_a_relay",
+    "relay_error",
+    "tls",
+    "certificate",
+    "dns",
+    "refused",
+    "timeout",
+    "network",
+]
+
+LOG_EVERY_S = 300.0
+
+# What the box says when the relay refuses its token, by the reason in the relay's 401 body.
+TOKEN_WORDS: dict[str, str] = {
+    TokenRefusal.EXPIRED: "the relay says this box's token has expired: ask the relay's "
+    "operator for a new one and put it in pitlink.conf (TOKEN=)",
+    TokenRefusal.REVOKED: "the relay says this box's token was revoked: ask the relay's "
+    "operator for a new one",
+    TokenRefusal.WRONG_ROLE: "this is an admin token, not a box token: put the box's own token "
+    "in pitlink.conf (TOKEN=)",
+    TokenRefusal.UNKNOWN_KEY: "the relay no longer knows the key that signed this box's token "
+    "(it was rotated out): ask for a new token",
+    TokenRefusal.NOT_YET_VALID: "the relay says this box's token is not valid yet: is the box's "
+    "clock right?",
+    TokenRefusal.MALFORMED: "the relay could not read this box's token: copy it again, whole, "
+    "into pitlink.conf (TOKEN=)",
+}
+TOKEN_REFUSED = "the relay refused this box's token: ask for a new one"
+
+
+@dataclass(frozen=True)
+class DialFailure:
+    """One failed dial: what kind, the sentence for people, and the HTTP status if there was one."""
+
+    kind: Kind
+    text: str
+    status: int | None = None
+    reason: str | None = None  # the relay's TokenRefusal, for a refused token
+
+
+def token_reason(body: bytes | None) -> str | None:
+    """The `reason` of a relay's 401 body, if it names one this box knows."""
+    try:
+        reason = json.loads(body or b"")["error"]["reason"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return reason if isinstance(reason, str) and reason in TOKEN_WORDS else None
+
+
+def classify(
+    exc: BaseException, url: str, *, status: int | None = None, body: bytes | None = None
+) -> DialFailure:
+    """The failure behind one dial's exception; `status` and `body` of an HTTP answer, if any."""
+    if status is not None and status != 599:
+        if status in (401, 403):
+            reason = token_reason(body)
+            return DialFailure(
+                "token", TOKEN_WORDS.get(reason or "", TOKEN_REFUSED), status, reason
+            )
+        if status >= 500:
+            return DialFailure(
+                "relay_error",
+                f"the relay at {url} answered HTTP {status}: it, or the proxy in front of it, "
+                "has a problem",
+                status,
+            )
+        return DialFailure(
+            "not_a_relay",
+            f"the address {url} does not look like a Pitlink relay (it answered HTTP {status}): "
+            "check CLOUD_URL in pitlink.conf",
+            status,
+        )
+    message = str(exc)
+    if "Non-websocket response" in message:
+        return DialFailure(
+            "not_a_relay",
+            f"the address {url} does not look like a Pitlink relay (it answered with a web "
+            "page): check CLOUD_URL in pitlink.conf",
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return DialFailure(
+            "certificate",
+            f"the relay's certificate at {url} does not verify ({exc.verify_message}): the box "
+            "will not talk to it",
+        )
+    if isinstance(exc, ssl.SSLError) or "TLS handshake" in message or "SSL" in message:
+        return DialFailure("tls", f"TLS failed with {url}: is the relay https?")
+    if isinstance(exc, socket.gaierror):
+        return DialFailure("dns", f"cannot reach the relay at {url}: its name does not resolve")
+    if isinstance(exc, ConnectionRefusedError):
+        return DialFailure(
+            "refused", f"cannot reach the relay at {url}: nothing answers there (refused)"
+        )
+    if isinstance(exc, TimeoutError) or "Timeout" in message or "timed out" in message:
+        return DialFailure("timeout", f"cannot reach the relay at {url}: no answer in time")
+    detail = message or type(exc).__name__
+    return DialFailure("network", f"cannot reach the relay at {url}: {detail[:200]}")
+
+
+class FailureLog:
+    """Says when a failure goes in the log: when it changes, and every `every` s while it lasts.
+
+    `should_log` is None when the line is held back (it is counted), else the number of
+    attempts that failed the same way since the last line, to log with it.
+    """
+
+    def __init__(self, every: float = LOG_EVERY_S):
+        self.every = every
+        self._last: tuple[str, str] | None = None
+        self._at = 0.0
+        self._held = 0
+
+    def should_log(self, failure: DialFailure, now: float) -> int | None:
+        key = (failure.kind, failure.text)
+        if key != self._last or now - self._at >= self.every:
+            held = self._held if key == self._last else 0
+            self._last, self._at, self._held = key, now, 0
+            return held
+        self._held += 1
+        return None
+
+    def reset(self) -> None:
+        """The link is up: the next failure, whatever it is, is news."""
+        self._last = None
+        self._held = 0
