@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pits_appliance import ConfigError
 from wire.paths import DEFAULT_ALLOWLIST
-from wire.settings import SettingsError, parse_conf, positive_int, resolve
+from wire.settings import Parser, SettingsError, log_level, parse_conf, positive_int, resolve
 
 MIB = 1024 * 1024
 
@@ -95,7 +95,7 @@ def _http_url(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     d = AgentConfig(cloud_url="", token_file=Path("."))
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="pits-agent",
         description="Dial out to the Pitlink cloud relay and serve FPVTrackside's data through it.",
     )
@@ -107,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="the relay, e.g. https://relay.example.com (required); repeat for several, tried in turn",
     )
-    a("--token-file", type=Path, help="file holding this pits' token (required)")
+    a(
+        "--token-file",
+        type=Path,
+        help="file holding this pits' token (default: STATE_DIR/token; one of the two is needed)",
+    )
     a(
         "--fpvtrackside",
         type=_http_url,
@@ -146,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--origin-concurrency",
-        type=int,
+        type=positive_int,
         default=d.origin_concurrency,
         help="requests to FPVTrackside at once (default %(default)s)",
     )
@@ -225,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--log-level",
+        type=log_level,
         default=d.log_level,
         help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
     )
@@ -293,5 +298,5 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
         reconnect_base=ns.reconnect_base,
         reconnect_cap=ns.reconnect_cap,
         origin_check_interval=ns.origin_check_interval,
-        log_level=ns.log_level.upper(),
+        log_level=ns.log_level,
     )

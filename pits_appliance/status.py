@@ -155,8 +155,11 @@ class AccessLog:
         held = self.throttle.allow(f"{status // 100}xx", self.clock())
         if held is None:
             return
-        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         request = handler.request
+        if status < 400 or request.path == "/healthz":  # "the link is down" is an answer
+            level = logging.INFO
+        else:
+            level = logging.WARNING if status < 500 else logging.ERROR
         access_log.log(
             level,
             "%d %s %s (%s) %.2fms",

@@ -274,3 +274,19 @@ def test_bad_control_url_refused(cloud: str) -> None:
         control_url(cloud)
     assert "\n" not in str(caught.value)
     assert repr(cloud) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--origin-concurrency", "0", "must be at least 1"),  # 0 once made every fetch hang
+        ("--log-level", "loud", "DEBUG, INFO, WARNING, ERROR"),
+        ("--ping-interval", "soon", "invalid float value"),
+    ],
+)
+def test_a_bad_flag_is_one_plain_line(flag: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config([*REQUIRED, flag, value], env={})
+    message = str(caught.value)
+    assert flag in message and words in message and "\n" not in message
+    assert "usage:" not in message
