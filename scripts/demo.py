@@ -64,10 +64,11 @@ def main() -> None:
     parser.add_argument("--sim-port", type=int, default=8080)
     parser.add_argument("--status-port", type=int, default=8081)
     parser.add_argument("--lap-interval", type=float, default=2.0)
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".demo", help="keys, logs")
     args = parser.parse_args()
 
-    state = ROOT / ".demo"
-    state.mkdir(exist_ok=True)
+    state = args.state_dir
+    state.mkdir(parents=True, exist_ok=True)
     jwks = state / "jwks.json"
     jwks.unlink(missing_ok=True)
     relay_cli = [str(VENV_BIN / "cloud-relay")]
@@ -77,7 +78,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
     )
 
-    def token(sub: str, role: str) -> str:
+    def token(sub: str, role: str, ttl: int) -> str:
         out = subprocess.run(
             [
                 *relay_cli,
@@ -89,7 +90,7 @@ def main() -> None:
                 "--role",
                 role,
                 "--ttl",
-                "86400",
+                str(ttl),
             ],
             check=True,
             capture_output=True,
@@ -97,9 +98,10 @@ def main() -> None:
         )
         return out.stdout.strip()
 
-    admin_token = token("demo-admin", "admin")
+    admin_token = token("demo-admin", "admin", 86400)
     token_file = state / "pits.token"
-    token_file.write_text(token(PITS_ID, "pits") + "\n")
+    # A box's token as an operator would issue it: months long, so nothing on its page is amber.
+    token_file.write_text(token(PITS_ID, "pits", 90 * 86400) + "\n")
     token_file.chmod(0o600)
 
     sim_port = free_port(args.sim_port)
@@ -190,28 +192,26 @@ def main() -> None:
     found = re.search(rb'new EventManager\("events/([a-z0-9-]+)"', page)
     event = found.group(1).decode() if found else "?"
     base = f"{relay}/pits/{PITS_ID}"
-    _, event_json = http_get(f"{base}/events/{event}/Event.json")
-    try:
-        race = json.loads(event_json)[0]["Races"][-1]
-    except (ValueError, LookupError, TypeError):
-        race = "<race id>"
+    race = running_race(f"{base}/events/{event}")
+    agent_pid = dict(procs)["agent"].pid
     print(
         f"""
 Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits agent.
 
-  Spectator view, through the relay:
-    {base}/                                    FPVTrackside's page
-    {base}/events/{event}/Event.json
-    {base}/events/{event}/Pilots.json
-    {base}/events/{event}/{race}/Race.json   the live race, a lap at a time
+  Spectators, through the relay:
+    {base}/                                    FPVTrackside's page: follows the race running now
+    {base}/events/{event}/{race}/Race.json   the race running now, a lap at a time
+    {base}/events/{event}/Event.json           (Races lists every race, in order)
     {base}/events/{event}/Results.json         grows as races finish
     {relay}/events/{event}/Rounds.json         the same data at the root (the active pits)
-  Try a 304:  curl -si {base}/events/{event}/Event.json  then repeat with
-              -H 'If-None-Match: <the ETag it printed>'
-  Try stale:  stop the agent (kill the pits-agent process) and ask again.
-
+  The relay's front page: {relay}/
+  The box's status page:  http://127.0.0.1:{status_port}/   (what an organiser sees at the venue)
   Admin page: {relay}/admin   (paste this admin token when it asks)
     {admin_token}
+
+  Try a 304:  curl -si {base}/events/{event}/Event.json  then repeat with
+              -H 'If-None-Match: <the ETag it printed>'
+  Try stale:  kill {agent_pid}   (the pits agent) and ask again: the relay serves its last copies
 
   Relay:      {relay}/healthz   {relay}/readyz   {relay}/metrics
   Pits agent: {health}   http://127.0.0.1:{status_port}/metrics
@@ -221,12 +221,35 @@ Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits a
 Press Ctrl-C to stop everything."""
     )
     sys.stdout.flush()
-    while True:
+    gone: set[str] = set()
+    while True:  # only Ctrl-C stops the demo: a part that exits is told, the rest runs on
         for name, proc in procs:
-            if proc.poll() is not None:
-                print(f"demo: {name} exited with code {proc.returncode}; see {logs}/{name}.log")
-                stop_all()
+            if proc.poll() is not None and name not in gone:
+                gone.add(name)
+                what = {
+                    "agent": "the relay now serves its last copies, marked stale",
+                    "relay": "spectators have nothing to ask",
+                    "fpvtrackside": "the relay serves its last copies, marked stale",
+                }[name]
+                print(
+                    f"demo: {name} exited (code {proc.returncode}): {what}; "
+                    f"its log is {logs}/{name}.log. Ctrl-C stops the rest.",
+                    flush=True,
+                )
         time.sleep(0.5)
+
+
+def running_race(event_url: str) -> str:
+    """The id of the race running now: the first of the event's races that has not ended."""
+    try:
+        races = json.loads(http_get(f"{event_url}/Event.json")[1])[0]["Races"]
+        for race in races:
+            detail = json.loads(http_get(f"{event_url}/{race}/Race.json")[1])[0]
+            if str(detail.get("End", "")).startswith("0001/"):  # .NET's "no date"
+                return str(race)
+        return str(races[-1])
+    except (ValueError, LookupError, TypeError):
+        return "<race id>"
 
 
 if __name__ == "__main__":
