@@ -16,6 +16,9 @@ pick_python() {
 }
 
 # apt_install PKG...: install Debian packages that are missing (as root, or through sudo).
+# Servers the tests start on their own (nginx, Prometheus, Redis) are installed without being
+# started, and are not left enabled as system services: the tests run their own copies on
+# loopback ports, and a developer's machine should not gain a web server at boot.
 apt_install() {
     local missing=()
     for pkg in "$@"; do
@@ -26,7 +29,27 @@ apt_install() {
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing Debian packages: ${missing[*]}" >&2
     $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    local policy=/usr/sbin/policy-rc.d placed="" unit
+    if [ ! -e "$policy" ]; then
+        # Debian's invoke-rc.d asks this file whether a package may start its service: no.
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy"
+        placed=1
+    fi
+    local status=0
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || status=$?
+    if [ -n "$placed" ]; then $sudo rm -f "$policy"; fi
+    if [ -d /run/systemd/system ]; then
+        for pkg in "${missing[@]}"; do
+            case "$pkg" in
+                nginx-light | nginx) unit=nginx ;;
+                prometheus) unit=prometheus ;;
+                redis-server) unit=redis-server ;;
+                *) continue ;;
+            esac
+            $sudo systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        done
+    fi
+    return $status
 }
 
 # extras_set LIST...: the comma-separated lists as one sorted comma-separated set.
