@@ -2,7 +2,7 @@
 
 FPVTrackside serves its event files from a single HttpListener loop on port 8080, and the pits
 agent polls that origin. Tests therefore need an origin that misbehaves exactly like the real one
-(see ../shared/fixtures/README.md): one request at a time, no Content-Type on event files, an
+(see tests/fixtures/README.md): one request at a time, no Content-Type on event files, an
 empty 200 for a missing event file, index.html for unknown paths, no ETag or Last-Modified, no
 protection against ``..``, and files rewritten in place while a race runs. Test switches
 (``slow``, ``hold``, ``half_written``, ``huge``) add the faults a real pits network produces.

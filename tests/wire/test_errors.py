@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import wire
@@ -18,8 +20,10 @@ from wire.errors import (
     retry_after,
 )
 
-# The codes named in DESIGN.md, "Wire protocol, version 1".
-DESIGN_CODES = {
+PROTOCOL_PAGE = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+
+# The codes in docs/protocol.md, "Errors".
+PROTOCOL_CODES = {
     "UNAUTHORIZED",
     "DENIED",
     "BAD_REQUEST",
@@ -34,7 +38,30 @@ DESIGN_CODES = {
 
 
 def test_error_codes_are_exactly_the_designed_ones() -> None:
-    assert {code.value for code in ErrorCode} == DESIGN_CODES
+    assert {code.value for code in ErrorCode} == PROTOCOL_CODES
+
+
+def _table(section: str) -> dict[str, str]:
+    """First cell -> last cell of the table under `## <section>` in docs/protocol.md."""
+    text = PROTOCOL_PAGE.read_text(encoding="utf-8").split(f"## {section}\n", 1)[1]
+    rows = {}
+    for line in text.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 2 and not set(cells[0]) <= set("-"):
+            rows[cells[0]] = cells[-1]
+    return rows
+
+
+def test_the_protocol_page_names_every_error_code_with_its_status() -> None:
+    table = _table("Errors")
+    assert set(table) - {"code"} == PROTOCOL_CODES
+    for code, status in HTTP_STATUS.items():
+        assert table[str(code)].startswith(str(status)), code
+
+
+def test_the_protocol_page_names_every_close_code() -> None:
+    table = _table("Close codes")
+    assert {int(c) for c in table if c.isdigit()} == {int(c) for c in CloseCode}
 
 
 @pytest.mark.parametrize("code", list(ErrorCode))
@@ -180,7 +207,7 @@ def test_is_retryable(code: ErrorCode, expected: bool) -> None:
     [ErrorCode.BUSY, ErrorCode.TIMEOUT, ErrorCode.BAD_CONTENT, ErrorCode.UNAVAILABLE],
 )
 def test_stale_copy_may_stand_in_when_the_pits_cannot_answer(code: ErrorCode) -> None:
-    # DESIGN.md: disconnected, timeout, BAD_CONTENT, BUSY serve a cached copy if one exists.
+    # docs/protocol.md, "Errors": disconnected, timeout, BAD_CONTENT, BUSY serve a cached copy if one exists.
     assert code in STALE_OK
 
 

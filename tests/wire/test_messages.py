@@ -122,7 +122,7 @@ def test_pits_round_trip(message: Message, kind: str) -> None:
     roundtrip(message, "pits", kind)
 
 
-# The payloads on the wire, as DESIGN.md names their fields.
+# The payloads on the wire, as docs/protocol.md names their fields.
 
 
 def test_cloud_hello_payload() -> None:

@@ -309,7 +309,7 @@ def test_encode_path_round_trips(path: str) -> None:
 
 
 def test_percent_in_a_name_cannot_round_trip() -> None:
-    # DESIGN.md refuses any `%` left after one decoding, so a name holding `%` is unreachable:
+    # docs/protocol.md refuses any `%` left after one decoding, so a name holding `%` is unreachable:
     # encoding it gives `%25`, which decodes back to a `%` and is refused as double encoding.
     assert encode_path("/events/50%.json") == "/events/50%25.json"
     assert "encoded twice" in refused(encode_path("/events/50%.json")).message

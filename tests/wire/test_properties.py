@@ -125,7 +125,7 @@ SEGMENT = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size
 @given(st.lists(SEGMENT, max_size=6))
 def test_encode_path_round_trips_names(segments: list[str]) -> None:
     path = "/" + "/".join(segments)
-    # DESIGN.md refuses names made only of dots, or holding a backslash, `%` or a control char.
+    # docs/protocol.md refuses names made only of dots, or holding a backslash, `%` or a control char.
     refusable = any(
         set(s) == {"."} or "\\" in s or "%" in s or ASCII_CONTROL.search(s) for s in segments
     )
@@ -414,7 +414,7 @@ LOOKALIKE_DOTS = ["\u2024", "\u2025", "\u2026", "\uff0e", "\ufe52", "\u3002", "\
 @settings(PROPERTY, max_examples=PROFILE.max_examples // 4)
 @given(st.lists(st.sampled_from(LOOKALIKE_DOTS), min_size=1, max_size=3), st.booleans())
 def test_unicode_dot_lookalikes_are_names_not_dots(dots: list[str], encoded: bool) -> None:
-    # DESIGN.md refuses segments made only of `.` (U+002E). A lookalike is an ordinary
+    # docs/protocol.md refuses segments made only of `.` (U+002E). A lookalike is an ordinary
     # character and kept as it is: normalization never turns it into a `.` it then lets by.
     name = "".join(dots)
     raw = "/events/" + (encode_path(name) if encoded else name) + "/Race.json"
