@@ -385,3 +385,15 @@ async def test_the_page_by_the_boxs_mdns_name_works_and_a_rebound_name_does_not(
             assert not system.agent.state.paused
         finally:
             await b.close()
+
+
+async def test_an_admin_token_in_the_box_is_named_as_such(page: Page, system: System) -> None:
+    """The relay's reason for refusing the token reaches the page, in plain words."""
+    await system.stop_agent()
+    system.token_file.write_text(system.keys.issue(sub="alice", role="admin", ttl=86400))
+    await system.start_agent(wait=False, pits_id=system.pits_id)
+    await wait_for(lambda: system.agent.state.cloud_failure == "token", what="the refusal")
+    await open_status(page, system)
+    await expect_row(
+        page, "cloud", "red", "Not connected", "this is an admin token, not a box token"
+    )

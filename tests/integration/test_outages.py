@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import time
 import weakref
 
@@ -122,3 +123,23 @@ async def test_the_agent_collects_the_cycles_failures_leave_behind(tmp_path, sim
         gc.enable()
         await agent.stop()
         await s.close()
+
+
+async def test_fpvtrackside_down_is_a_warning_naming_it_once_not_every_check(
+    system: System, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="pitlink.pits")
+    agent = system.agent
+    await system.sim.stop()
+    for _ in range(5):  # five checks, as the watch loop makes them every 10 s
+        await agent.check_origin()
+    down = [r for r in caplog.records if r.getMessage() == "FPVTrackside is not answering"]
+    assert len(down) == 1
+    assert (down[0].levelname, down[0].url) == ("WARNING", system.sim.url)
+    assert "not answering" in down[0].error
+    retries = [r for r in caplog.records if r.name == "pitlink.pits.origin"]
+    assert {r.getMessage() for r in retries} >= {
+        "FPVTrackside connection failed, retrying once",
+        "FPVTrackside failed again after a retry",
+    }
+    assert all(r.levelname == "WARNING" and r.url == system.sim.url for r in retries)
