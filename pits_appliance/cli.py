@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -13,10 +12,11 @@ from collections.abc import Mapping, Sequence
 import tornado.netutil
 
 from pits_appliance import ConfigError, __version__
-from pits_appliance.config import AgentConfig, load_config
+from pits_appliance.config import SETTINGS, AgentConfig, load_config
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
 from wire import jsonlog
+from wire.settings import lenient
 
 log = logging.getLogger("pitlink.pits.agent")
 
@@ -36,18 +36,8 @@ class BrokenSettings:
 
 def _lenient(argv: Sequence[str], env: Mapping[str, str]) -> tuple[str, int, float]:
     """Status address and error hold from flags or environment, whatever else is broken."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--status-host")
-    p.add_argument("--status-port")
-    p.add_argument("--error-hold")
-    ns, _ = p.parse_known_args(list(argv))
-    host = ns.status_host or env.get("PITLINK_STATUS_HOST") or "0.0.0.0"
-    try:
-        port = int(ns.status_port or env.get("PITLINK_STATUS_PORT") or 8081)
-        hold = float(ns.error_hold or env.get("PITLINK_ERROR_HOLD") or 60)
-    except ValueError:
-        port, hold = 8081, 60.0
-    return host, port, hold
+    got = lenient(SETTINGS, ("status_host", "status_port", "error_hold"), argv, env)
+    return got["status_host"], got["status_port"], got["error_hold"]
 
 
 async def _wait_for_signal(timeout: float | None) -> None:

@@ -1,8 +1,12 @@
-"""The agent's configuration: one frozen dataclass built from flags, environment and file."""
+"""The agent's configuration: one frozen dataclass whose fields declare the settings.
+
+Each field says once what its flag means, how it is read and checked, and its default;
+wire.settings makes the flags, the PITLINK_* environment, the pitlink.conf keys, `--help` and
+the docs' table from it.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +15,23 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pits_appliance import ConfigError
 from wire.paths import DEFAULT_ALLOWLIST
-from wire.settings import Parser, SettingsError, log_level, parse_conf, positive_int, resolve
+from wire.settings import (
+    Parser,
+    SettingsError,
+    add_flags,
+    lenient,
+    log_level_name,
+    non_negative_float,
+    parse_conf,
+    path_pattern,
+    positive_float,
+    positive_int,
+    resolve,
+    setting,
+    settings_of,
+    tcp_port,
+    text_or_none,
+)
 
 MIB = 1024 * 1024
 
@@ -27,43 +47,6 @@ IMAGE_KEYS = frozenset(
         "STATIC_DNS",
     }
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class AgentConfig:
-    """Everything `pits-agent` can be told."""
-
-    cloud_url: str
-    cloud_urls: tuple[str, ...] = ()  # more relays to move on to after failures
-    token_file: Path
-    fpvtrackside: str = "http://127.0.0.1:8080"
-    pits_id: str | None = None
-    status_host: str = "0.0.0.0"
-    status_port: int = 8081
-    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST
-    fetch_timeout: float = 5.0
-    max_body_bytes: int = 8 * MIB
-    origin_concurrency: int = 2
-    max_concurrent_commands: int = 8
-    ping_interval: float = 5.0
-    ping_timeout: float = 15.0
-    reconnect_base: float = 1.0
-    reconnect_cap: float = 60.0
-    origin_check_interval: float = 10.0
-    log_level: str = "INFO"
-    token: str | None = None
-    state_dir: Path | None = None
-    check_interval: float = 60.0
-    allow_network_restart: bool = False
-    network_restart_command: str = "systemctl restart systemd-networkd"
-    captive_portal_api: str | None = None
-    paused: bool = False
-    print_pits_id: bool = False
-
-    @property
-    def control_url(self) -> str:
-        """The relay's WebSocket endpoint for this agent."""
-        return control_url(self.cloud_url)
 
 
 def control_url(cloud_url: str) -> str:
@@ -93,158 +76,144 @@ def _http_url(text: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = AgentConfig(cloud_url="", token_file=Path("."))
-    p = Parser(
+def _cloud_url(text: str) -> str:
+    try:
+        control_url(text)  # refuse a bad URL now, in plain words
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """Everything `pits-agent` can be told."""
+
+    config_file: Path | None = setting(  # noqa: RUF009 (setting() is a field())
+        None,
+        "a `KEY=VALUE` file (on the image: `pitlink.conf` on the boot partition)",
+        Path,
+        flag="config",
+    )
+    cloud_url: str  # the first of the relays given, dialled first
+    # The setting holds every relay given; load_config() keeps the first as cloud_url and the
+    # rest here, to move on to after failures.
+    cloud_urls: tuple[str, ...] = setting(
+        (),
+        "the relay, an `https://` address (or `http://` on a test bench); repeatable: tried "
+        "in turn",
+        _cloud_url,
+        flag="cloud-url",
+        repeatable=True,
+        shown="(required)",
+    )
+    token: str | None = setting(
+        None,
+        "this box's token; taken into `STATE_DIR/token` on first start, and again whenever a "
+        "different one is given",
+    )
+    state_dir: Path | None = setting(  # noqa: RUF009 (setting() is a field())
+        None,
+        "where the box keeps what must survive a reboot; the token file is `STATE_DIR/token`",
+        Path,
+    )
+    token_file: Path = setting(  # noqa: RUF009 (setting() is a field())
+        help="the file holding this box's token (renewals are written there)",
+        convert=Path,
+        shown="`STATE_DIR/token`",
+    )
+    fpvtrackside: str = setting("http://127.0.0.1:8080", "FPVTrackside's web server", _http_url)
+    pits_id: str | None = setting(None, "this pits' id", text_or_none, shown="the token's subject")
+    status_host: str = setting("0.0.0.0", "address of the status port")
+    status_port: int = setting(8081, "the status port", tcp_port)
+    allowlist: tuple[str, ...] = setting(
+        DEFAULT_ALLOWLIST,
+        "paths the relay may fetch; repeatable. Set on the box alone: the relay can never widen it",
+        path_pattern,
+        flag="allow",
+        repeatable=True,
+    )
+    fetch_timeout: float = setting(
+        5.0, "deadline of one request to FPVTrackside, seconds", positive_float
+    )
+    max_body_bytes: int = setting(8 * MIB, "largest body read from FPVTrackside", positive_int)
+    origin_concurrency: int = setting(
+        2, "requests to FPVTrackside at once; identical ones share one request", positive_int
+    )
+    max_concurrent_commands: int = setting(
+        8, "fetches handled at once; more are answered `BUSY` at once", positive_int
+    )
+    ping_interval: float = setting(5.0, "seconds between pings", positive_float)
+    ping_timeout: float = setting(
+        15.0,
+        "the link is dropped and redialled when the relay is silent this long, seconds",
+        positive_float,
+    )
+    reconnect_base: float = setting(
+        1.0, "first reconnect delay ceiling, seconds (full jitter, doubling)", positive_float
+    )
+    reconnect_cap: float = setting(60.0, "largest reconnect delay, seconds", positive_float)
+    origin_check_interval: float = setting(
+        10.0, "seconds between checks that FPVTrackside answers", positive_float
+    )
+    check_interval: float = setting(
+        60.0,
+        "seconds between connectivity checks while all is well (from 1 s, doubling, while not)",
+        positive_float,
+    )
+    allow_network_restart: bool = setting(
+        False,
+        "let recovery restart networking as its last step",
+        switch=True,
+        shown="off; on in the image",
+    )
+    network_restart_command: str = setting(
+        "systemctl restart systemd-networkd", "how recovery restarts networking"
+    )
+    captive_portal_api: str | None = setting(
+        None,
+        "the network's captive portal API (RFC 8908)",
+        text_or_none,
+        shown="from DHCP where systemd-networkd exposes it",
+    )
+    paused: bool = setting(False, "start with answering the relay paused", switch=True)
+    print_pits_id: bool = setting(
+        False,
+        "print this box's pits id (from the settings or the token) and exit",
+        switch=True,
+    )
+    error_hold: float = setting(
+        60.0,
+        "on a settings error, show it on the status page this many seconds before exiting "
+        "(systemd then starts the agent again)",
+        non_negative_float,
+    )
+    log_level: str = setting(
+        "INFO", "how much to log: `DEBUG`, `INFO`, `WARNING` or `ERROR`", log_level_name
+    )
+
+    @property
+    def control_url(self) -> str:
+        """The relay's WebSocket endpoint for this agent."""
+        return control_url(self.cloud_url)
+
+
+SETTINGS = settings_of(AgentConfig)
+
+
+def build_parser() -> Parser:
+    """The flags of `pits-agent`."""
+    parser = Parser(
         prog="pits-agent",
         description="Dial out to the Pitlink cloud relay and serve FPVTrackside's data through it.",
     )
-    a = p.add_argument
-    a("--config", type=Path, help="a KEY=VALUE file read before environment and flags")
-    a(
-        "--cloud-url",
-        action="append",
-        default=[],
-        help="the relay, e.g. https://relay.example.com (required); repeat for several, tried in turn",
-    )
-    a(
-        "--token-file",
-        type=Path,
-        help="file holding this pits' token (default: STATE_DIR/token; one of the two is needed)",
-    )
-    a(
-        "--fpvtrackside",
-        type=_http_url,
-        default=d.fpvtrackside,
-        help="FPVTrackside's web server (default %(default)s)",
-    )
-    a("--pits-id", help="this pits' id (default: the token's subject)")
-    a(
-        "--status-host",
-        default=d.status_host,
-        help="address of the status page (default %(default)s)",
-    )
-    a(
-        "--status-port",
-        type=int,
-        default=d.status_port,
-        help="port of the status page (default %(default)s)",
-    )
-    a(
-        "--allow",
-        action="append",
-        default=[],
-        help="path pattern the cloud may fetch; repeatable (default / /events/** /httpfiles/**)",
-    )
-    a(
-        "--fetch-timeout",
-        type=float,
-        default=d.fetch_timeout,
-        help="deadline of one request to FPVTrackside, s (default %(default)s)",
-    )
-    a(
-        "--max-body-bytes",
-        type=int,
-        default=d.max_body_bytes,
-        help="largest body read from FPVTrackside (default %(default)s)",
-    )
-    a(
-        "--origin-concurrency",
-        type=positive_int,
-        default=d.origin_concurrency,
-        help="requests to FPVTrackside at once (default %(default)s)",
-    )
-    a(
-        "--max-concurrent-commands",
-        type=positive_int,
-        default=d.max_concurrent_commands,
-        help="fetches handled at once; more are answered BUSY (default %(default)s)",
-    )
-    a(
-        "--ping-interval",
-        type=float,
-        default=d.ping_interval,
-        help="seconds between pings (default %(default)s)",
-    )
-    a(
-        "--ping-timeout",
-        type=float,
-        default=d.ping_timeout,
-        help="reconnect when the cloud is silent this long, s (default %(default)s)",
-    )
-    a(
-        "--reconnect-base",
-        type=float,
-        default=d.reconnect_base,
-        help="first reconnect delay ceiling, s (default %(default)s)",
-    )
-    a(
-        "--reconnect-cap",
-        type=float,
-        default=d.reconnect_cap,
-        help="largest reconnect delay, s (default %(default)s)",
-    )
-    a(
-        "--origin-check-interval",
-        type=float,
-        default=d.origin_check_interval,
-        help="seconds between checks that FPVTrackside answers (default %(default)s)",
-    )
-    a(
-        "--token",
-        help="this pits' token; written to the state directory's token file on first start",
-    )
-    a("--state-dir", type=Path, help="where the box keeps what must survive a reboot (the token)")
-    a(
-        "--check-interval",
-        type=float,
-        default=d.check_interval,
-        help="seconds between connectivity checks while all is well (default %(default)s)",
-    )
-    a(
-        "--allow-network-restart",
-        action="store_true",
-        help="let recovery restart networking (on the image)",
-    )
-    a(
-        "--network-restart-command",
-        default=d.network_restart_command,
-        help="how recovery restarts networking (default %(default)s)",
-    )
-    a(
-        "--captive-portal-api",
-        help="the network's captive portal API (RFC 8908), when not learned from DHCP",
-    )
-    a("--paused", action="store_true", help="start with answering the cloud paused")
-    a(
-        "--print-pits-id",
-        action="store_true",
-        help="print this box's pits id (from the settings or the token) and exit",
-    )
-    a(
-        "--error-hold",
-        type=float,
-        default=60.0,
-        help="on a settings error, show it on the status page this many s before exiting (default %(default)s)",
-    )
-    a(
-        "--log-level",
-        type=log_level,
-        default=d.log_level,
-        help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
-    )
-    return p
+    add_flags(parser, SETTINGS)
+    return parser
 
 
 def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Flags beat environment, environment beats the config file. Raises ConfigError."""
     env = os.environ if env is None else env
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
-    known, _ = pre.parse_known_args(list(argv))
-    config_path = known.config or (
-        Path(env["PITLINK_CONFIG"]) if env.get("PITLINK_CONFIG") else None
-    )
+    config_path = lenient(SETTINGS, ["config_file"], argv, env)["config_file"]
     file_values: dict[str, str] = {}
     try:
         if config_path is not None:
@@ -256,47 +225,20 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
                     f"cannot read config file {config_path}: {exc.strerror}"
                 ) from None
             file_values = parse_conf(text, source=str(config_path))
-        ns = resolve(build_parser(), argv, env, file_values, ignored=IMAGE_KEYS)
+        values = resolve(SETTINGS, build_parser(), argv, env, file_values, ignored=IMAGE_KEYS)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
-    if not ns.cloud_url:
+    urls = values["cloud_urls"]
+    if not urls:
         raise ConfigError("no cloud URL: set CLOUD_URL in the config file or --cloud-url")
-    token_file = ns.token_file
-    if token_file is None and ns.state_dir is not None:
-        token_file = ns.state_dir / "token"
-    if token_file is None:
+    if values["token_file"] is None and values["state_dir"] is not None:
+        values["token_file"] = values["state_dir"] / "token"
+    if values["token_file"] is None:
         raise ConfigError(
             "no token: set TOKEN and STATE_DIR (or TOKEN_FILE) in the config file, or --token-file"
         )
-    if ns.token is not None and not ns.token.strip():
+    token = values["token"]
+    if token is not None and not token.strip():
         raise ConfigError("TOKEN is empty: paste the token the relay's operator gave you")
-    for url in ns.cloud_url:
-        control_url(url)  # refuse a bad URL now, in plain words
-    return AgentConfig(
-        cloud_url=ns.cloud_url[0],
-        cloud_urls=tuple(ns.cloud_url[1:]),
-        token_file=token_file,
-        token=(ns.token or "").strip() or None,
-        state_dir=ns.state_dir,
-        check_interval=ns.check_interval,
-        allow_network_restart=ns.allow_network_restart,
-        network_restart_command=ns.network_restart_command,
-        captive_portal_api=ns.captive_portal_api,
-        paused=ns.paused,
-        print_pits_id=ns.print_pits_id,
-        fpvtrackside=ns.fpvtrackside,
-        pits_id=ns.pits_id or None,
-        status_host=ns.status_host,
-        status_port=ns.status_port,
-        allowlist=tuple(ns.allow) or DEFAULT_ALLOWLIST,
-        fetch_timeout=ns.fetch_timeout,
-        max_body_bytes=ns.max_body_bytes,
-        origin_concurrency=ns.origin_concurrency,
-        max_concurrent_commands=ns.max_concurrent_commands,
-        ping_interval=ns.ping_interval,
-        ping_timeout=ns.ping_timeout,
-        reconnect_base=ns.reconnect_base,
-        reconnect_cap=ns.reconnect_cap,
-        origin_check_interval=ns.origin_check_interval,
-        log_level=ns.log_level,
-    )
+    values.update(cloud_url=urls[0], cloud_urls=urls[1:], token=(token or "").strip() or None)
+    return AgentConfig(**values)
