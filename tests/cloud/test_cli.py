@@ -193,3 +193,23 @@ def test_help_describes_each_command(capsys: pytest.CaptureFixture[str]) -> None
     for command in ("serve", "keygen", "token", "revoke"):
         assert f"\n  {command} " in out
     assert "PITLINK_" in out
+
+
+def test_serve_help_lists_every_setting_with_its_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cloud.config import SETTINGS
+
+    code, out, _ = run_main(["serve", "--help"], capsys)
+    assert code == 0
+    assert out.startswith("usage: cloud-relay serve")
+    text = " ".join(out.split())
+    for setting in SETTINGS:
+        assert f" {setting.option} " in text
+        shown = setting.default_shown.replace("`", "")
+        assert (
+            f"(default {shown})" in text or f"(default: {shown})" in text or (shown == "(required)")
+        )
+    assert "--port PORT port to listen on (default 8080)" in text
+    assert "--jwks JWKS the key set file (JWKS) that verifies tokens (required)" in text
+    assert "several replicas on Redis: --redis-url REDIS_URL" in text

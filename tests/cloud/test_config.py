@@ -237,3 +237,80 @@ def test_state_dir() -> None:
     assert config_from_args(JWKS, env={}).state_dir is None
     config = config_from_args(JWKS, env={"PITLINK_STATE_DIR": "/var/lib/pitlink"})
     assert config.state_dir == Path("/var/lib/pitlink")
+
+
+# -- each setting is checked where it is declared ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--port", "65536", "a port is 0 to 65535"),
+        ("--port", "-1", "a port is 0 to 65535"),
+        ("--admin-port", "admin", "is not a port number"),
+        ("--fetch-timeout", "0", "must be a number above 0"),
+        ("--ping-interval", "-1", "must be a number above 0"),
+        ("--ping-timeout", "0", "must be a number above 0"),
+        ("--idle-timeout", "0", "must be a number above 0"),
+        ("--redis-cache-ttl", "0", "must be a number above 0"),
+        ("--client-burst", "0", "must be a number above 0"),
+        ("--pits-fetch-burst", "-5", "must be a number above 0"),
+        ("--client-miss-burst", "0", "must be a number above 0"),
+        ("--freshness", "-1", "must not be negative"),
+        ("--grace-period", "-0.5", "must not be negative"),
+        ("--queue-size", "-1", "must not be negative"),
+        ("--ready-queue-threshold", "-1", "must not be negative"),
+        ("--cache-max-entries", "0", "must be at least 1"),
+        ("--cache-max-bytes", "0", "must be at least 1"),
+        ("--max-body-bytes", "-1", "must be at least 1"),
+        ("--max-header-bytes", "0", "must be at least 1"),
+        ("--per-conn-concurrency", "0", "must be at least 1"),
+        ("--workers", "0", "must be at least 1"),
+        ("--cache-max-bytes", "256MiB", "is not a whole number"),
+        ("--client-rate", "-1", "0 turns it off"),
+        ("--client-miss-rate", "-1", "0 turns it off"),
+        ("--pits-fetch-rate", "fast", "is not a number"),
+        ("--renew-before", "-1", "0 turns it off"),
+        ("--trusted-proxy", "10.0.0.300", "does not appear to be an IPv4 or IPv6 network"),
+        ("--public-allowlist", "events/**", "must start with /"),
+        ("--log-level", "loud", "DEBUG, INFO, WARNING, ERROR"),
+    ],
+)
+def test_each_setting_refuses_what_it_cannot_use(flag: str, value: str, words: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        config_from_args([*JWKS, flag, value], env={})
+    message = str(caught.value)
+    assert message.startswith(f"argument {flag}: ")
+    assert words in message and "\n" not in message
+    variable = "PITLINK_" + flag[2:].replace("-", "_").upper()
+    with pytest.raises(SettingsError) as caught:
+        config_from_args(JWKS, env={variable: value})
+    assert str(caught.value).startswith(f"{variable}={value!r} is not valid: ")
+    assert words in str(caught.value)
+
+
+def test_zero_means_off_or_at_once_where_it_may() -> None:
+    zeros = ["port", "queue-size", "ready-queue-threshold", "freshness", "grace-period"]
+    zeros += ["client-rate", "pits-fetch-rate", "renew-before", "admin-port"]
+    config = config_from_args([*JWKS, *(f"--{flag}=0" for flag in zeros)], env={})
+    assert (config.port, config.queue_size, config.ready_queue_threshold) == (0, 0, 0)
+    assert (config.freshness, config.grace_period, config.admin_port) == (0.0, 0.0, 0)
+    assert (config.client_rate, config.pits_fetch_rate, config.renew_before) == (None, None, None)
+
+
+def test_trusted_proxies_are_kept_as_given() -> None:
+    config = config_from_args(
+        [*JWKS, "--trusted-proxy", " 127.0.0.1 ", "--trusted-proxy", "10.0.0.0/8"], env={}
+    )
+    assert config.trusted_proxy == ("127.0.0.1", "10.0.0.0/8")
+    env = {"PITLINK_TRUSTED_PROXY": "::1, 192.168.0.0/16,"}
+    assert config_from_args(JWKS, env=env).trusted_proxy == ("::1", "192.168.0.0/16")
+
+
+def test_several_workers_need_redis_and_a_fixed_port() -> None:
+    with pytest.raises(SettingsError, match="--workers above 1 needs --redis-url"):
+        config_from_args([*JWKS, "--workers", "2"], env={})
+    with pytest.raises(SettingsError, match="needs a fixed --port"):
+        config_from_args([*JWKS, "--workers", "2", "--redis-url", "redis://x", "--port", "0"], {})
+    config = config_from_args(JWKS, env={"PITLINK_WORKERS": "3", "PITLINK_REDIS_URL": "redis://x"})
+    assert (config.workers, config.redis_url) == (3, "redis://x")

@@ -290,3 +290,80 @@ def test_a_bad_flag_is_one_plain_line(flag: str, value: str, words: str) -> None
     message = str(caught.value)
     assert flag in message and words in message and "\n" not in message
     assert "usage:" not in message
+
+
+# -- each setting is checked where it is declared ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--status-port", "65536", "a port is 0 to 65535"),
+        ("--status-port", "http", "is not a port number"),
+        ("--fetch-timeout", "0", "must be a number above 0"),
+        ("--ping-timeout", "-1", "must be a number above 0"),
+        ("--reconnect-base", "0", "must be a number above 0"),
+        ("--reconnect-cap", "0", "must be a number above 0"),
+        ("--origin-check-interval", "0", "must be a number above 0"),
+        ("--check-interval", "-60", "must be a number above 0"),
+        ("--error-hold", "-1", "must not be negative"),
+        ("--max-body-bytes", "0", "must be at least 1"),
+        ("--max-concurrent-commands", "0", "must be at least 1"),
+        ("--allow", "events/**", "must start with /"),
+        ("--fpvtrackside", "ftp://laptop", "expected an address like http://192.168.1.20:8080"),
+        ("--cloud-url", "relay.example.com", "must look like https://relay.example.com"),
+    ],
+)
+def test_each_setting_refuses_what_it_cannot_use(
+    tmp_path: Path, flag: str, value: str, words: str
+) -> None:
+    argv = ["--cloud-url", "https://r.example", "--token-file", "/t"]
+    with pytest.raises(ConfigError) as caught:
+        load_config([*argv, flag, value], env={})
+    message = str(caught.value)
+    assert message.startswith(f"argument {flag}: ")
+    assert words in message and "\n" not in message
+    key = flag[2:].replace("-", "_").upper()
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--config", str(conf(tmp_path, f"{key}={value}\n")), *argv], env={})
+    assert str(caught.value).startswith(f"{key}={value!r} is not valid: ")
+    with pytest.raises(ConfigError, match=f"PITLINK_{key}="):
+        load_config(argv, env={f"PITLINK_{key}": value})
+
+
+def test_switches_and_zero_where_it_may(tmp_path: Path) -> None:
+    path = conf(tmp_path, "PAUSED=yes\nALLOW_NETWORK_RESTART=true\nERROR_HOLD=0\nSTATUS_PORT=0\n")
+    config = load_config(["--config", str(path), *REQUIRED], env={})
+    assert (config.paused, config.allow_network_restart) == (True, True)
+    assert (config.error_hold, config.status_port) == (0.0, 0)
+    assert load_config(REQUIRED, env={}).paused is False
+    with pytest.raises(ConfigError, match="PAUSED='later' is not a yes/no value"):
+        load_config(REQUIRED, env={"PITLINK_PAUSED": "later"})
+
+
+def test_several_relays_the_first_dialled_first() -> None:
+    env = {"PITLINK_CLOUD_URL": "https://a.example, https://b.example", "PITLINK_TOKEN_FILE": "/t"}
+    config = load_config([], env=env)
+    assert (config.cloud_url, config.cloud_urls) == ("https://a.example", ("https://b.example",))
+    config = load_config(["--cloud-url", "https://c.example"], env=env)
+    assert (config.cloud_url, config.cloud_urls) == ("https://c.example", ())
+
+
+def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from pits_appliance.cli import main
+    from pits_appliance.config import SETTINGS
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pits-agent")
+    text = " ".join(out.split())
+    for setting in SETTINGS:
+        assert f" {setting.option} " in text
+        shown = setting.default_shown.replace("`", "")
+        assert (
+            f"(default {shown})" in text or f"(default: {shown})" in text or (shown == "(required)")
+        )
+    assert "--status-port STATUS_PORT the status port (default 8081)" in text
+    assert "--cloud-url CLOUD_URL the relay" in text
