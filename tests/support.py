@@ -145,6 +145,10 @@ class System:
         await self.agent.start()
         if wait:
             await self.connected()
+            # The agent's first look at FPVTrackside (its page, then the event's name) is done,
+            # so that it does not show up in what a test counts at the origin.
+            agent = self.agent
+            await wait_for(lambda: agent.state.origin_checked, what="the first origin check")
         return self.agent
 
     async def stop_agent(self) -> None:
