@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloud.ratelimit import parse_networks
-from wire.paths import DEFAULT_ALLOWLIST, Allowlist
+from wire.paths import DEFAULT_ALLOWLIST
 from wire.settings import (
     Parser,
     SettingsError,
@@ -47,8 +47,7 @@ def _ttl_rule(text: str) -> tuple[str, float]:
         ) from None
     if value < 0:
         raise ValueError(f"{text!r}: the seconds must not be negative")
-    Allowlist([pattern])  # a bad pattern fails now, in its own words
-    return pattern, value
+    return path_pattern(pattern), value
 
 
 def _proxy(text: str) -> str:
@@ -207,12 +206,11 @@ class CloudConfig:
 SETTINGS = settings_of(CloudConfig)
 
 
-def build_parser(parser: Parser | None = None) -> Parser:
+def build_parser() -> Parser:
     """The flags of `cloud-relay serve`."""
-    if parser is None:
-        parser = Parser(
-            prog="cloud-relay serve", description="Run the relay: boxes dial in, spectators read."
-        )
+    parser = Parser(
+        prog="cloud-relay serve", description="Run the relay: boxes dial in, spectators read."
+    )
     add_flags(parser, SETTINGS)
     return parser
 
@@ -225,13 +223,13 @@ def config_from_args(argv: Sequence[str], env: Mapping[str, str] | None = None) 
             "--jwks (or PITLINK_JWKS) is required: the key set that verifies tokens; "
             "make one with `cloud-relay keygen --jwks FILE`"
         )
-    workers, redis_url = values["workers"], values["redis_url"]
-    if workers > 1 and not redis_url:
+    config = CloudConfig(**values)
+    if config.workers > 1 and not config.redis_url:
         raise SettingsError(
             "--workers above 1 needs --redis-url: the workers reach each other through it"
         )
-    if workers > 1 and values["port"] == 0:
+    if config.workers > 1 and config.port == 0:
         raise SettingsError("--workers above 1 needs a fixed --port (each worker binds it)")
-    if values["admin_port"] is not None and workers > 1:
+    if config.admin_port is not None and config.workers > 1:
         raise SettingsError("--admin-port serves one process: use --admin-host with --workers")
-    return CloudConfig(**values)
+    return config

@@ -143,11 +143,7 @@ def add_flags(parser: argparse.ArgumentParser, settings: Iterable[Setting]) -> N
         target = parser
         if s.group:
             target = groups.setdefault(s.group, parser.add_argument_group(s.group))
-        shown = s.default_shown
-        suffix = f"(default: {shown})" if s.shown else f"(default {shown})"
-        if shown.startswith("("):
-            suffix = shown
-        text = f"{s.help} {suffix}".replace("`", "").replace("%", "%%")
+        text = f"{s.help} {_default_said(s)}".replace("`", "").replace("%", "%%")
         if s.switch:
             target.add_argument(
                 s.option, action="store_true", dest=s.name, default=argparse.SUPPRESS, help=text
@@ -385,6 +381,14 @@ def _for_argparse(convert: Callable[[str], object]) -> Callable[[str], object]:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
     return checked
+
+
+def _default_said(s: Setting) -> str:
+    """`(default 8)`, `(default: beside the JWKS file)` or `(required)`, for --help."""
+    shown = s.default_shown
+    if shown.startswith("("):
+        return shown
+    return f"(default: {shown})" if s.shown else f"(default {shown})"
 
 
 def _plain(value: object) -> str:
