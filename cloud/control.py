@@ -17,13 +17,22 @@ from typing import Any, Protocol
 
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
-from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
+from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
-from wire.budget import Throttle, TokenBucket
+from wire.budget import Throttle
+from wire.session import (
+    Closing,
+    Dropped,
+    Event,
+    Opened,
+    Received,
+    RoundTrip,
+    Session,
+    SessionSettings,
+)
 
 log = logging.getLogger("pitlink.cloud.control")
 
-GOING_AWAY = 1001
 EXPIRED_IDS = 256  # timed-out fetch ids remembered per connection
 
 
@@ -52,6 +61,15 @@ class ControlSettings:
     drop_rate: float = 1.0
     limits: dict[str, Any] = field(default_factory=dict)
 
+    def session(self) -> SessionSettings:
+        return SessionSettings(
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            handshake_timeout=self.handshake_timeout,
+            drop_burst=self.drop_burst,
+            drop_rate=self.drop_rate,
+        )
+
 
 # Issues a fresh token for the claims of a connection whose token is close to expiry, or None
 # when that token was renewed before (a token is renewed at most once).
@@ -59,7 +77,12 @@ Renewer = Callable[[dict[str, Any]], Awaitable[str | None]]
 
 
 class PitsConnection:
-    """One pits WebSocket: handshake state, fetches awaiting replies, liveness."""
+    """One pits WebSocket: the shell around its protocol session, and the fetches awaiting replies.
+
+    The handshake, pings, liveness and frame checks are the session's (`wire.session`); what
+    only the relay knows is here: the fetches in flight and their slots, the token's expiry,
+    renewal and revocation, and the registry.
+    """
 
     def __init__(
         self,
@@ -84,16 +107,22 @@ class PitsConnection:
         self.metrics = metrics
         self.clock = clock
         self.wall = wall
-        self.state = "handshake"
-        self.hello: m.PitsHello | None = None
-        self.opened_at = clock()
+        self.session = Session(
+            "cloud",
+            settings=settings.session(),
+            now=clock(),
+            hello=m.CloudHello(
+                protocol_version=PROTOCOL_VERSION,
+                server_time_ms=int(wall() * 1000),
+                limits=settings.limits,
+            ),
+            expect_pits_id=pits_id,
+            wall=wall,
+            log_throttle=registry.drop_log,
+            log_key=pits_id,
+        )
         self.connected_since_wall = wall()
-        self.last_rx = self.opened_at
-        self.last_ping_sent = self.opened_at
-        self.round_trip: float | None = None
-        self.errors = 0
         self.fetches = 0
-        self.rx_bytes = 0
         self.queued = 0
         self.shed = 0
         self.renewed = False
@@ -102,37 +131,99 @@ class PitsConnection:
         self._renew = renew
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
-        self._pings: dict[str, float] = {}
         # Ids of fetches that timed out here: a late reply to one is no fault of the pits.
         self._expired: OrderedDict[str, None] = OrderedDict()
-        self._drops = TokenBucket(settings.drop_rate, settings.drop_burst, self.opened_at)
+        self._gone = False
 
-    # -- outgoing ------------------------------------------------------------------------------
+    # -- what the session knows ------------------------------------------------------------------
 
-    def _send(self, message: m.Message, frame_id: str | None = None) -> str:
-        frame_id = frame_id or m.new_id()
-        self.transport.send(m.encode(message, frame_id=frame_id, now_ms=int(self.wall() * 1000)))
-        return frame_id
+    @property
+    def state(self) -> str:
+        return self.session.state
 
-    def start(self) -> None:
-        """Send the cloud's hello; the pits must answer within the handshake timeout."""
-        self._send(
-            m.CloudHello(
-                protocol_version=PROTOCOL_VERSION,
-                server_time_ms=int(self.wall() * 1000),
-                limits=self.settings.limits,
-            )
-        )
+    @property
+    def hello(self) -> m.PitsHello | None:
+        hello = self.session.peer_hello
+        return hello if isinstance(hello, m.PitsHello) else None
 
-    def close(self, code: int, reason: str) -> None:
-        if self.state != "closed":
-            log.info("closing pits connection", extra={"pits_id": self.pits_id, "code": code})
-            self.transport.close(code, reason)
-            self.closed()
+    @property
+    def last_rx(self) -> float:
+        return self.session.last_rx
+
+    @property
+    def round_trip(self) -> float | None:
+        return self.session.round_trip
+
+    @property
+    def errors(self) -> int:
+        return self.session.errors
+
+    @property
+    def rx_bytes(self) -> int:
+        return self.session.rx_bytes
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    # -- the socket ------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        for text in self.session.data_to_send():
+            self.transport.send(text)
+
+    def _act(self, events: list[Event]) -> None:
+        """Write what the session queued, then do what its events ask."""
+        self._flush()
+        for event in events:
+            if isinstance(event, Opened):
+                self.registry.register(self)
+                log.info(
+                    "pits connected",
+                    extra={
+                        "pits_id": self.pits_id,
+                        "sw_version": self.hello and self.hello.sw_version,
+                    },
+                )
+            elif isinstance(event, Received):
+                self._on_reply(event.frame_id, event.message)
+            elif isinstance(event, Dropped):
+                self._on_drop(event)
+            elif isinstance(event, RoundTrip):
+                self.metrics.ws_roundtrip.observe(event.seconds)
+            elif isinstance(event, Closing):
+                log.info(
+                    "closing pits connection", extra={"pits_id": self.pits_id, "code": event.code}
+                )
+                self.transport.close(event.code, event.reason)
+                self.closed()
+
+    def start(self) -> None:
+        """Send the cloud's hello; the pits must answer within the handshake timeout."""
+        self.session.start()
+        self._flush()
+
+    def close(self, code: int, reason: str) -> None:
+        self._act(self.session.close(code, reason))
+
+    def on_text(self, data: str | bytes) -> None:
+        """Handle one frame from the pits. Nothing a pits sends can raise out of here."""
+        self._act(self.session.receive(data, self.clock()))
+
+    def closed(self) -> None:
+        """The WebSocket is gone: fail every pending fetch now, not at its deadline."""
+        if self._gone:
+            return
+        self._gone = True
+        self.session.closed()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ProtocolError(ErrorCode.UNAVAILABLE, "pits connection lost"))
+        self._pending.clear()
+        self.registry.unregister(self)
+        log.info("pits disconnected", extra={"pits_id": self.pits_id})
+
+    # -- fetches ---------------------------------------------------------------------------------
 
     async def fetch(
         self, fetch: m.Fetch, timeout: float, *, frame_id: str | None = None
@@ -158,7 +249,8 @@ class PitsConnection:
             self.metrics.fetches.inc()
             self.metrics.fetch_in_flight.inc()
             try:
-                self._send(fetch, frame_id)
+                self.session.send(fetch, frame_id)
+                self._flush()
                 return await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
             except TimeoutError:
                 self._expired[frame_id] = None
@@ -200,105 +292,20 @@ class PitsConnection:
             self.queued -= 1
             self.metrics.fetch_queue_depth.dec()
 
-    # -- incoming ------------------------------------------------------------------------------
-
-    def on_text(self, data: str | bytes) -> None:
-        """Handle one frame from the pits. Nothing a pits sends can raise out of here."""
-        if self.state == "closed":
-            return  # what is still in flight after we closed is not read
-        self.last_rx = self.clock()
-        self.rx_bytes += len(data)
-        try:
-            frame = m.decode(data, sender="pits")
-        except ProtocolError as exc:
-            if self.state == "handshake":
-                # A pits that cannot say hello properly (a field past its bound, say) is done.
-                self.close(CloseCode.POLICY, f"bad hello: {exc.message}")
-                return
-            frame_id = m.peek_id(data)
-            future = self._pending.get(frame_id) if frame_id is not None else None
-            if future is not None and not future.done():
-                # A reply we wait for, but broken: fail its fetch now, not at its deadline.
-                future.set_exception(
-                    ProtocolError(ErrorCode.BAD_CONTENT, f"malformed reply: {exc.message}")
-                )
-            if self._drop("malformed", exc.message):
-                self._send(m.Error(code=ErrorCode.BAD_REQUEST, message=exc.message), frame_id)
-            return
-        msg = frame.message
-        if isinstance(msg, m.PitsHello):
-            self._on_hello(msg)
-        elif self.state != "open":
-            self._drop("before_hello", f"{frame.type} before hello")
-        elif isinstance(msg, m.Response | m.Error):
-            self._on_reply(frame.id, msg)
-        elif isinstance(msg, m.Ping):
-            self._send(m.Pong(), frame.id)
-        elif isinstance(msg, m.Pong):
-            sent = self._pings.pop(frame.id, None)
-            if sent is None:
-                self._drop("unknown_id", "pong for an unknown ping")
-            else:
-                self.round_trip = self.clock() - sent
-                self.metrics.ws_roundtrip.observe(self.round_trip)
-
-    def _drop(self, reason: str, detail: str, *, charge: bool = True) -> bool:
-        """Count a dropped frame; False when it spent the budget and the connection is closed.
-
-        The log line is rate-limited per pits and reason, with the count of those held back.
-        """
-        self.errors += 1
-        self.metrics.frames_dropped.labels(reason).inc()
-        now = self.clock()
-        held = self.registry.drop_log.allow(f"{self.pits_id}:{reason}", now)
-        if held is not None:
-            log.warning(
-                "dropped frame",
-                extra={
-                    "pits_id": self.pits_id,
-                    "reason": reason,
-                    "detail": detail[:200],
-                    "suppressed": held,
-                },
-            )
-        if charge and self._drops.take(now):
-            log.warning(
-                "closing a pits that sends too many bad frames", extra={"pits_id": self.pits_id}
-            )
-            self.close(CloseCode.POLICY, "too many bad frames")
-            return False
-        return True
-
-    def _on_hello(self, hello: m.PitsHello) -> None:
-        if self.state != "handshake":
-            self._drop("unexpected", "second hello")
-            return
-        if hello.protocol_version not in SUPPORTED_VERSIONS:
-            self.close(
-                CloseCode.VERSION_REFUSED,
-                f"protocol version {hello.protocol_version} not supported; "
-                f"this relay speaks {sorted(SUPPORTED_VERSIONS)}",
-            )
-            return
-        if hello.pits_id != self.pits_id:
-            self.close(CloseCode.POLICY, "pitsId does not match the token")
-            return
-        self.hello = hello
-        self.state = "open"
-        self.registry.register(self)
-        log.info(
-            "pits connected",
-            extra={"pits_id": self.pits_id, "sw_version": hello.sw_version},
-        )
-
-    def _on_reply(self, frame_id: str, msg: m.Response | m.Error) -> None:
+    def _on_reply(self, frame_id: str, msg: m.Message) -> None:
+        if not isinstance(msg, m.Response | m.Error):
+            return  # the session lets only replies through from a pits
         future = self._pending.get(frame_id)
         if future is None or future.done():
+            now = self.clock()
             if frame_id in self._expired:
                 del self._expired[frame_id]
-                self._drop("expired", "late reply to a fetch that timed out", charge=False)
+                events = self.session.drop(
+                    "expired", "late reply to a fetch that timed out", now, charge=False
+                )
             else:
-                self._drop("unknown_id", "reply for an unknown id")
+                events = self.session.drop("unknown_id", "reply for an unknown id", now)
+            self._act(events)
             return
         if isinstance(msg, m.Error):
             # The code and message only: details from a pits never reach a public answer.
@@ -313,42 +320,38 @@ class PitsConnection:
         else:
             future.set_result(msg)
 
-    def closed(self) -> None:
-        """The WebSocket is gone: fail every pending fetch now, not at its deadline."""
-        if self.state == "closed":
-            return
-        self.state = "closed"
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(ProtocolError(ErrorCode.UNAVAILABLE, "pits connection lost"))
-        self._pending.clear()
-        self.registry.unregister(self)
-        log.info("pits disconnected", extra={"pits_id": self.pits_id})
+    def _on_drop(self, event: Dropped) -> None:
+        self.metrics.frames_dropped.labels(event.reason).inc()
+        future = self._pending.get(event.frame_id or "")
+        if event.reason == "malformed" and future is not None and not future.done():
+            # A reply we wait for, but broken: fail its fetch now, not at its deadline.
+            future.set_exception(
+                ProtocolError(ErrorCode.BAD_CONTENT, f"malformed reply: {event.detail}")
+            )
+        if event.held is not None:
+            log.warning(
+                "dropped frame",
+                extra={
+                    "pits_id": self.pits_id,
+                    "reason": event.reason,
+                    "detail": event.detail,
+                    "suppressed": event.held,
+                },
+            )
 
-    # -- liveness ------------------------------------------------------------------------------
+    # -- liveness and the token -------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Ping when due; close a connection silent past the timeout (a half-open link)."""
+        """Ping when due, close a silent pits (the session); close or renew by the token."""
         if self.state == "closed":
             return
-        now = self.clock()
-        if self.state == "handshake" and now - self.opened_at > self.settings.handshake_timeout:
-            self.close(CloseCode.POLICY, "no hello received")
+        self._act(self.session.tick(self.clock()))
+        if self.state != "open":
             return
-        if now - self.last_rx > self.settings.ping_timeout:
-            self.close(GOING_AWAY, f"silent for {self.settings.ping_timeout:g} s")
-            return
-        if self.state == "open" and self._token_expired():
+        if self._token_expired():
             self.close(CloseCode.TOKEN_EXPIRED, "token expired")
             return
-        if self.state == "open":
-            self._maybe_renew()
-        if now - self.last_ping_sent >= self.settings.ping_interval:
-            self.last_ping_sent = now
-            self._pings = {
-                k: t for k, t in self._pings.items() if now - t < self.settings.ping_timeout
-            }
-            self._pings[self._send(m.Ping())] = now
+        self._maybe_renew()
 
     def _token_expired(self) -> bool:
         exp = self.claims.get("exp")
@@ -373,7 +376,8 @@ class PitsConnection:
     async def _send_renewal(self, renew: Renewer) -> None:
         token = await renew(self.claims)
         if token is not None and self.state == "open":
-            self._send(m.Token(token=token))
+            self.session.send(m.Token(token=token))
+            self._flush()
 
     def revoke_if(self, revoked: Revocations, kids: frozenset[str] | None = None) -> None:
         """Close this connection if its token was revoked, or its key removed, since it connected."""

@@ -24,15 +24,25 @@ from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
 from pits_appliance.tokens import TokenStore, validity
-from wire import PROTOCOL_VERSION, SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
+from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.backoff import Backoff
+from wire.session import (
+    Closing,
+    Dropped,
+    Event,
+    Opened,
+    Received,
+    RoundTrip,
+    Session,
+    SessionSettings,
+    close_policy,
+)
 
 log = logging.getLogger("pitlink.pits.link")
 fetch_log = logging.getLogger("pitlink.pits.fetch")
 
 FEATURES = ("canonical-json-v1", "etag-sha256", "token-renewal")
-_SLOW_CODES = {CloseCode.TOKEN_EXPIRED, CloseCode.VERSION_REFUSED, CloseCode.POLICY}
 
 
 def _close_if_connected(
@@ -69,7 +79,6 @@ class CloudLink:
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pings: dict[str, float] = {}
         self.sessions = 0
         # Several relays: move on to the next after a failure, as cloudflared does over edges.
         self.relays = [config.cloud_url, *config.cloud_urls]
@@ -179,12 +188,24 @@ class CloudLink:
             return self.backoff.next_delay()
         self._ws = ws
         self.sessions += 1
+        session = Session(
+            "pits",
+            settings=SessionSettings(
+                ping_interval=self.config.ping_interval,
+                ping_timeout=self.config.ping_timeout,
+                handshake_timeout=self.config.ping_timeout,
+            ),
+            now=self.clock(),
+            hello=m.PitsHello(
+                protocol_version=PROTOCOL_VERSION,
+                pits_id=self.state.pits_id,
+                sw_version=__version__,
+                features=FEATURES,
+            ),
+        )
+        ours: Closing | None = None
         try:
-            await self._handshake(ws)
-            await self._serve(ws)
-        except ProtocolError as exc:
-            self.state.set("cloud_error", exc.message)
-            log.warning("link failed", extra={"code": str(exc.code), "error": exc.message})
+            ours = await self._serve(ws, session)
         finally:
             self._ws = None
             for task in list(self._tasks):
@@ -195,6 +216,8 @@ class CloudLink:
             self.metrics.ws_connected.set(0)
             if was_connected:
                 self.backoff.disconnected(self.clock())
+        if ours is not None:
+            return self._after_our_close(ours)
         return self._after_close(ws.close_code, ws.close_reason)
 
     def _report(self, failure: DialFailure, url: str) -> None:
@@ -216,6 +239,7 @@ class CloudLink:
             )
 
     def _after_close(self, code: int | None, reason: str | None) -> float:
+        """The relay closed the link: say why, and how long to wait (`wire.session.close_policy`)."""
         # A session that got through its handshake keeps its relay, unless it was replaced
         # or asked to reconnect (a draining replica): then the next relay is as good.
         self._healthy_session = self._session_up and code not in (
@@ -225,46 +249,72 @@ class CloudLink:
         self.state.close_code = code
         self.state.close_reason = reason
         log.info("link closed", extra={"close_code": code, "reason": reason})
-        if code == CloseCode.RECONNECT:
+        policy = close_policy(code)
+        if policy == "now":
             self.backoff.reset()
             return 0.0
-        if code in _SLOW_CODES:
+        if policy == "slow":
             plain = {
                 CloseCode.TOKEN_EXPIRED: "the relay says this box's token expired or was revoked: ask for a new one",
                 CloseCode.VERSION_REFUSED: f"the relay does not speak this box's protocol version ({reason}): update the box",
                 CloseCode.POLICY: f"the relay refused this box ({reason})",
-            }[CloseCode(code)]
+            }[CloseCode(code or 0)]
             self.state.set("cloud_error", plain)
             return self.backoff.slow_delay()
         if code == CloseCode.REPLACED:
             self.state.set("cloud_error", "another connection with this pits id replaced this one")
         return self.backoff.next_delay()
 
-    async def _handshake(self, ws: tornado.websocket.WebSocketClientConnection) -> None:
-        try:
-            first = await asyncio.wait_for(ws.read_message(), self.config.ping_timeout)
-        except TimeoutError:
-            raise ProtocolError(ErrorCode.TIMEOUT, "the relay sent no hello") from None
-        if first is None:
-            return  # closed before hello: the close code says why
-        frame = m.decode(first, sender="cloud")
-        if not isinstance(frame.message, m.CloudHello):
-            raise ProtocolError(ErrorCode.BAD_REQUEST, f"expected hello, got {frame.type}")
-        if frame.message.protocol_version not in SUPPORTED_VERSIONS:
-            ws.close(CloseCode.VERSION_REFUSED, f"agent speaks {PROTOCOL_VERSION}")
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"the relay speaks protocol {frame.message.protocol_version}: update the box",
+    def _after_our_close(self, ours: Closing) -> float:
+        """The box closed the link (its session decided): say why, and how long to wait."""
+        self._healthy_session = self._session_up
+        self.state.close_code = ours.code
+        self.state.close_reason = ours.reason
+        if ours.code == CloseCode.VERSION_REFUSED:
+            self.state.set(
+                "cloud_error", f"the relay speaks another protocol ({ours.reason}): update the box"
             )
-        self._send(
-            ws,
-            m.PitsHello(
-                protocol_version=PROTOCOL_VERSION,
-                pits_id=self.state.pits_id,
-                sw_version=__version__,
-                features=FEATURES,
-            ),
-        )
+            log.warning("relay refused: another protocol version", extra={"reason": ours.reason})
+            return self.backoff.slow_delay()
+        if ours.reason.startswith("silent"):
+            log.warning("relay silent, dropping the link", extra={"reason": ours.reason})
+            self.state.set("cloud_error", "the link to the relay went silent")
+        elif ours.reason == "no hello received":
+            log.warning("the relay sent no hello", extra={"url": self.state.relay_url})
+            self.state.set("cloud_error", "the relay sent no hello")
+        else:
+            log.warning("dropping the link", extra={"code": ours.code, "reason": ours.reason})
+            self.state.set("cloud_error", f"the relay sent {ours.reason}")
+        return self.backoff.next_delay()
+
+    async def _serve(
+        self, ws: tornado.websocket.WebSocketClientConnection, session: Session
+    ) -> Closing | None:
+        """Feed the session what the relay sends and the time; act on what it says, until the
+        link closes (None: the relay closed it; its close code says why) or the session ends it.
+        """
+        reading = asyncio.ensure_future(ws.read_message())
+        try:
+            while True:
+                await asyncio.wait([reading], timeout=session.next_deadline(self.clock()))
+                now = self.clock()
+                events: list[Event] = []
+                if reading.done():
+                    data = reading.result()
+                    if data is None:
+                        return None
+                    events += session.receive(data, now)
+                    reading = asyncio.ensure_future(ws.read_message())
+                events += session.tick(now)
+                closing = self._act(ws, session, events)
+                if closing is not None:
+                    ws.close(closing.code, closing.reason)
+                    return closing
+        finally:
+            reading.cancel()
+
+    def _up(self) -> None:
+        """The handshake is done: the link is up."""
         now = time.time()
         self.state.set("ws_connected", True, now)
         self.state.connected_since = now
@@ -276,108 +326,78 @@ class CloudLink:
         self.backoff.connected(self.clock())
         log.info("link up", extra={"relay": self.state.relay_url})
 
-    async def _serve(self, ws: tornado.websocket.WebSocketClientConnection) -> None:
-        """Read frames until the link closes or falls silent past the ping timeout."""
-        if not self.state.ws_connected:
-            return
-        last_rx = [self.clock()]
-
-        async def reader() -> None:
-            while True:
-                data = await ws.read_message()
-                if data is None:
-                    return
-                last_rx[0] = self.clock()
-                self._on_frame(ws, data)
-
-        reading = asyncio.ensure_future(reader())
-        last_ping = self.clock()
-        try:
-            while not reading.done():
-                now = self.clock()
-                wait = min(
-                    self.config.ping_interval - (now - last_ping),
-                    self.config.ping_timeout - (now - last_rx[0]),
-                )
-                await asyncio.wait([reading], timeout=max(0.01, wait))
-                now = self.clock()
-                if now - last_rx[0] > self.config.ping_timeout:
-                    log.warning(
-                        "relay silent, dropping the link",
-                        extra={"silent_s": round(now - last_rx[0], 1)},
-                    )
-                    self.state.set("cloud_error", "the link to the relay went silent")
-                    return
-                if now - last_ping >= self.config.ping_interval:
-                    last_ping = now
-                    self._pings = {
-                        k: t for k, t in self._pings.items() if now - t < self.config.ping_timeout
-                    }
-                    self._pings[self._send(ws, m.Ping())] = now
-        finally:
-            reading.cancel()
-
     # -- frames -------------------------------------------------------------------------------
 
-    def _send(
+    def _flush(self, ws: tornado.websocket.WebSocketClientConnection, session: Session) -> None:
+        for text in session.data_to_send():
+            try:
+                ws.write_message(text)
+            except tornado.websocket.WebSocketClosedError:
+                pass
+
+    def _act(
         self,
         ws: tornado.websocket.WebSocketClientConnection,
-        message: m.Message,
-        frame_id: str | None = None,
-    ) -> str:
-        frame_id = frame_id or m.new_id()
-        try:
-            ws.write_message(m.encode(message, frame_id=frame_id, now_ms=int(time.time() * 1000)))
-        except tornado.websocket.WebSocketClosedError:
-            pass
-        return frame_id
+        session: Session,
+        events: list[Event],
+    ) -> Closing | None:
+        """Write what the session queued, do what its events ask; the Closing, if it ends."""
+        self._flush(ws, session)
+        closing: Closing | None = None
+        for event in events:
+            if isinstance(event, Opened):
+                self._up()
+            elif isinstance(event, Received):
+                self._on_message(ws, session, event.frame_id, event.message)
+            elif isinstance(event, Dropped):
+                self.metrics.frames_dropped.labels(event.reason).inc()
+                if event.held is not None:
+                    log.warning(
+                        "dropped frame from the relay",
+                        extra={
+                            "reason": event.reason,
+                            "detail": event.detail,
+                            "suppressed": event.held,
+                        },
+                    )
+            elif isinstance(event, RoundTrip):
+                self.state.round_trip = event.seconds
+            elif isinstance(event, Closing):
+                closing = event
+        self._flush(ws, session)
+        return closing
 
-    def _on_frame(self, ws: tornado.websocket.WebSocketClientConnection, data: str | bytes) -> None:
-        try:
-            frame = m.decode(data, sender="cloud")
-        except ProtocolError as exc:
-            self.metrics.frames_dropped.labels("malformed").inc()
-            log.warning("dropped malformed frame", extra={"error": exc.message})
-            self._send(
-                ws, m.Error(code=ErrorCode.BAD_REQUEST, message=exc.message), m.peek_id(data)
-            )
-            return
-        msg = frame.message
+    def _on_message(
+        self,
+        ws: tornado.websocket.WebSocketClientConnection,
+        session: Session,
+        frame_id: str,
+        msg: m.Message,
+    ) -> None:
         if isinstance(msg, m.Fetch):
+            refusal: m.Error | None = None
             if self.state.paused:
-                self.metrics.fetches.labels(str(ErrorCode.UNAVAILABLE)).inc()
-                paused = m.Error(
+                refusal = m.Error(
                     code=ErrorCode.UNAVAILABLE, message="answering is paused at the pits"
                 )
-                self._send(ws, paused, frame.id)
-                return
-            if len(self._tasks) >= self.config.max_concurrent_commands:
-                self.metrics.fetches.labels(str(ErrorCode.BUSY)).inc()
-                busy = m.Error(
+            elif len(self._tasks) >= self.config.max_concurrent_commands:
+                refusal = m.Error(
                     code=ErrorCode.BUSY,
                     message=f"the pits is already handling {len(self._tasks)} fetches",
                 )
-                self._send(ws, busy, frame.id)
+            if refusal is not None:
+                self.metrics.fetches.labels(str(refusal.code)).inc()
+                session.send(refusal, frame_id)
                 return
-            task = asyncio.ensure_future(self._fetch(ws, frame.id, msg))
+            task = asyncio.ensure_future(self._fetch(ws, session, frame_id, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif isinstance(msg, m.Ping):
-            self._send(ws, m.Pong(), frame.id)
-        elif isinstance(msg, m.Pong):
-            sent = self._pings.pop(frame.id, None)
-            if sent is None:
-                self.metrics.frames_dropped.labels("unknown_id").inc()
-            else:
-                self.state.round_trip = self.clock() - sent
         elif isinstance(msg, m.Token):
             self._store_token(msg.token)
         elif isinstance(msg, m.Error):
             log.warning(
                 "relay reported an error", extra={"code": str(msg.code), "error": msg.message}
             )
-        else:
-            self.metrics.frames_dropped.labels("unexpected").inc()
 
     def _store_token(self, token: str) -> None:
         """A renewal from the relay: the store keeps it only if it may replace the current one."""
@@ -387,7 +407,11 @@ class CloudLink:
             self.metrics.frames_dropped.labels("bad_token").inc()
 
     async def _fetch(
-        self, ws: tornado.websocket.WebSocketClientConnection, frame_id: str, fetch: m.Fetch
+        self,
+        ws: tornado.websocket.WebSocketClientConnection,
+        session: Session,
+        frame_id: str,
+        fetch: m.Fetch,
     ) -> None:
         started = self.clock()
         outcome = "ok"
@@ -422,4 +446,5 @@ class CloudLink:
                 "latency_ms": round(elapsed * 1000, 1),
             },
         )
-        self._send(ws, reply, frame_id)
+        session.send(reply, frame_id)
+        self._flush(ws, session)
