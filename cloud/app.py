@@ -23,7 +23,7 @@ from cloud.admin_http import AdminAPIHandler, AdminPageHandler
 from cloud.cache import Cache
 from cloud.cluster import Cluster
 from cloud.config import CloudConfig
-from cloud.control import ControlSettings, PitsConnection, Registry, Transport
+from cloud.control import ControlSettings, PitsConnection, Transport
 from cloud.handlers import (
     ControlHandler,
     DataHandler,
@@ -38,6 +38,7 @@ from cloud.keys import family_of
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, parse_networks
+from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
 from wire import CloseCode, ErrorCode
 from wire.errors import PathError
@@ -57,7 +58,7 @@ class CloudRelay:
         self.metrics = Metrics()
         renewed = None if config.state_dir is None else config.state_dir / "renewed"
         self.keystore = KeyStore(config.jwks, config.revoked, renewed=renewed)
-        self.registry = Registry(self.metrics)
+        self.registry: Registry[PitsConnection] = Registry(self.metrics)
         self.keystore.listeners.append(
             lambda: self.registry.revoke(self.keystore.revoked, frozenset(self.keystore.keys.kids))
         )

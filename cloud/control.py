@@ -1,8 +1,7 @@
-"""Pits connections: the handshake, pending fetches, liveness, and who is connected.
+"""One pits connection: the shell around its protocol session, and the fetches in flight.
 
 `PitsConnection` holds the logic of one pits WebSocket and talks to it through a two-method
-transport, so it is tested without a server. `Registry` knows the live connection of each
-pits; a newer connection of the same pits replaces the older one (closed with 4003).
+transport, so it is tested without a server; who is connected is `cloud.registry`.
 """
 
 from __future__ import annotations
@@ -17,9 +16,9 @@ from typing import Any, Protocol
 
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
+from cloud.registry import Registry
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
-from wire.budget import Throttle
 from wire.session import (
     Closing,
     Dropped,
@@ -91,7 +90,7 @@ class PitsConnection:
         claims: dict[str, Any],
         kid: str | None = None,
         transport: Transport,
-        registry: Registry,
+        registry: Registry[PitsConnection],
         settings: ControlSettings,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
@@ -403,65 +402,3 @@ class PitsConnection:
             "errors": self.errors,
             "fetches": self.fetches,
         }
-
-
-class Registry:
-    """Every pits connection, and the one live connection of each pits."""
-
-    def __init__(self, metrics: Metrics):
-        self.metrics = metrics
-        self.all: set[PitsConnection] = set()
-        self._live: dict[str, PitsConnection] = {}
-        # One "dropped frame" line a second per pits and reason, across its reconnections.
-        self.drop_log = Throttle(1.0, max_kinds=1024)
-        # Told when a pits connection is live here, or no longer (the cluster claims keys).
-        self.on_register: list[Callable[[str], None]] = []
-        self.on_unregister: list[Callable[[str], None]] = []
-
-    def add(self, conn: PitsConnection) -> None:
-        self.all.add(conn)
-        self._gauge()
-
-    def register(self, conn: PitsConnection) -> None:
-        """A connection finished its handshake; it replaces any older one of the same pits."""
-        old = self._live.get(conn.pits_id)
-        self._live[conn.pits_id] = conn
-        if old is not None and old is not conn:
-            old.close(CloseCode.REPLACED, "replaced by a newer connection of the same pits")
-        self._gauge()
-        for hook in self.on_register:
-            hook(conn.pits_id)
-
-    def unregister(self, conn: PitsConnection) -> None:
-        self.all.discard(conn)
-        if self._live.get(conn.pits_id) is conn:
-            del self._live[conn.pits_id]
-            for hook in self.on_unregister:
-                hook(conn.pits_id)
-        self._gauge()
-
-    def get(self, pits_id: str) -> PitsConnection | None:
-        return self._live.get(pits_id)
-
-    def live(self) -> list[PitsConnection]:
-        return list(self._live.values())
-
-    def tick(self) -> None:
-        for conn in list(self.all):
-            conn.tick()
-
-    def max_queue(self) -> int:
-        """The deepest per-pits queue right now (readiness turns on it)."""
-        return max((conn.queued for conn in self.all), default=0)
-
-    def revoke(self, revoked: Revocations, kids: frozenset[str] | None = None) -> None:
-        for conn in list(self.all):
-            conn.revoke_if(revoked, kids)
-
-    def _gauge(self) -> None:
-        counts = {"handshake": 0, "open": 0}
-        for conn in self.all:
-            if conn.state in counts:
-                counts[conn.state] += 1
-        for state, n in counts.items():
-            self.metrics.control_connections.labels(state).set(n)

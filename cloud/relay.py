@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cloud.cache import Cache, CacheKey, Entry
-from cloud.control import Registry
+from cloud.control import PitsConnection
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter
+from cloud.registry import Registry
 
 if TYPE_CHECKING:
     from cloud.cluster import Cluster
@@ -91,7 +92,7 @@ class Relay:
     def __init__(
         self,
         *,
-        registry: Registry,
+        registry: Registry[PitsConnection],
         cache: Cache,
         metrics: Metrics,
         freshness: Freshness,

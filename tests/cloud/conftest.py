@@ -7,8 +7,9 @@ from collections.abc import Callable
 import pytest
 from cloudfakes import Clock, FakeTransport, pits_hello
 
-from cloud.control import ControlSettings, PitsConnection, Registry
+from cloud.control import ControlSettings, PitsConnection
 from cloud.metrics import Metrics
+from cloud.registry import Registry
 
 
 @pytest.fixture

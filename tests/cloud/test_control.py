@@ -9,8 +9,9 @@ import ujson
 from cloudfakes import Clock, dropped, frame, pits_hello, value
 from support import wait_for
 
-from cloud.control import ControlSettings, PitsConnection, Registry
+from cloud.control import ControlSettings, PitsConnection
 from cloud.metrics import Metrics
+from cloud.registry import Registry
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 

@@ -13,9 +13,10 @@ from cloudfakes import Clock, FakeTransport, frame, value
 from support import wait_for
 
 from cloud.cache import Cache
-from cloud.control import PitsConnection, Registry
+from cloud.control import PitsConnection
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter
+from cloud.registry import Registry
 from cloud.relay import NEGATIVE, Freshness, Relay, Served
 from wire import ErrorCode, ProtocolError
 from wire import messages as m
