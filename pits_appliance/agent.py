@@ -109,6 +109,7 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.link.settle()
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()

@@ -17,7 +17,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Literal
 
-from wire.errors import TokenRefusal
+from wire.errors import CloseCode, TokenRefusal
+from wire.session import Closing, Policy, close_policy
 
 Kind = Literal[
     "token",
@@ -118,6 +119,48 @@ def classify(
         return DialFailure("timeout", f"cannot reach the relay at {url}: no answer in time")
     detail = message or type(exc).__name__
     return DialFailure("network", f"cannot reach the relay at {url}: {detail[:200]}")
+
+
+@dataclass(frozen=True)
+class Closed:
+    """Why a link that was up ended, in plain words (None: nothing worth saying), and what next."""
+
+    text: str | None
+    policy: Policy
+    log: str | None = None  # a WARNING to log, when the box itself ended the link
+
+
+def closed_by_relay(code: int | None, reason: str | None) -> Closed:
+    """The relay closed the link with `code`."""
+    policy = close_policy(code)
+    if code == CloseCode.TOKEN_EXPIRED:
+        text = "the relay says this box's token expired or was revoked: ask for a new one"
+    elif code == CloseCode.VERSION_REFUSED:
+        text = f"the relay does not speak this box's protocol version ({reason}): update the box"
+    elif code == CloseCode.POLICY:
+        text = f"the relay refused this box ({reason})"
+    elif code == CloseCode.REPLACED:
+        text = "another connection with this pits id replaced this one"
+    else:
+        text = None
+    return Closed(text, policy)
+
+
+def closed_by_box(closing: Closing) -> Closed:
+    """The box's own session ended the link (the relay fell silent, spoke another version...)."""
+    if closing.code == CloseCode.VERSION_REFUSED:
+        return Closed(
+            f"the relay speaks another protocol ({closing.reason}): update the box",
+            "slow",
+            "relay refused: another protocol version",
+        )
+    if closing.reason.startswith("silent"):
+        return Closed(
+            "the link to the relay went silent", "backoff", "relay silent, dropping the link"
+        )
+    if closing.reason == "no hello received":
+        return Closed("the relay sent no hello", "backoff", "the relay sent no hello")
+    return Closed(f"the relay sent {closing.reason}", "backoff", "dropping the link")
 
 
 class FailureLog:

@@ -8,6 +8,7 @@ soon cannot fix (a refused token, a protocol version the relay does not speak) w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -19,7 +20,13 @@ import tornado.websocket
 
 from pits_appliance import ConfigError, __version__
 from pits_appliance.config import AgentConfig, control_url
-from pits_appliance.dialing import DialFailure, FailureLog, classify
+from pits_appliance.dialing import (
+    DialFailure,
+    FailureLog,
+    classify,
+    closed_by_box,
+    closed_by_relay,
+)
 from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
@@ -36,7 +43,6 @@ from wire.session import (
     RoundTrip,
     Session,
     SessionSettings,
-    close_policy,
 )
 
 log = logging.getLogger("pitlink.pits.link")
@@ -50,6 +56,14 @@ def _close_if_connected(
 ) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
+
+
+async def _until_closed(ws: tornado.websocket.WebSocketClientConnection) -> None:
+    """Read (and drop) what arrives until the closing handshake is over: its socket then closes
+    while the loop runs, not when the garbage collector gets to it. Tornado gives up after 5 s."""
+    with contextlib.suppress(Exception):
+        while await ws.read_message() is not None:
+            pass
 
 
 class CloudLink:
@@ -78,6 +92,8 @@ class CloudLink:
         self._ws: tornado.websocket.WebSocketClientConnection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._dialing: asyncio.Future[tornado.websocket.WebSocketClientConnection] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions = 0
         # Several relays: move on to the next after a failure, as cloudflared does over edges.
@@ -99,6 +115,17 @@ class CloudLink:
     def stop(self) -> None:
         self._stopping = True
         self.reconnect_now()
+
+    async def settle(self, timeout: float = 2.0) -> None:
+        """After stop: wait (a little) for a dial the stop interrupted and for the last link's
+        closing handshake, so that their sockets are closed while the loop still runs rather
+        than left to the garbage collector."""
+        dialing, self._dialing = self._dialing, None
+        if dialing is not None and not dialing.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(dialing), timeout)
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout)
 
     async def run(self) -> None:
         """Dial, serve, and dial again until stopped."""
@@ -164,6 +191,7 @@ class CloudLink:
             except asyncio.CancelledError:
                 # Stopped while dialing: a connection that still comes up must not be left open.
                 connecting.add_done_callback(_close_if_connected)
+                self._dialing = connecting
                 raise
         except tornado.httpclient.HTTPClientError as exc:
             body = exc.response.body if exc.response is not None else None
@@ -211,14 +239,15 @@ class CloudLink:
             for task in list(self._tasks):
                 task.cancel()
             ws.close(CloseCode.NORMAL, "bye")
+            closing = asyncio.ensure_future(_until_closed(ws))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
             was_connected = self.state.ws_connected
             self.state.set("ws_connected", False)
             self.metrics.ws_connected.set(0)
             if was_connected:
                 self.backoff.disconnected(self.clock())
-        if ours is not None:
-            return self._after_our_close(ours)
-        return self._after_close(ws.close_code, ws.close_reason)
+        return self._after_close(ws.close_code, ws.close_reason, ours)
 
     def _report(self, failure: DialFailure, url: str) -> None:
         """Show why the dial failed, and log it when the reason changes (or every 5 minutes)."""
@@ -238,8 +267,16 @@ class CloudLink:
                 },
             )
 
-    def _after_close(self, code: int | None, reason: str | None) -> float:
-        """The relay closed the link: say why, and how long to wait (`wire.session.close_policy`)."""
+    def _after_close(self, code: int | None, reason: str | None, ours: Closing | None) -> float:
+        """The link ended (the relay closed it, or the box's session did): say why, and how
+        long to wait before dialing again."""
+        if ours is not None:
+            code, reason = ours.code, ours.reason
+            closed = closed_by_box(ours)
+            log.warning(closed.log or "link closed", extra={"code": code, "reason": reason})
+        else:
+            closed = closed_by_relay(code, reason)
+            log.info("link closed", extra={"close_code": code, "reason": reason})
         # A session that got through its handshake keeps its relay, unless it was replaced
         # or asked to reconnect (a draining replica): then the next relay is as good.
         self._healthy_session = self._session_up and code not in (
@@ -248,44 +285,12 @@ class CloudLink:
         )
         self.state.close_code = code
         self.state.close_reason = reason
-        log.info("link closed", extra={"close_code": code, "reason": reason})
-        policy = close_policy(code)
-        if policy == "now":
+        if closed.text is not None:
+            self.state.set("cloud_error", closed.text)
+        if closed.policy == "now":
             self.backoff.reset()
             return 0.0
-        if policy == "slow":
-            plain = {
-                CloseCode.TOKEN_EXPIRED: "the relay says this box's token expired or was revoked: ask for a new one",
-                CloseCode.VERSION_REFUSED: f"the relay does not speak this box's protocol version ({reason}): update the box",
-                CloseCode.POLICY: f"the relay refused this box ({reason})",
-            }[CloseCode(code or 0)]
-            self.state.set("cloud_error", plain)
-            return self.backoff.slow_delay()
-        if code == CloseCode.REPLACED:
-            self.state.set("cloud_error", "another connection with this pits id replaced this one")
-        return self.backoff.next_delay()
-
-    def _after_our_close(self, ours: Closing) -> float:
-        """The box closed the link (its session decided): say why, and how long to wait."""
-        self._healthy_session = self._session_up
-        self.state.close_code = ours.code
-        self.state.close_reason = ours.reason
-        if ours.code == CloseCode.VERSION_REFUSED:
-            self.state.set(
-                "cloud_error", f"the relay speaks another protocol ({ours.reason}): update the box"
-            )
-            log.warning("relay refused: another protocol version", extra={"reason": ours.reason})
-            return self.backoff.slow_delay()
-        if ours.reason.startswith("silent"):
-            log.warning("relay silent, dropping the link", extra={"reason": ours.reason})
-            self.state.set("cloud_error", "the link to the relay went silent")
-        elif ours.reason == "no hello received":
-            log.warning("the relay sent no hello", extra={"url": self.state.relay_url})
-            self.state.set("cloud_error", "the relay sent no hello")
-        else:
-            log.warning("dropping the link", extra={"code": ours.code, "reason": ours.reason})
-            self.state.set("cloud_error", f"the relay sent {ours.reason}")
-        return self.backoff.next_delay()
+        return self.backoff.slow_delay() if closed.policy == "slow" else self.backoff.next_delay()
 
     async def _serve(
         self, ws: tornado.websocket.WebSocketClientConnection, session: Session

@@ -54,10 +54,10 @@ async def test_a_whole_session_logs_no_secrets(tmp_path, sim, caplog) -> None:
     start = len(RECORDER.lines)
     s = System(tmp_path, sim)
     s.token_file.write_text(s.keys.issue(sub=s.pits_id, role="pits", ttl=86400))
+    tokens = {s.token_file.read_text().strip()}  # before the agent starts: it is renewed at once
     await s.start_relay(renew_before=10 * 86400.0, ping_interval=0.1, log_level="DEBUG")
     await s.start_agent(log_level="DEBUG")
     try:
-        tokens = {s.token_file.read_text().strip()}
         await wait_for(lambda: s.token_file.read_text().strip() not in tokens, what="renewal")
         tokens.add(s.token_file.read_text().strip())
         for path in ("/httpfiles/Channels.json", f"{sim.event_path}/Event.json", "/%2e%2e/x"):
