@@ -1,18 +1,18 @@
-"""Shared test setup: the simulator script is importable, and the real fixtures are located."""
+"""Fixtures every test may ask for, and the check of every log line of the run."""
 
 from __future__ import annotations
 
-import sys
+import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = REPO / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.logcheck import RECORDER, find_secrets, not_json
+from pitlink_testkit.system import System
 
-FIXTURES = REPO / "tests" / "fixtures" / "fpvtrackside"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fpvtrackside"
 
 
 @pytest.fixture
@@ -22,17 +22,7 @@ def fixtures_root() -> Path:
     return FIXTURES
 
 
-TESTS = Path(__file__).resolve().parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-
 # -- the real parts on loopback --------------------------------------------------------------
-
-from collections.abc import AsyncIterator  # noqa: E402
-
-from fpvtrackside_sim import Simulator  # noqa: E402
-from support import System  # noqa: E402
 
 
 @pytest.fixture
@@ -55,10 +45,6 @@ async def system(tmp_path: Path, sim: Simulator) -> AsyncIterator[System]:
 
 
 # -- every log line of the run, checked for secrets at the end -------------------------------
-
-import logging  # noqa: E402
-
-from logcheck import RECORDER, find_secrets, not_json  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

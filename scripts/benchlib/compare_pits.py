@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import subprocess
 import time
@@ -19,7 +18,6 @@ from benchlib.stack import (
     BIN,
     FIXTURES,
     PITS_ID,
-    ROOT,
     BenchError,
     Settings,
     Stack,
@@ -37,18 +35,7 @@ from benchlib.stack import (
     wait_data,
     wait_until,
 )
-
-
-def _load_faultproxy() -> Any:
-    # By file, not through sys.path: tests/ holds folders named like the packages (cloud/).
-    spec = importlib.util.spec_from_file_location("faultproxy", ROOT / "tests" / "faultproxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FaultProxy
-
-
-FaultProxy: Any = _load_faultproxy()
+from pitlink_testkit.faultproxy import FaultProxy
 
 
 class _CountingReader:
@@ -66,8 +53,8 @@ class _CountingReader:
         return data
 
 
-class CountingProxy(FaultProxy):  # type: ignore[misc,valid-type]
-    """tests/faultproxy.py's proxy, counting the bytes it carries each way.
+class CountingProxy(FaultProxy):
+    """The tests' fault proxy, counting the bytes it carries each way.
 
     "Up" is agent to relay (the pits' uplink); "down" is relay to agent.
     """
@@ -291,7 +278,7 @@ def _json_files(settings: Settings) -> tuple[str, list[tuple[str, bytes]]]:
     if (FIXTURES / "events").is_dir():
         root, source = FIXTURES, "real event (tests/fixtures/fpvtrackside)"
     else:
-        from fpvtrackside_sim import LiveEvent
+        from pitlink_testkit.fpvtrackside import LiveEvent
 
         root, source = settings.tmp / "generated", "generated event (simulator, 300 laps)"
         event = LiveEvent(root, seed=1, pilots=6)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire import CloseCode
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import tornado.web
 from playwright.async_api import Browser, Page, expect
-from support import System, serving, wait_for
 
+from pitlink_testkit.loopback import serving
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
 
 HOSTILE_PAGE = b"""<!doctype html><html><body><p id="result"></p><script>

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import tornado.netutil
 from playwright.async_api import Browser, Page, async_playwright, expect
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.cli import BrokenSettings
 from pits_appliance.connectivity import Verdict
 from pits_appliance.server import StatusServer

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faultproxy import FaultProxy
-from fpvtrackside_sim import Simulator
-from support import make_keys, wait_for
-
+from pitlink_testkit.faultproxy import FaultProxy
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.keys import make_keys
+from pitlink_testkit.waiting import wait_for
 from wire.canonical import prepare_body
 
 REPO = Path(__file__).resolve().parents[2]

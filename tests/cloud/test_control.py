@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import ujson
 from cloudfakes import Clock, dropped, frame, pits_hello, value
-from support import wait_for
 
 from cloud.control import ControlSettings, PitsConnection
 from cloud.metrics import Metrics
 from cloud.registry import Registry
+from pitlink_testkit.waiting import wait_for
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 

@@ -10,7 +10,6 @@ import asyncio
 
 import pytest
 from cloudfakes import Clock, FakeTransport, frame, value
-from support import wait_for
 
 from cloud.cache import Cache
 from cloud.control import PitsConnection
@@ -18,6 +17,7 @@ from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter
 from cloud.registry import Registry
 from cloud.relay import NEGATIVE, Freshness, Relay, Served
+from pitlink_testkit.waiting import wait_for
 from wire import ErrorCode, ProtocolError
 from wire import messages as m
 from wire.canonical import etag_of

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
+
+from pitlink_testkit.loopback import free_port
 
 
 class RedisServer:

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
-from fpvtrackside_sim import Simulator
-from support import System, free_port, wait_for
+
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_EXAMPLE = REPO / "deploy" / "nginx-pitlink.conf"

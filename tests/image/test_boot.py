@@ -38,8 +38,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import tornado.httpclient
-from fpvtrackside_sim import Simulator
-from support import System, wait_for
+
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
 

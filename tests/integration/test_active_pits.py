@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
-from support import System, wait_for
 from test_control_auth import OPENED, handshake, open_control
+
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 
 async def test_another_pits_never_takes_over_the_root_paths(system: System) -> None:

@@ -6,8 +6,9 @@ import json
 import logging
 
 import pytest
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire import CloseCode
 
 

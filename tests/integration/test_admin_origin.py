@@ -9,7 +9,8 @@ import socket
 import time
 
 import tornado.httpclient
-from support import System
+
+from pitlink_testkit.system import System
 
 ADMIN_HOST = "admin.relay.test"
 

@@ -26,10 +26,13 @@ from pathlib import Path
 
 import jwt
 import pytest
-from logcheck import RECORDER
-from support import System, free_port, make_keys, wait_for
 
 from cloud.keystore import revoke
+from pitlink_testkit.keys import make_keys
+from pitlink_testkit.logcheck import RECORDER
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.tokens import fingerprint
 from wire import CloseCode
 from wire import messages as m

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support import System
+from pitlink_testkit.system import System
 
 
 async def test_html_fallback_without_a_cached_copy_is_502(system: System) -> None:

@@ -7,8 +7,10 @@ import json
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
-from faultproxy import FaultProxy
-from support import System, wait_for
+
+from pitlink_testkit.faultproxy import FaultProxy
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 
 class LoginHandler(tornado.web.RequestHandler):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from support import System
-
+from pitlink_testkit.system import System
 from wire.canonical import canonical_json
 
 
@@ -91,7 +90,7 @@ async def test_missing_results_file_is_an_empty_array(system: System) -> None:
 
 
 async def test_replayed_real_event_is_served_canonically(tmp_path, fixtures_root) -> None:
-    from fpvtrackside_sim import Simulator
+    from pitlink_testkit.fpvtrackside import Simulator
 
     real = Simulator(root=fixtures_root)
     await real.start()

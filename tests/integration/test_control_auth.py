@@ -9,9 +9,10 @@ import jwt
 import pytest
 import tornado.httpclient
 import tornado.websocket
-from support import System, make_keys
 
 from cloud.keystore import revoke
+from pitlink_testkit.keys import make_keys
+from pitlink_testkit.system import System
 from wire import PROTOCOL_VERSION, CloseCode
 from wire import messages as m
 
@@ -150,7 +151,7 @@ async def test_a_newer_connection_replaces_the_older(relay_only: System) -> None
     old = await open_control(relay_only.url, token)
     await handshake(old, "pits-1")
     registry = relay_only.relay.registry
-    from support import wait_for
+    from pitlink_testkit.waiting import wait_for
 
     await wait_for(lambda: registry.get("pits-1") is not None, what="first connection")
     first = registry.get("pits-1")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support import System
+from pitlink_testkit.system import System
 
 
 async def test_front_page_lists_the_pits_with_links_and_says_how_to_use_them(

@@ -10,9 +10,11 @@ import tracemalloc
 
 import pytest
 import tornado.httpclient
-from fpvtrackside_sim import Simulator
-from support import FakeClock, System, wait_for
 
+from pitlink_testkit.clock import FakeClock
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire import ErrorCode, ProtocolError
 from wire.messages import Fetch
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ujson
-from support import System, wait_for
 from test_control_auth import OPENED, handshake, open_control
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire import messages as m
 
 JUNK = [

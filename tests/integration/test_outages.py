@@ -9,8 +9,8 @@ import logging
 import time
 import weakref
 
-from support import System, wait_for
-
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
 
 

@@ -6,11 +6,12 @@ import json
 import logging
 
 import tornado.httpclient
-from logcheck import RECORDER, SECRETS, find_secrets
-from support import System, wait_for
 from test_control_auth import open_control
 
 from cloud.keys import keygen
+from pitlink_testkit.logcheck import RECORDER, SECRETS, find_secrets
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire.jsonlog import JsonFormatter, mask_text
 
 

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import tornado.web
-from fpvtrackside_sim import Simulator
-from support import serving, wait_for
 
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.loopback import serving
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.executor import Executor
 from pits_appliance.origin import LiteralResolver, Origin
 from wire import ErrorCode, ProtocolError

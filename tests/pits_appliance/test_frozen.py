@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from wire.canonical import canonical_json, etag_of
 
 REPO = Path(__file__).resolve().parents[2]

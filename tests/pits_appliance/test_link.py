@@ -13,8 +13,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
 from pits_appliance.dialing import closed_by_box, closed_by_relay
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode

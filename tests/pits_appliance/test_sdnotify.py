@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import System, wait_for
 
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
 from pits_appliance.sdnotify import Notifier
 

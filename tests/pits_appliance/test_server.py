@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import tornado.httpclient
 import tornado.netutil
-from support import wait_for
 
+from pitlink_testkit.waiting import wait_for
 from pits_appliance.cli import BrokenSettings
 from pits_appliance.server import (
     AcceptGuard,

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flags_doc  # scripts/ is on sys.path (tests/conftest.py)
 import pytest
-from flags_doc import COMMAND, PAGES, ROOT, generated, tables, unplaced
 
 from cloud.config import build_parser as relay_parser
+from pitlink_testkit import flags_doc
+from pitlink_testkit.flags_doc import COMMAND, PAGES, ROOT, generated, tables, unplaced
 from pits_appliance.config import build_parser as agent_parser
 
 pytestmark = pytest.mark.timeout(60)

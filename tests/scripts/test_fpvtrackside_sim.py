@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from fpvtrackside_sim import EVENT_RE, NULL_DATE, Simulator, format_date
 from tornado.httpclient import AsyncHTTPClient
+
+from pitlink_testkit.fpvtrackside import EVENT_RE, NULL_DATE, Simulator, format_date
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fuzz_targets  # scripts/ is on sys.path (tests/conftest.py)
 import pytest
-from fuzz_targets import SEEDS, TARGETS, FuzzFinding, check_accepted_path
 
+from pitlink_testkit import fuzz_targets
+from pitlink_testkit.fuzz_targets import SEEDS, TARGETS, FuzzFinding, check_accepted_path
 from wire.paths import Allowlist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +39,9 @@ RUNS = {"atheris": 2000, "hypothesis": 200}
 
 def fuzz(tmp_path: Path, *args: str, wrapper: bool = True) -> subprocess.CompletedProcess[str]:
     """Run scripts/fuzz, or straight scripts/fuzz_targets.py (which skips the venv check)."""
-    command = [str(FUZZ)] if wrapper else [sys.executable, fuzz_targets.__file__]
+    command = (
+        [str(FUZZ)] if wrapper else [sys.executable, str(REPO / "scripts" / "fuzz_targets.py")]
+    )
     return subprocess.run(
         [*command, "--crash-dir", str(tmp_path / "crashes"), *args],
         capture_output=True,

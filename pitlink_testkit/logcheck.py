@@ -8,7 +8,7 @@ import re
 
 from wire.jsonlog import JsonFormatter
 
-# Key material the tests made; support.make_keys adds to it.
+# Key material the tests made; pitlink_testkit.keys.make_keys adds to it.
 SECRETS: set[str] = set()
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+")
 _RAW_KEY = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")  # 256 bits, b64url
