@@ -3,6 +3,7 @@
 - `waiting`: `wait_for` (in an event loop) and `poll` (outside one): a condition, a deadline.
 - `loopback`: `free_port`, and `serving` a handler a test plays itself.
 - `clock`: `FakeClock`, time that moves only when a test moves it.
+- `redis_server`: `RedisServer`, a real redis-server on a loopback port.
 - `faultproxy`: `FaultProxy`, a real TCP proxy that delays, cuts, resets or black-holes links.
 - `logcheck`: every log record of a test run, and what must not be in it.
 - `keys`: `make_keys`, a fresh key set whose secrets the log check looks for.

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -25,16 +24,11 @@ from typing import Any
 from pitlink_testkit.faultproxy import FaultProxy
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.keys import make_keys
+from pitlink_testkit.loopback import free_port
 from pitlink_testkit.waiting import wait_for
 from wire.canonical import prepare_body
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def etag(data: bytes) -> str:

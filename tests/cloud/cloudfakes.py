@@ -1,4 +1,4 @@
-"""Fakes for unit tests of the relay's plain objects: a transport, a clock, pits frames."""
+"""Fakes for unit tests of the relay's plain objects: a transport, pits frames, metric values."""
 
 from __future__ import annotations
 
@@ -29,19 +29,6 @@ class FakeTransport:
     @property
     def last(self) -> m.Frame:
         return self.frames()[-1]
-
-
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def frame(message: m.Message, frame_id: str | None = None) -> str:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from cloudfakes import Clock, FakeTransport, pits_hello
+from cloudfakes import FakeTransport, pits_hello
 
 from cloud.control import ControlSettings, PitsConnection
 from cloud.metrics import Metrics
 from cloud.registry import Registry
+from pitlink_testkit.clock import FakeClock
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ Connect = Callable[..., tuple[PitsConnection, FakeTransport]]
 
 
 @pytest.fixture
-def connect(registry: Registry, metrics: Metrics, clock: Clock) -> Connect:
+def connect(registry: Registry, metrics: Metrics, clock: FakeClock) -> Connect:
     """Open a pits connection the way the handler does; by default finish its handshake."""
 
     def _connect(

@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 import ujson
-from cloudfakes import Clock, dropped, frame, pits_hello, value
+from cloudfakes import dropped, frame, pits_hello, value
 
 from cloud.control import ControlSettings, PitsConnection
 from cloud.metrics import Metrics
 from cloud.registry import Registry
+from pitlink_testkit.clock import FakeClock
 from pitlink_testkit.waiting import wait_for
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
@@ -263,39 +264,39 @@ async def test_close_closes_the_transport_and_fails_fetches(connect) -> None:
 
 
 def test_tick_pings_on_schedule_and_closes_a_silent_connection(
-    connect, clock: Clock, metrics: Metrics, registry: Registry
+    connect, clock: FakeClock, metrics: Metrics, registry: Registry
 ) -> None:
     settings = ControlSettings(ping_interval=5.0, ping_timeout=15.0)
     conn, transport = connect(settings=settings)  # opened and heard from at t0
-    t0 = clock.t
+    t0 = clock.now
 
-    clock.t = t0 + 4.9
+    clock.now = t0 + 4.9
     conn.tick()
     assert transport.frames("ping") == []
-    clock.t = t0 + 5.0
+    clock.now = t0 + 5.0
     conn.tick()
     conn.tick()  # not twice for the same interval
     [ping] = transport.frames("ping")
 
-    clock.t = t0 + 5.25
+    clock.now = t0 + 5.25
     conn.on_text(frame(m.Pong(), ping.id))
     assert conn.round_trip == pytest.approx(0.25)
     assert metrics.ws_roundtrip._sum.get() == pytest.approx(0.25)
-    heard = clock.t
+    heard = clock.now
 
-    clock.t = t0 + 9.9
+    clock.now = t0 + 9.9
     conn.tick()
     assert len(transport.frames("ping")) == 1
-    clock.t = t0 + 10.0
+    clock.now = t0 + 10.0
     conn.tick()
     assert len(transport.frames("ping")) == 2
 
-    clock.t = heard + 14.9  # silent, but not for long enough yet
+    clock.now = heard + 14.9  # silent, but not for long enough yet
     conn.tick()
     assert transport.closes == []
     assert conn.state == "open"
 
-    clock.t = heard + 15.1
+    clock.now = heard + 15.1
     conn.tick()
     assert [code for code, _ in transport.closes] == [1001]
     assert conn.state == "closed"
@@ -307,7 +308,7 @@ def test_tick_pings_on_schedule_and_closes_a_silent_connection(
     assert len(transport.closes) == 1
 
 
-def test_any_frame_counts_as_life(connect, clock: Clock) -> None:
+def test_any_frame_counts_as_life(connect, clock: FakeClock) -> None:
     conn, transport = connect(settings=ControlSettings(ping_interval=5.0, ping_timeout=15.0))
     for _ in range(6):
         clock.advance(10.0)
@@ -318,17 +319,17 @@ def test_any_frame_counts_as_life(connect, clock: Clock) -> None:
 
 
 def test_connection_stuck_in_handshake_closed(
-    connect, clock: Clock, metrics: Metrics, registry: Registry
+    connect, clock: FakeClock, metrics: Metrics, registry: Registry
 ) -> None:
     settings = ControlSettings(ping_interval=5.0, ping_timeout=15.0, handshake_timeout=10.0)
     conn, transport = connect(hello=False, settings=settings)
-    t0 = clock.t
-    clock.t = t0 + 5.0
+    t0 = clock.now
+    clock.now = t0 + 5.0
     conn.on_text(frame(m.Ping()))  # talking, but never a hello
-    clock.t = t0 + 10.0
+    clock.now = t0 + 10.0
     conn.tick()
     assert transport.closes == []
-    clock.t = t0 + 10.1
+    clock.now = t0 + 10.1
     conn.tick()
     assert [code for code, _ in transport.closes] == [CloseCode.POLICY]
     assert conn.state == "closed"
@@ -336,7 +337,9 @@ def test_connection_stuck_in_handshake_closed(
     assert gauge(metrics, "handshake") == 0
 
 
-def test_registry_tick_ticks_every_connection(connect, clock: Clock, registry: Registry) -> None:
+def test_registry_tick_ticks_every_connection(
+    connect, clock: FakeClock, registry: Registry
+) -> None:
     settings = ControlSettings(ping_interval=5.0, ping_timeout=15.0)
     pairs = [connect(f"p{i}", settings=settings) for i in range(3)]
     clock.advance(5.0)
@@ -430,7 +433,7 @@ def test_hello_with_an_8_mib_sw_version_is_closed_1008(connect, registry: Regist
 
 
 def test_a_flood_of_bad_frames_spends_the_budget_and_closes_1008(
-    connect, metrics: Metrics, clock: Clock, caplog: pytest.LogCaptureFixture
+    connect, metrics: Metrics, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn, transport = connect(settings=ControlSettings(drop_burst=20, drop_rate=1.0))
     caplog.set_level("WARNING", logger="pitlink.cloud.control")
@@ -448,7 +451,9 @@ def test_a_flood_of_bad_frames_spends_the_budget_and_closes_1008(
     assert len(lines) == 1
 
 
-def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(connect, clock: Clock) -> None:
+def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(
+    connect, clock: FakeClock
+) -> None:
     conn, transport = connect(settings=ControlSettings(drop_burst=3, drop_rate=1.0))
     for _ in range(30):
         conn.on_text("junk")
@@ -457,7 +462,7 @@ def test_the_budget_refills_for_a_pits_with_an_occasional_bad_frame(connect, clo
 
 
 def test_dropped_frame_lines_say_how_many_were_held_back(
-    connect, clock: Clock, caplog: pytest.LogCaptureFixture
+    connect, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     conn, _ = connect()
     caplog.set_level("WARNING", logger="pitlink.cloud.control")

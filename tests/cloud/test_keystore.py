@@ -9,14 +9,7 @@ import time
 from cloud import TokenError
 from cloud.keys import Revocations, keygen
 from cloud.keystore import KeyStore, read_revoked, revoke, revoked_path_for
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from pitlink_testkit.clock import FakeClock
 
 
 def touch_later(path) -> None:
@@ -27,7 +20,7 @@ def touch_later(path) -> None:
 def test_reload_on_change_is_checked_at_most_every_interval(tmp_path) -> None:
     jwks = tmp_path / "jwks.json"
     keygen(jwks, "a")
-    clock = Clock()
+    clock = FakeClock()
     store = KeyStore(jwks, check_every=1.0, clock=clock)
     seen = []
     store.listeners.append(lambda: seen.append(store.keys.kids))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from cloudfakes import Clock, FakeTransport, frame, value
+from cloudfakes import FakeTransport, frame, value
 
 from cloud.cache import Cache
 from cloud.control import PitsConnection
@@ -17,6 +17,7 @@ from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter
 from cloud.registry import Registry
 from cloud.relay import NEGATIVE, Freshness, Relay, Served
+from pitlink_testkit.clock import FakeClock
 from pitlink_testkit.waiting import wait_for
 from wire import ErrorCode, ProtocolError
 from wire import messages as m
@@ -59,7 +60,7 @@ def test_freshness_first_matching_rule_wins() -> None:
 
 
 @pytest.fixture
-def relay(registry: Registry, metrics: Metrics, clock: Clock) -> Relay:
+def relay(registry: Registry, metrics: Metrics, clock: FakeClock) -> Relay:
     return Relay(
         registry=registry,
         cache=Cache(),
@@ -126,7 +127,9 @@ async def test_miss_fetches_from_the_pits_and_caches(relay: Relay, pits, metrics
     assert counts(metrics) == {"hits": 0, "misses": 1, "revalidations": 0, "stale": 0, "saved": 0}
 
 
-async def test_hit_within_the_window_asks_nobody(relay: Relay, pits, clock: Clock, metrics) -> None:
+async def test_hit_within_the_window_asks_nobody(
+    relay: Relay, pits, clock: FakeClock, metrics
+) -> None:
     _, transport = pits
     await miss(relay, pits)
     clock.advance(0.5)
@@ -140,7 +143,7 @@ async def test_hit_within_the_window_asks_nobody(relay: Relay, pits, clock: Cloc
 
 
 async def test_past_the_window_revalidates_and_a_304_refreshes(
-    relay: Relay, pits, clock: Clock, metrics
+    relay: Relay, pits, clock: FakeClock, metrics
 ) -> None:
     conn, transport = pits
     await miss(relay, pits)
@@ -157,7 +160,7 @@ async def test_past_the_window_revalidates_and_a_304_refreshes(
         ETAG,
     )
     entry = relay.cache.get(("p1", "GET", PATH))
-    assert entry is not None and entry.fetched_at == clock.t
+    assert entry is not None and entry.fetched_at == clock.now
     # Each request is counted once, by outcome: the 304 is a revalidation, not a hit.
     assert counts(metrics) == {
         "hits": 0,
@@ -172,7 +175,7 @@ async def test_past_the_window_revalidates_and_a_304_refreshes(
     assert len(transport.frames("fetch")) == 2
 
 
-async def test_a_changed_body_replaces_the_copy(relay: Relay, pits, clock: Clock) -> None:
+async def test_a_changed_body_replaces_the_copy(relay: Relay, pits, clock: FakeClock) -> None:
     conn, transport = pits
     await miss(relay, pits)
     clock.advance(2.0)
@@ -229,7 +232,7 @@ async def test_a_caller_that_leaves_does_not_cancel_the_fetch(relay: Relay, pits
     [ErrorCode.TIMEOUT, ErrorCode.ORIGIN_UNREACHABLE, ErrorCode.BAD_CONTENT, ErrorCode.BUSY],
 )
 async def test_error_reply_serves_the_stale_copy(
-    relay: Relay, pits, clock: Clock, metrics, code: ErrorCode
+    relay: Relay, pits, clock: FakeClock, metrics, code: ErrorCode
 ) -> None:
     conn, transport = pits
     first = await miss(relay, pits)
@@ -264,7 +267,7 @@ async def test_error_reply_without_a_copy_is_raised(relay: Relay, pits, metrics)
 
 
 async def test_denied_is_never_papered_over_with_a_stale_copy(
-    relay: Relay, pits, clock: Clock
+    relay: Relay, pits, clock: FakeClock
 ) -> None:
     conn, transport = pits
     await miss(relay, pits)
@@ -283,7 +286,7 @@ async def test_no_pits_connected_is_unavailable(relay: Relay, metrics) -> None:
     assert relay.flights == 0
 
 
-async def test_pits_gone_serves_the_stale_copy(relay: Relay, pits, clock: Clock) -> None:
+async def test_pits_gone_serves_the_stale_copy(relay: Relay, pits, clock: FakeClock) -> None:
     conn, _ = pits
     await miss(relay, pits)
     conn.closed()
@@ -320,7 +323,7 @@ async def test_body_that_does_not_match_its_etag_is_bad_content(
 
 
 async def test_body_that_does_not_match_its_etag_keeps_the_good_copy(
-    relay: Relay, pits, clock: Clock
+    relay: Relay, pits, clock: FakeClock
 ) -> None:
     conn, transport = pits
     await miss(relay, pits)
@@ -338,7 +341,7 @@ async def test_body_that_does_not_match_its_etag_keeps_the_good_copy(
 
 
 async def test_a_304_with_another_etag_does_not_revalidate(
-    relay: Relay, pits, clock: Clock, metrics
+    relay: Relay, pits, clock: FakeClock, metrics
 ) -> None:
     conn, transport = pits
     await miss(relay, pits)
@@ -366,7 +369,7 @@ async def test_requests_for_different_pits_do_not_share(relay: Relay, connect) -
 
 
 async def test_a_negative_answer_is_remembered_for_the_freshness_window(
-    relay: Relay, pits, clock: Clock, metrics: Metrics
+    relay: Relay, pits, clock: FakeClock, metrics: Metrics
 ) -> None:
     conn, transport = pits
     path = "/httpfiles/Missing.json"  # FPVTrackside's HTML fallback: BAD_CONTENT at the pits
@@ -386,7 +389,9 @@ async def test_a_negative_answer_is_remembered_for_the_freshness_window(
     assert (await asyncio.wait_for(task, 2)).body == b"[]"
 
 
-async def test_an_origin_error_status_is_remembered_too(relay: Relay, pits, clock: Clock) -> None:
+async def test_an_origin_error_status_is_remembered_too(
+    relay: Relay, pits, clock: FakeClock
+) -> None:
     conn, transport = pits
     task = asyncio.ensure_future(relay.get("p1", "/httpfiles/gone.css", request_id="r1"))
     answer(conn, await next_fetch(transport, 1), m.Response(status=404, body=b"not here"))
@@ -408,7 +413,7 @@ async def test_busy_and_timeouts_are_not_remembered(relay: Relay, pits) -> None:
 
 
 @pytest.fixture
-def budgeted(registry: Registry, metrics: Metrics, clock: Clock) -> Relay:
+def budgeted(registry: Registry, metrics: Metrics, clock: FakeClock) -> Relay:
     return Relay(
         registry=registry,
         cache=Cache(),
@@ -420,7 +425,7 @@ def budgeted(registry: Registry, metrics: Metrics, clock: Clock) -> Relay:
 
 
 async def test_a_client_past_its_miss_budget_costs_the_pits_nothing(
-    budgeted: Relay, pits, clock: Clock
+    budgeted: Relay, pits, clock: FakeClock
 ) -> None:
     conn, transport = pits
 

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ import pytest
 import tornado.httpclient
 
 from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.loopback import free_port
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 
@@ -110,12 +110,6 @@ def image() -> Path:
         pytest.fail(f"build-image failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
     BUILT.append(time.monotonic() - started)
     return IMAGE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def boot_partition_offset(disk: Path) -> int:

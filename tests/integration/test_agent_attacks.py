@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import jwt
@@ -32,7 +32,7 @@ from pitlink_testkit.keys import make_keys
 from pitlink_testkit.logcheck import RECORDER
 from pitlink_testkit.loopback import free_port
 from pitlink_testkit.system import System
-from pitlink_testkit.waiting import wait_for
+from pitlink_testkit.waiting import poll, wait_for
 from pits_appliance.tokens import fingerprint
 from wire import CloseCode
 from wire import messages as m
@@ -44,18 +44,6 @@ HALF_HEADER = b"GET /status.json HTTP/1.1\r\nHost: pitlink"
 
 
 # -- processes --------------------------------------------------------------------------------
-
-
-def poll(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def get(
@@ -131,7 +119,7 @@ class Rig:
             ],
             preexec_fn=limit,
         )
-        poll(lambda: get(self.status_port, "/healthz")[0] == 200, "the agent to connect")
+        poll(lambda: get(self.status_port, "/healthz")[0] == 200, what="the agent to connect")
 
     def _start(self, name: str, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -267,7 +255,7 @@ def test_slow_clients_cannot_exhaust_the_agents_descriptors(rig: Rig) -> None:
                     lambda source=source: (
                         get(rig.status_port, "/status.json", source=source)[0] == 200
                     ),
-                    f"the status page from {source}",
+                    what=f"the status page from {source}",
                     timeout=15,
                 )
                 assert got
@@ -293,7 +281,11 @@ def test_slow_clients_cannot_exhaust_the_agents_descriptors(rig: Rig) -> None:
             s.close()
 
     # The stalled connections give their places back (closed by us, or by the header timeout).
-    poll(lambda: descriptors(rig.agent.pid) <= baseline + 4, "the descriptors to come back", 20)
+    poll(
+        lambda: descriptors(rig.agent.pid) <= baseline + 4,
+        what="the descriptors to come back",
+        timeout=20,
+    )
     log = rig.agent_log()
     accept_errors = lines_about(log, "cannot accept")
     full = lines_about(log, "status port full") + lines_about(log, "to make room")
@@ -319,7 +311,7 @@ def test_a_full_descriptor_table_pauses_the_accept_loop(tmp_path: Path, nofile: 
         attackers = [f"127.0.0.{i}" for i in range(1, 9)]
         started = time.monotonic()
         slow = open_slow(rig.status_port, 300, attackers, timeout=5)
-        poll(lambda: descriptors(rig.agent.pid) >= 39, "the agent's table to fill")
+        poll(lambda: descriptors(rig.agent.pid) >= 39, what="the agent's table to fill")
         # Hold it full for a few seconds, then give the descriptors back.
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
@@ -329,7 +321,7 @@ def test_a_full_descriptor_table_pauses_the_accept_loop(tmp_path: Path, nofile: 
             s.close()
         slow = []
         held = time.monotonic() - started
-        poll(lambda: get(rig.status_port, "/healthz")[0] == 200, "the agent to answer again")
+        poll(lambda: get(rig.status_port, "/healthz")[0] == 200, what="the agent to answer again")
         status, _, body = rig.fetch()
         assert status == 200, body
         text = (tmp_path / "agent.log").read_text()

@@ -6,10 +6,8 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +16,10 @@ import tornado.httpclient
 import tornado.websocket
 
 from cloud.keys import KeySet, keygen
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(url: str) -> tuple[int, bytes]:
@@ -39,14 +33,6 @@ def http_get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
     except OSError:
         return 0, b""
-
-
-def poll(check, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -119,7 +105,7 @@ def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
         tmp_path / "agent.log",
     )
     relay_url = f"http://127.0.0.1:{relay_port}"
-    poll(lambda: http_get(f"http://127.0.0.1:{status_port}/healthz")[0] == 200, "the agent")
+    poll(lambda: http_get(f"http://127.0.0.1:{status_port}/healthz")[0] == 200, what="the agent")
     status, body = http_get(f"{relay_url}/pits/box/httpfiles/Channels.json")
     assert status == 200
     assert isinstance(json.loads(body), list)
@@ -203,7 +189,7 @@ def test_settings_error_is_shown_on_the_status_page(tmp_path) -> None:
         env=dict(os.environ, INVOCATION_ID="0123456789abcdef"),  # as systemd runs it
     )
     try:
-        poll(lambda: http_get(f"http://127.0.0.1:{port}/status.json")[0] == 200, "the page")
+        poll(lambda: http_get(f"http://127.0.0.1:{port}/status.json")[0] == 200, what="the page")
         status = json.loads(http_get(f"http://127.0.0.1:{port}/status.json")[1])
         assert status["configError"] is True
         (row,) = status["rows"]
@@ -239,7 +225,7 @@ def test_a_wrong_cloud_url_is_said_once_in_the_log_and_plainly_on_the_page(
         [sys.executable, "-m", "http.server", str(web_port), "--bind", "127.0.0.1"],
         tmp_path / "web.log",
     )
-    poll(lambda: http_get(f"http://127.0.0.1:{web_port}/")[0] == 200, "the web server")
+    poll(lambda: http_get(f"http://127.0.0.1:{web_port}/")[0] == 200, what="the web server")
     jwks = tmp_path / "jwks.json"
     keygen(jwks, "k")
     token = tmp_path / "token"
@@ -272,7 +258,7 @@ def test_a_wrong_cloud_url_is_said_once_in_the_log_and_plainly_on_the_page(
         code, body = http_get(f"http://127.0.0.1:{status_port}/healthz")
         return int(json.loads(body)["reconnects"]) if code == 503 else 0
 
-    poll(lambda: attempts() >= 8, "several attempts", timeout=60)
+    poll(lambda: attempts() >= 8, what="several attempts", timeout=60)
     status = json.loads(http_get(f"http://127.0.0.1:{status_port}/status.json")[1])
     [cloud] = [row for row in status["rows"] if row["key"] == "cloud"]
     assert cloud["mark"] == "red"

@@ -13,7 +13,7 @@ import pytest
 import tornado.web
 
 from pitlink_testkit.fpvtrackside import Simulator
-from pitlink_testkit.loopback import serving
+from pitlink_testkit.loopback import free_port, serving
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.executor import Executor
 from pits_appliance.origin import LiteralResolver, Origin
@@ -174,12 +174,6 @@ async def test_traversal_is_a_bad_request(executor: Executor, sim: Simulator, pa
     assert sim.traversals == []
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_stopped_origin_is_unreachable_after_one_retry(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -201,7 +195,7 @@ async def test_stopped_origin_is_unreachable_after_one_retry(
 
 
 async def test_a_connection_refused_twice_is_unreachable() -> None:
-    origin = Origin(f"http://127.0.0.1:{closed_port()}")
+    origin = Origin(f"http://127.0.0.1:{free_port()}")
     try:
         started = time.monotonic()
         assert await refused(Executor(origin, Allowlist()), get("/")) == (

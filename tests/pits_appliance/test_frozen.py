@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import tornado.httpclient
 
+from pitlink_testkit.loopback import free_port
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from wire.canonical import canonical_json, etag_of
@@ -55,12 +55,6 @@ def frozen_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     program = out / "dist" / "pits-agent" / "pits-agent"
     assert os.access(program, os.X_OK), done.stdout
     return program
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env() -> dict[str, str]:

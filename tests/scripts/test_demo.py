@@ -8,11 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from pitlink_testkit.waiting import poll
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)
@@ -26,17 +27,6 @@ def get(url: str) -> tuple[int, dict[str, str], bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-def poll(check, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_the_demo_prints_urls_that_work_and_stops_only_on_ctrl_c(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     out = tmp_path / "demo.out"
@@ -48,7 +38,9 @@ def test_the_demo_prints_urls_that_work_and_stops_only_on_ctrl_c(tmp_path: Path)
         )  # fmt: skip
     try:
         text = poll(
-            lambda: "Press Ctrl-C" in out.read_text() and out.read_text(), "the demo to be up"
+            lambda: "Press Ctrl-C" in out.read_text() and out.read_text(),
+            what="the demo to be up",
+            timeout=60,
         )
         urls = dict(re.findall(r"(https?://\S+)\s+(\S.*)", text))
         race_url = next(u for u, note in urls.items() if note.startswith("the race running now"))
@@ -65,12 +57,13 @@ def test_the_demo_prints_urls_that_work_and_stops_only_on_ctrl_c(tmp_path: Path)
         # The demo's own hint: stop the agent. The rest runs on and serves the last copies.
         agent_pid = int(re.search(r"kill (\d+)", text).group(1))
         os.kill(agent_pid, signal.SIGTERM)
-        poll(lambda: "demo: agent exited" in out.read_text(), "the demo to say so")
+        poll(lambda: "demo: agent exited" in out.read_text(), what="the demo to say so", timeout=60)
         assert demo.poll() is None
         event_url = race_url.rsplit("/", 2)[0] + "/Event.json"
         stale = poll(
             lambda: (r := get(event_url))[1].get("X-Pitlink-Cache") == "STALE" and r,
-            "a stale copy",
+            what="a stale copy",
+            timeout=60,
         )
         assert stale[0] == 200
     finally:

@@ -18,13 +18,14 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from pitlink_testkit.fpvtrackside import EVENT_RE, NULL_DATE, Simulator, format_date
+from pitlink_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -89,14 +90,6 @@ async def fetch(
         writer.write(request(port, path, method, headers, body))
         await writer.drain()
         return await asyncio.wait_for(read_reply(reader, method), timeout=10)
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
 
 
 def port_of(sim: Simulator) -> int:
@@ -320,7 +313,12 @@ async def test_hold_piles_requests_up_behind_the_first(sim: Simulator) -> None:
     paths = ["/", f"{sim.event_path}/Event.json", f"{sim.event_path}/Pilots.json"]
     tasks = [asyncio.create_task(fetch(port_of(sim), p)) for p in paths]
     try:
-        await wait_until(lambda: sim.requests_total == 3 and sim.queued == 2, "requests to queue")
+        await wait_for(
+            lambda: sim.requests_total == 3 and sim.queued == 2,
+            what="requests to queue",
+            timeout=5.0,
+            interval=0.002,
+        )
         assert sim.in_flight == 1
         assert not any(t.done() for t in tasks)
     finally:
@@ -364,7 +362,12 @@ async def test_client_leaving_a_huge_reply_frees_the_server(sim: Simulator) -> N
         writer.write(request(port, path))
         await reader.readuntil(b"\r\n\r\n")
         await reader.readexactly(64 * 1024)
-    await wait_until(lambda: sim.in_flight == 0, "the abandoned reply to end")
+    await wait_for(
+        lambda: sim.in_flight == 0,
+        what="the abandoned reply to end",
+        timeout=5.0,
+        interval=0.002,
+    )
     sim.huge.clear()
     assert (await fetch(port, path)).status == 200
 
@@ -512,7 +515,12 @@ async def test_stop_cuts_held_requests_and_removes_the_event() -> None:
     sim.hold = asyncio.Event()
     held = [asyncio.create_task(fetch(port, "/")) for _ in range(2)]
     try:
-        await wait_until(lambda: sim.in_flight == 1 and sim.queued == 1, "requests to pile up")
+        await wait_for(
+            lambda: sim.in_flight == 1 and sim.queued == 1,
+            what="requests to pile up",
+            timeout=5.0,
+            interval=0.002,
+        )
     finally:
         await asyncio.wait_for(sim.stop(), timeout=5)
         outcomes = await asyncio.gather(*held, return_exceptions=True)
