@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.redis_server import RedisServer
+from pitlink_testkit.waiting import poll
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -41,14 +38,6 @@ def get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except Exception:
         return 0, b""
-
-
-def poll(check, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            sys.exit(f"bench: timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Stack:
@@ -99,21 +88,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pitlink-bench-"))
     stack = Stack(tmp)
     try:
-        redis_port, sim_port = free_port(), free_port()
-        stack.start(
-            "redis",
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-        )
+        redis_server = RedisServer(tmp / "redis", maxmemory=None)
+        redis_server.start(lambda command: stack.start("redis", list(command)))
+        sim_port = free_port()
         stack.start(
             "sim",
             [
@@ -168,9 +145,9 @@ def main() -> None:
                 "WARNING",
             ]
             if redis:
-                cmd += ["--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--node-id", name]
+                cmd += ["--redis-url", redis_server.url, "--node-id", name]
             stack.start(name, cmd)
-            poll(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, f"relay {name}")
+            poll(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, what=f"relay {name}")
 
         pa, pb = free_port(), free_port()
         relay("a", pa, 3600.0, True)
@@ -194,8 +171,8 @@ def main() -> None:
             ],
         )
         path = "/pits/bench/httpfiles/Channels.json"
-        poll(lambda: get(f"http://127.0.0.1:{pa}{path}")[0] == 200, "data through A")
-        poll(lambda: get(f"http://127.0.0.1:{pb}{path}")[0] == 200, "data through B")
+        poll(lambda: get(f"http://127.0.0.1:{pa}{path}")[0] == 200, what="data through A")
+        poll(lambda: get(f"http://127.0.0.1:{pb}{path}")[0] == 200, what="data through B")
         body = get(f"http://127.0.0.1:{pa}{path}")[1]
 
         one, two = [], []
@@ -233,8 +210,11 @@ def main() -> None:
                 "WARNING",
             ],
         )
-        poll(lambda: get(f"http://127.0.0.1:{la}{path}")[0] == 200, "data through the latency pair")
-        poll(lambda: get(f"http://127.0.0.1:{lb}{path}")[0] == 200, "forwarding")
+        poll(
+            lambda: get(f"http://127.0.0.1:{la}{path}")[0] == 200,
+            what="data through the latency pair",
+        )
+        poll(lambda: get(f"http://127.0.0.1:{lb}{path}")[0] == 200, what="forwarding")
         local, remote = [], []
         for _ in range(args.samples):
             for port, series in ((la, local), (lb, remote)):

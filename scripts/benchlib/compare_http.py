@@ -19,7 +19,6 @@ from benchlib.stack import (
     Settings,
     Stack,
     event_sim,
-    free_port,
     http_get,
     make_keys,
     median,
@@ -37,6 +36,7 @@ from benchlib.stack import (
     wrk_side_by_side,
     wrk_summary,
 )
+from pitlink_testkit.loopback import free_port
 
 
 def _port(url: str) -> int:
@@ -472,7 +472,7 @@ def workers(settings: Settings) -> Outcome:
         sim = event_sim(stack)
         # A Redis each: the two relays must not see each other's pits as one cluster.
         one = start_relay(
-            stack, keys, "one", *flags, "--redis-url", start_redis(stack, "redis-one") + "/0"
+            stack, keys, "one", *flags, "--redis-url", start_redis(stack, "redis-one")
         )
         two = start_relay(
             stack,
@@ -480,7 +480,7 @@ def workers(settings: Settings) -> Outcome:
             "two",
             *flags,
             "--redis-url",
-            start_redis(stack, "redis-two") + "/0",
+            start_redis(stack, "redis-two"),
             "--workers",
             "2",
         )

@@ -33,9 +33,9 @@ from benchlib.stack import (
     start_relay,
     start_sim,
     wait_data,
-    wait_until,
 )
 from pitlink_testkit.faultproxy import FaultProxy
+from pitlink_testkit.waiting import poll
 
 
 class _CountingReader:
@@ -387,7 +387,7 @@ def conns(settings: Settings) -> Outcome:
         open_after = metric(relay.url, "pitlink_control_connections", state="open")
         assert swarm.stdin is not None
         swarm.stdin.close()
-        done = wait_until(lambda: _swarm_line(stack, "done"), "the swarm's last word", 30)
+        done = poll(lambda: _swarm_line(stack, "done"), what="the swarm's last word", timeout=30)
     per_conn = (rss_held - rss_idle) / max(1.0, open_after)
     out.details = {
         "requested": count,

@@ -13,17 +13,19 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.redis_server import RedisServer
+from pitlink_testkit.waiting import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -47,12 +49,6 @@ def need(*tools: str) -> None:
         )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def raise_nofile() -> int:
     """Raise this process's open-files limit to its hard limit; returns the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -73,17 +69,6 @@ def http_get(
         return exc.code, dict(exc.headers.items()), exc.read()
     except (OSError, ValueError):
         return 0, {}, b""
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def metric(base_url: str, name: str, **labels: str) -> float:
@@ -178,13 +163,13 @@ class Stack:
                 )
 
     def wait(self, check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-        """wait_until, failing at once (with its log) if one of the processes died."""
+        """poll `check`, failing at once (with its log) if one of the processes died."""
 
         def alive_and(check: Callable[[], Any] = check) -> Any:
             self.check_alive()
             return check()
 
-        return wait_until(alive_and, what, timeout)
+        return poll(alive_and, what=what, timeout=timeout)
 
     def stop_one(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         if proc.poll() is None:
@@ -382,30 +367,13 @@ def wait_data(stack: Stack, url: str, what: str = "data through the relay") -> b
 
 
 def start_redis(stack: Stack, name: str = "redis") -> str:
-    port = free_port()
-    stack.start(
-        name,
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-    )
+    """redis-server, started and stopped with the stack; its URL.
 
-    def up() -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-        return False
-
-    stack.wait(up, name)
-    return f"redis://127.0.0.1:{port}"
+    Unbounded (no maxmemory), as the benches have always measured it.
+    """
+    server = RedisServer(stack.tmp / name, maxmemory=None)
+    server.start(lambda command: stack.start(name, command))
+    return server.url
 
 
 NGINX_TEMPLATE = """{user}worker_processes 1;
