@@ -11,22 +11,11 @@ import tornado.httpclient
 import tornado.websocket
 
 from cloud.keystore import revoke
+from pitlink_testkit.control import OPENED, handshake, open_control
 from pitlink_testkit.keys import make_keys
 from pitlink_testkit.system import System
-from wire import PROTOCOL_VERSION, CloseCode
+from wire import CloseCode
 from wire import messages as m
-
-
-async def open_control(
-    url: str, token: str | None, query: str = "role=pits&version=1"
-) -> tornado.websocket.WebSocketClientConnection:
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    request = tornado.httpclient.HTTPRequest(
-        f"ws://{url.split('://', 1)[1]}/control?{query}", headers=headers
-    )
-    ws = await tornado.websocket.websocket_connect(request)
-    OPENED.append(ws)
-    return ws
 
 
 @pytest.fixture
@@ -38,9 +27,6 @@ async def relay_only(tmp_path, sim):
         ws.close()
     OPENED.clear()
     await s.close()
-
-
-OPENED: list[tornado.websocket.WebSocketClientConnection] = []
 
 
 def forged(claims: dict, key: bytes, kid: str = "k1", alg: str = "HS256") -> str:
@@ -116,16 +102,6 @@ async def test_role_query_is_required(relay_only: System) -> None:
     with pytest.raises(tornado.httpclient.HTTPClientError) as caught:
         await open_control(relay_only.url, token, query="version=1")
     assert caught.value.code == 400
-
-
-async def handshake(ws: tornado.websocket.WebSocketClientConnection, pits_id: str) -> m.CloudHello:
-    hello = m.decode(await ws.read_message(), sender="cloud").message
-    assert isinstance(hello, m.CloudHello)
-    assert hello.protocol_version == PROTOCOL_VERSION
-    await ws.write_message(
-        m.encode(m.PitsHello(protocol_version=1, pits_id=pits_id, sw_version="test"), now_ms=0)
-    )
-    return hello
 
 
 async def test_a_pits_token_cannot_act_as_another_pits(relay_only: System) -> None:

@@ -12,10 +12,10 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
-from test_control_auth import OPENED, handshake, open_control
 
 from cloud.keys import KeySet, keygen, write_private
 from cloud.keystore import revoke
+from pitlink_testkit.control import OPENED, handshake, open_control
 from pitlink_testkit.faultproxy import FaultProxy
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for

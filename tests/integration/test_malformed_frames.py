@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ujson
-from test_control_auth import OPENED, handshake, open_control
 
+from pitlink_testkit.control import OPENED, handshake, open_control
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from wire import messages as m

@@ -6,9 +6,9 @@ import json
 import logging
 
 import tornado.httpclient
-from test_control_auth import open_control
 
 from cloud.keys import keygen
+from pitlink_testkit.control import open_control
 from pitlink_testkit.logcheck import RECORDER, SECRETS, find_secrets
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
