@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 
 import pytest
 
 from pitlink_testkit.fpvtrackside import Simulator
-from pitlink_testkit.logcheck import RECORDER, find_secrets, not_json
+from pitlink_testkit.logcheck import RECORDER, Expected, find_secrets, not_json, unexpected, unseen
 from pitlink_testkit.system import System
+
+# pytester runs the log check on tests written for it (tests/pitlink_testkit/test_logcheck.py).
+pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fpvtrackside"
 
@@ -44,23 +48,117 @@ async def system(tmp_path: Path, sim: Simulator) -> AsyncIterator[System]:
     await s.close()
 
 
-# -- every log line of the run, checked for secrets at the end -------------------------------
+# -- every log line of the run: JSON, no secrets, no error a test did not declare ------------
+
+_CALL_PASSED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "provokes_error(logger, message, *, why, required=True): the test logs, on purpose, an"
+        " ERROR (or a traceback) from `logger` whose message matches the regular expression"
+        " `message`, because `why`; any other such record fails it",
+    )
     root = logging.getLogger()
     root.addHandler(RECORDER)
     root.setLevel(logging.DEBUG)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    RECORDER.test = item.nodeid
+    try:
+        return (yield)
+    finally:
+        RECORDER.test = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_PASSED] = report.passed
+    return report
+
+
+def _declared(item: pytest.Item) -> list[Expected]:
+    return [Expected(*m.args, **m.kwargs) for m in item.iter_markers("provokes_error")]
+
+
+# Tests in files that another change in flight is editing, marked from here until the markers
+# can move onto the tests themselves (then this table goes).
+_MARKED_FROM_HERE = {
+    "tests/integration/test_observability.py::test_counters_say_one_miss_one_hit_one_304": (
+        pytest.mark.provokes_error(
+            "tornado.access",
+            r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
+            why="a path FPVTrackside does not have is BAD_CONTENT (502), counted as an error",
+        )
+    ),
+    "tests/integration/test_observability.py::test_agent_metrics": (
+        pytest.mark.provokes_error(
+            "tornado.access",
+            r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
+            why="a path FPVTrackside does not have is BAD_CONTENT (502), counted by the agent",
+        )
+    ),
+    "tests/cluster/test_replicas.py::test_every_replica_serves_the_root_paths_of_the_pits_adopted_on_one": (
+        pytest.mark.provokes_error(
+            "tornado.access",
+            r"^503 GET /httpfiles/Channels\.json ",
+            why="the pits chosen on B is not connected; A follows: its root paths are 503",
+        )
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A malformed provokes_error stops the run before any test, naming the test."""
+    for item in items:
+        if item.nodeid in _MARKED_FROM_HERE:
+            item.add_marker(_MARKED_FROM_HERE[item.nodeid])
+        try:
+            _declared(item)
+        except (TypeError, ValueError, re.error) as e:
+            raise pytest.UsageError(
+                f"{item.nodeid}: provokes_error(logger, message, *, why, required=True): {e}"
+            ) from e
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """After the test's fixtures are gone: every error it logged was declared, and (if it
+    passed) every declared error was logged."""
+    result = yield
+    errors, expected = RECORDER.errors_of(item.nodeid), _declared(item)
+    problems = [f"unexpected in the log: {e}" for e in unexpected(errors, expected)]
+    if item.stash.get(_CALL_PASSED, False):
+        problems += [f"declared but not logged: {x}" for x in unseen(errors, expected)]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+    return result
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leaks = find_secrets(RECORDER.lines) + not_json(RECORDER.lines)
+    stray = RECORDER.errors_of(None)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"\nlog check: {len(RECORDER.lines)} log lines captured, {len(leaks)} not JSON or with secrets"
+            f"\nlog check: {len(RECORDER.lines)} log lines captured, {len(leaks)} not JSON or"
+            f" with secrets, {len(RECORDER.errors)} errors or tracebacks"
+            f" ({len(stray)} outside any test)"
         )
         for leak in leaks[:10]:
             reporter.write_line(f"  bad log line: {leak}")
-    if leaks:
+        for error in stray[:10]:
+            reporter.write_line(f"  error outside any test: {error}")
+    if leaks or stray:
         session.exitstatus = 1

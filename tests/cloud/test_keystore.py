@@ -6,6 +6,8 @@ import json
 import os
 import time
 
+import pytest
+
 from cloud import TokenError
 from cloud.keys import Revocations, keygen
 from cloud.keystore import KeyStore, read_revoked, revoke, revoked_path_for
@@ -35,6 +37,11 @@ def test_reload_on_change_is_checked_at_most_every_interval(tmp_path) -> None:
     assert store.maybe_reload() is False  # nothing changed since
 
 
+@pytest.mark.provokes_error(
+    "pitlink.cloud.keys",
+    r"^key set not reloaded, keeping the last good one$",
+    why="the key file is damaged on purpose",
+)
 def test_a_damaged_key_file_keeps_the_last_good_set(tmp_path) -> None:
     jwks = tmp_path / "jwks.json"
     keygen(jwks, "a")
@@ -68,6 +75,11 @@ def test_missing_revocation_list_is_empty(tmp_path) -> None:
     assert read_revoked(tmp_path / "none") == Revocations()
 
 
+@pytest.mark.provokes_error(
+    "pitlink.cloud.keys",
+    r"^revocation list line skipped$",
+    why="one line (sub=x before=soon) is damaged on purpose",
+)
 def test_comments_and_blank_lines_in_revocation_list(tmp_path) -> None:
     path = tmp_path / "revoked"
     path.write_text("# header\n\nabc  # why\n  def\nsub=club-7 before=100\nsub=x before=soon\n")
@@ -84,8 +96,6 @@ def test_keygen_output_is_a_jwks_document(tmp_path) -> None:
 
 
 def test_revoke_command_by_id_and_by_token(tmp_path, capsys) -> None:
-    import pytest
-
     from cloud.cli import main
     from cloud.keys import KeySet
 
@@ -106,8 +116,6 @@ def test_revoke_command_by_id_and_by_token(tmp_path, capsys) -> None:
 
 
 def test_revoke_command_by_pits_id(tmp_path, capsys) -> None:
-    import pytest
-
     from cloud.cli import main
 
     jwks = tmp_path / "jwks.json"
@@ -128,8 +136,6 @@ def test_revoke_command_by_pits_id(tmp_path, capsys) -> None:
 
 
 def test_revoke_command_by_token_revokes_its_family(tmp_path) -> None:
-    import pytest
-
     from cloud.cli import main
     from cloud.keys import family_of
 

@@ -51,6 +51,11 @@ async def test_connections_list_what_an_operator_needs(system: System) -> None:
     assert row["fetches"] == 1
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 POST /admin/api/pits/nobody/reconnect ",
+    why="a pits that is not connected cannot be told to reconnect: 503",
+)
 async def test_forced_reconnect_shows_a_new_connection(system: System, caplog) -> None:
     caplog.set_level(logging.INFO, logger="pitlink.cloud.admin")
     first = system.relay.registry.get(system.pits_id)
@@ -66,6 +71,11 @@ async def test_forced_reconnect_shows_a_new_connection(system: System, caplog) -
     assert (await admin(system, "pits/nobody/reconnect", {})).code == 503
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /pits/pits-1/events/.*/Event\.json ",
+    why="a paused pits fetches nothing: a path never cached is 503",
+)
 async def test_pause_stops_fetches_reaching_the_origin(system: System) -> None:
     sim = system.sim
     cached = f"/pits/{system.pits_id}/httpfiles/Channels.json"
@@ -120,6 +130,11 @@ async def test_allowlist_toggle_at_runtime(system: System) -> None:
     assert (await admin(system, "allowlist", {"pattern": "/httpfiles/**"})).code == 400
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /httpfiles/Channels\.json ",
+    why="the active pits chosen is not connected: the root paths are 503",
+)
 async def test_choosing_the_active_pits(system: System) -> None:
     path = "/httpfiles/Channels.json"
     assert (await system.get(path)).code == 200

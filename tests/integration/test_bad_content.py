@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pitlink_testkit.system import System
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/httpfiles/Missing\.json ",
+    why="FPVTrackside's HTML page for a missing .json is BAD_CONTENT: 502 without a copy",
+)
 async def test_html_fallback_without_a_cached_copy_is_502(system: System) -> None:
     # A .json path outside /events that does not exist: FPVTrackside answers its index page.
     got = await system.get(f"/pits/{system.pits_id}/httpfiles/Missing.json")
@@ -50,6 +57,11 @@ async def test_half_written_race_file_serves_the_good_copy(system: System) -> No
     assert fresh.body != good.body  # the lap added meanwhile is there now
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/events/.*/Race\.json ",
+    why="a half-written Race.json with no good copy to fall back on is 502",
+)
 async def test_half_written_file_without_a_copy_is_502(system: System) -> None:
     path = system.sim.race_path()
     system.sim.advance()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from pitlink_testkit.system import System
 from wire.canonical import canonical_json
 
@@ -109,6 +111,11 @@ async def test_replayed_real_event_is_served_canonically(tmp_path, fixtures_root
         await real.stop()
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
+    why="the second fetch is BAD_CONTENT (502), so that its audit line can be read",
+)
 async def test_one_audit_line_per_fetch(system: System, caplog) -> None:
     import logging
 

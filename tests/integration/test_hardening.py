@@ -96,6 +96,11 @@ async def test_black_holed_link_is_found_and_replaced(tmp_path, sim, caplog) -> 
         await proxy.stop()
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/raw/httpfiles/Big\.json ",
+    why="a body over the relay's cap is refused: 502",
+)
 async def test_relay_refuses_bodies_over_its_cap(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(max_body_bytes=1000, client_rate=None)
@@ -155,6 +160,11 @@ async def answer_next(ws, reply: m.Message) -> None:
     await ws.write_message(m.encode(reply, frame_id=frame.id, now_ms=0))
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/raw/events/e/Rounds\.json ",
+    why="a script labelled as JSON on a .json path is BAD_CONTENT: 502",
+)
 async def test_the_pits_label_never_chooses_the_content_type(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(client_rate=None, freshness=60.0)
@@ -202,6 +212,11 @@ async def test_the_pits_label_never_chooses_the_content_type(tmp_path, sim) -> N
         {"retryAfter": "tomorrow"},
     ],
 )
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /pits/raw/events/e/Event\.json ",
+    why="the hostile pits answers BUSY with its own status and Retry-After; the relay says 503",
+)
 async def test_a_pits_never_chooses_the_status_line(tmp_path, sim, details) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(client_rate=None)
@@ -220,6 +235,11 @@ async def test_a_pits_never_chooses_the_status_line(tmp_path, sim, details) -> N
         await s.close()
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /pits/raw/events/e/Event\.json ",
+    why="the hostile pits answers BUSY with Retry-After 1e400; the relay says 503, Retry-After 1",
+)
 async def test_retry_after_of_1e400_from_a_pits_is_no_traceback(tmp_path, sim) -> None:
     """`1e400` decodes to infinity: it once reached math.ceil and gave a 500."""
     s = System(tmp_path, sim)
@@ -248,6 +268,11 @@ async def test_retry_after_of_1e400_from_a_pits_is_no_traceback(tmp_path, sim) -
 
 
 @pytest.mark.parametrize("status", [302, 204, 101])
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/raw/events/e/Event\.json ",
+    why="a response status the protocol does not allow fails the fetch: 502",
+)
 async def test_a_response_status_the_protocol_does_not_allow_fails_the_fetch(
     tmp_path, sim, status
 ) -> None:

@@ -78,6 +78,11 @@ async def test_identical_fetches_share_one_origin_request(system: System) -> Non
     assert [p for _, p in sim.request_log if p == path] == [path]
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /pits/pits-1/events/.*/Missing\d+\.json ",
+    why="past the queue's bound, requests are shed at once with 503",
+)
 async def test_relay_queue_sheds_load_and_readyz_flips(system: System) -> None:
     sim = system.sim
     sim.hold = asyncio.Event()
@@ -115,6 +120,11 @@ async def test_relay_queue_sheds_load_and_readyz_flips(system: System) -> None:
         client.close()
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/events/.*/Huge\.json ",
+    why="an origin file over the size limit is TOO_LARGE: 502",
+)
 async def test_huge_origin_file_is_too_large_without_holding_it(system: System) -> None:
     sim = system.sim
     path = f"{sim.event_path}/Huge.json"
@@ -135,6 +145,11 @@ async def test_huge_origin_file_is_too_large_without_holding_it(system: System) 
     assert peak < 8 * MIB + 4 * MIB, f"peak {peak / MIB:.1f} MiB while refusing a 64 MiB body"
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^504 GET /pits/pits-1/httpfiles/Channels\.json ",
+    why="an origin that never answers is 504 at the fetch timeout",
+)
 async def test_origin_that_never_answers_is_504(tmp_path, sim: Simulator) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(fetch_timeout=30.0)
@@ -151,6 +166,11 @@ async def test_origin_that_never_answers_is_504(tmp_path, sim: Simulator) -> Non
         await s.close()
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^504 GET /pits/pits-1/httpfiles/Channels\.json ",
+    why="the relay's own deadline ends the request first: 504",
+)
 async def test_relay_deadline_caps_the_request(tmp_path, sim: Simulator) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(fetch_timeout=0.3)

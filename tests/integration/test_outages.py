@@ -9,11 +9,18 @@ import logging
 import time
 import weakref
 
+import pytest
+
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET (/pits/pits-1)?/events/.*/Pilots\.json ",
+    why="with the agent stopped, a path never cached is 503, by pits id and at the root",
+)
 async def test_agent_stopped_serves_stale_and_503(system: System) -> None:
     cached = f"/pits/{system.pits_id}/httpfiles/Channels.json"
     good = await system.get(cached)
@@ -36,6 +43,11 @@ async def test_agent_stopped_serves_stale_and_503(system: System) -> None:
     assert alias.code == 503
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^503 GET /pits/pits-1/httpfiles/Channels\.json ",
+    why="the pits drops with a fetch pending: 503 at once",
+)
 async def test_pending_fetches_fail_at_once_when_the_pits_drops(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     # A deadline far beyond the test's own timeout: only an immediate failure passes.
@@ -92,6 +104,11 @@ async def test_agent_health_says_connected_and_origin(system: System) -> None:
     assert json.loads(down.body)["wsConnected"] is False
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/httpfiles/Channels\.json ",
+    why="FPVTrackside is stopped: ORIGIN_UNREACHABLE, 502",
+)
 async def test_origin_down_is_502_origin_unreachable(system: System) -> None:
     await system.sim.stop()
     got = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")

@@ -113,6 +113,11 @@ async def test_ready_watchdog_and_nothing_while_the_loop_is_blocked(
     assert notify_socket.messages("STOPPING=1")
 
 
+@pytest.mark.provokes_error(
+    "pitlink.pits.agent",
+    r"^an agent task died",
+    why="the test cancels the link task; the agent says why it withholds the watchdog",
+)
 async def test_no_watchdog_when_an_agent_task_died(tmp_path: Path, sim, notify_socket) -> None:
     s = System(tmp_path, sim)
     await s.start_relay()
