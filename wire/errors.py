@@ -34,6 +34,7 @@ class CloseCode(enum.IntEnum):
     """WebSocket close codes with a meaning in this protocol."""
 
     NORMAL = 1000
+    GOING_AWAY = 1001
     POLICY = 1008
     RECONNECT = 4000
     TOKEN_EXPIRED = 4001

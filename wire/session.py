@@ -32,7 +32,7 @@ from wire import messages as m
 from wire.budget import Throttle, TokenBucket
 from wire.errors import CloseCode, ErrorCode, ProtocolError
 
-GOING_AWAY = 1001
+GOING_AWAY = CloseCode.GOING_AWAY  # the peer fell silent, or the relay is shutting down
 State = Literal["handshake", "open", "closed"]
 
 

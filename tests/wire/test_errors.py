@@ -100,6 +100,7 @@ def test_http_status_of_each_code(code: ErrorCode, status: int) -> None:
     ("member", "value"),
     [
         (CloseCode.NORMAL, 1000),
+        (CloseCode.GOING_AWAY, 1001),
         (CloseCode.POLICY, 1008),
         (CloseCode.RECONNECT, 4000),
         (CloseCode.TOKEN_EXPIRED, 4001),
@@ -114,7 +115,7 @@ def test_close_code_values(member: CloseCode, value: int) -> None:
 
 
 def test_close_codes_are_exactly_the_designed_ones() -> None:
-    assert sorted(int(c) for c in CloseCode) == [1000, 1008, 4000, 4001, 4002, 4003]
+    assert sorted(int(c) for c in CloseCode) == [1000, 1001, 1008, 4000, 4001, 4002, 4003]
 
 
 def test_protocol_version_exports() -> None:
