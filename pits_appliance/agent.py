@@ -59,7 +59,12 @@ class Agent:
             metrics=self.metrics,
             tokens=self.tokens,
         )
-        self.watchdog = Watchdog(self)
+        self.watchdog = Watchdog(
+            config=config,
+            state=self.state,
+            metrics=self.metrics,
+            reconnect=self.link.reconnect_now,
+        )
         self.systemd = Notifier(env)
         self.status_port: int | None = None
         self._server: StatusServer | None = None

@@ -13,6 +13,7 @@ import logging
 from pits_appliance.origin import Origin, OriginReply
 from wire import ErrorCode, ProtocolError
 from wire.canonical import etag_matches, is_json_path, prepare_body
+from wire.flights import Flights
 from wire.mediatypes import content_type_for_path
 from wire.messages import RESPONSE_STATUSES, Fetch, Response
 from wire.paths import Allowlist, check_method, normalize_path
@@ -27,27 +28,19 @@ class Executor:
         self.origin = origin
         self.allowlist = allowlist
         self.fetch_timeout = fetch_timeout
-        self._flights: dict[str, asyncio.Future[OriginReply]] = {}
+        self._flights: Flights[str, asyncio.Future[OriginReply]] = Flights()
 
     async def _origin_get(self, path: str, timeout: float) -> OriginReply:
         """One origin request per path at a time: identical fetches share it."""
-        flight = self._flights.get(path)
-        if flight is None:
-            flight = asyncio.ensure_future(self.origin.get(path, timeout))
-            self._flights[path] = flight
-            flight.add_done_callback(lambda f: self._land(path, f))
+        flight = self._flights.join(
+            path, lambda: asyncio.ensure_future(self.origin.get(path, timeout))
+        )
         try:
             return await asyncio.wait_for(asyncio.shield(flight), timeout)
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
             ) from None
-
-    def _land(self, path: str, flight: asyncio.Future[OriginReply]) -> None:
-        if self._flights.get(path) is flight:
-            del self._flights[path]
-        if not flight.cancelled():
-            flight.exception()  # retrieved: every waiter may have timed out
 
     async def execute(self, fetch: Fetch) -> Response:
         method = check_method(fetch.method)

@@ -284,7 +284,6 @@ class CloudLink:
             CloseCode.REPLACED,
         )
         self.state.close_code = code
-        self.state.close_reason = reason
         if closed.text is not None:
             self.state.set("cloud_error", closed.text)
         if closed.policy == "now":

@@ -26,13 +26,11 @@ class AgentState:
     cloud_error: str | None = None
     cloud_failure: str | None = None  # the kind of the last failed dial (pits_appliance.dialing)
     close_code: int | None = None
-    close_reason: str | None = None
     round_trip: float | None = None
     reconnects: int = 0
     next_attempt_in: float | None = None
     connectivity: str = "unknown"
     connectivity_detail: str = ""
-    connectivity_checked: float | None = None
     portal_url: str | None = None
     recovery_action: str | None = None
     recovery_at: float | None = None
@@ -66,6 +64,7 @@ class AgentState:
             "lastSuccess": self.last_success,
             "originReachable": self.origin_reachable,
             "originEvent": self.origin_event,
+            "originError": self.origin_error,
             "cloudError": self.cloud_error,
             "reconnects": self.reconnects,
             "connectivity": self.connectivity,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,12 @@ from typing import Any
 import jwt
 
 from pits_appliance import ConfigError
+from wire.files import write_private
+from wire.messages import MAX_TOKEN  # the protocol's own bound on a `token` frame
 
 log = logging.getLogger("pitlink.pits.tokens")
 
-MAX_TOKEN = 8192  # the protocol's own bound on a `token` frame
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace a file (mode 0600) so that a power cut leaves the old or the new content."""
-    tmp = path.with_name(f".{path.name}.new")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fchmod(f.fileno(), 0o600)
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fingerprint(token: str) -> str:
@@ -170,9 +159,9 @@ class TokenStore:
         except ConfigError:
             before = None
         if before is not None and before != token:
-            write_atomic(self.prev_path, before + "\n")
-        write_atomic(self.path, token + "\n")
-        write_atomic(self.marker_path, digest + "\n")
+            write_private(self.prev_path, before + "\n")
+        write_private(self.path, token + "\n")
+        write_private(self.marker_path, digest + "\n")
         log.info(
             "token taken from the settings",
             extra={"token_file": str(self.path), "token_fp": fingerprint(token)},
@@ -197,8 +186,8 @@ class TokenStore:
             )
             return False
         try:
-            write_atomic(self.prev_path, current + "\n")
-            write_atomic(self.path, token + "\n")
+            write_private(self.prev_path, current + "\n")
+            write_private(self.path, token + "\n")
         except OSError as exc:
             log.error("could not store the renewed token", extra={"error": exc.strerror})
             return False
@@ -235,8 +224,8 @@ class TokenStore:
             ):
                 continue
             try:
-                write_atomic(self.prev_path, token + "\n")
-                write_atomic(self.path, candidate + "\n")
+                write_private(self.prev_path, token + "\n")
+                write_private(self.path, candidate + "\n")
             except OSError as exc:
                 log.error("could not go back to another token", extra={"error": exc.strerror})
                 return None

@@ -16,7 +16,6 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import tornado.httpclient
@@ -24,6 +23,7 @@ import tornado.httputil
 import tornado.iostream
 from tornado.simple_httpclient import HTTPTimeoutError
 
+from pits_appliance.config import AgentConfig
 from pits_appliance.connectivity import (
     STATES,
     Probe,
@@ -34,10 +34,9 @@ from pits_appliance.connectivity import (
     combine,
     parse_captive_api,
 )
+from pits_appliance.metrics import AgentMetrics
 from pits_appliance.recovery import RECONNECT, RERESOLVE, RESTART_NETWORK, Recovery
-
-if TYPE_CHECKING:
-    from pits_appliance.agent import Agent
+from pits_appliance.state import AgentState
 
 log = logging.getLogger("pitlink.pits.watchdog")
 
@@ -133,9 +132,19 @@ def captive_api_uri(links: Path = NETWORKD_LINKS) -> str | None:
 class Watchdog:
     """Checks connectivity on a schedule and escalates recovery while the link is down."""
 
-    def __init__(self, agent: Agent, *, clock: Callable[[], float] = time.monotonic):
-        self.agent = agent
-        self.config = agent.config
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        state: AgentState,
+        metrics: AgentMetrics,
+        reconnect: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.config = config
+        self.state = state
+        self.metrics = metrics
+        self.reconnect = reconnect
         self.clock = clock
         self.schedule = Schedule(self.config.check_interval)
         self.recovery = Recovery(allow_network_restart=self.config.allow_network_restart)
@@ -175,14 +184,13 @@ class Watchdog:
         return verdict
 
     def record(self, verdict: Verdict) -> None:
-        state = self.agent.state
+        state = self.state
         before = state.connectivity
         state.set("connectivity", verdict.state)
         state.portal_url = verdict.portal_url
         state.connectivity_detail = verdict.detail
-        state.connectivity_checked = time.time()
         for name in STATES:
-            self.agent.metrics.connectivity.labels(name).set(1 if name == verdict.state else 0)
+            self.metrics.connectivity.labels(name).set(1 if name == verdict.state else 0)
         if before != verdict.state:
             log.info(
                 "connectivity changed",
@@ -195,18 +203,18 @@ class Watchdog:
             )
             if verdict.state == "full" and not state.ws_connected:
                 # The way out is open again (a portal let us through): dial now.
-                self.agent.link.reconnect_now()
+                self.reconnect()
 
     async def act(self, action: str) -> None:
-        self.agent.state.recovery_action = action
-        self.agent.state.recovery_at = time.time()
+        self.state.recovery_action = action
+        self.state.recovery_at = time.time()
         log.warning("recovery step", extra={"action": action})
         if action == RECONNECT:
-            self.agent.link.reconnect_now()
+            self.reconnect()
         elif action == RERESOLVE:
             if shutil.which("resolvectl"):
                 await self._run(["resolvectl", "flush-caches"])
-            self.agent.link.reconnect_now()  # the next dial resolves the relay's name afresh
+            self.reconnect()  # the next dial resolves the relay's name afresh
         elif action == RESTART_NETWORK:
             await self._run(shlex.split(self.config.network_restart_command))
 
@@ -234,10 +242,10 @@ class Watchdog:
             self.checks += 1
             verdict = await self.check()
             self.record(verdict)
-            for action in self.recovery.observe(self.agent.state.ws_connected, self.clock()):
+            for action in self.recovery.observe(self.state.ws_connected, self.clock()):
                 await self.act(action)
             delay = self.schedule.after(verdict.state)
-            if not self.agent.state.ws_connected:
+            if not self.state.ws_connected:
                 delay = min(delay, self.recovery_tick)
             self._wake.clear()
             try:

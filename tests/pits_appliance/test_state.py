@@ -61,6 +61,7 @@ def test_health_keys_and_values() -> None:
         "lastSuccess",
         "originReachable",
         "originEvent",
+        "originError",
         "cloudError",
         "reconnects",
         "connectivity",
