@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from wire import CloseCode, ErrorCode, ProtocolError
+from cloud.active import ActivePits
+from cloud.cache import Cache
+from cloud.cluster import Cluster
+from cloud.control import PitsConnection
+from cloud.metrics import Metrics
+from cloud.registry import Registry
+from cloud.replica_messages import Action
+from wire import ErrorCode, ProtocolError
 from wire.paths import Allowlist, normalize_path
-
-if TYPE_CHECKING:
-    from cloud.app import CloudRelay
 
 audit = logging.getLogger("pitlink.cloud.admin")
 
@@ -43,10 +47,37 @@ class PublicAllowlist:
 
 
 class Admin:
-    """The admin API's verbs; `who` is the admin token's subject, for the audit line."""
+    """The admin API's verbs; `who` is the admin token's subject, for the audit line.
 
-    def __init__(self, relay: CloudRelay):
-        self.relay = relay
+    It is given the parts it acts on, not the relay: the registry, the cache and its numbers,
+    the public allowlist, the active pits (and how to choose it), readiness, and the cluster
+    when replicas share Redis.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: Registry[PitsConnection],
+        cache: Cache,
+        metrics: Metrics,
+        allowlist: PublicAllowlist,
+        active: ActivePits,
+        choose_active: Callable[[str | None], None],
+        ready: Callable[[], bool],
+        cluster: Cluster | None = None,
+    ):
+        self.registry = registry
+        self.cache = cache
+        self.metrics = metrics
+        self.public_allowlist = allowlist
+        self.active_pits = active
+        self.choose_active = choose_active
+        self.ready = ready
+        self.cluster = cluster
+
+    @property
+    def node_id(self) -> str | None:
+        return None if self.cluster is None else self.cluster.node_id
 
     def _audit(self, who: str, action: str, **fields: Any) -> None:
         audit.info("admin action", extra={"admin": who, "action": action, **fields})
@@ -54,33 +85,29 @@ class Admin:
     async def connections(self) -> list[dict[str, Any]]:
         """Every pits connection: this replica's live, and the other replicas' as they report."""
         now = time.time()
-        here = None if self.relay.cluster is None else self.relay.cluster.node_id
-        active = self.relay.active_pits_id()
+        here = self.node_id
         rows = []
-        for conn in self.relay.registry.live():
+        for conn in self.registry.live():
             row = conn.describe()
             row["lastSeenS"] = round(max(0.0, conn.clock() - conn.last_rx), 1)
             row["node"] = here
             rows.append(row)
-        if self.relay.cluster is not None:
-            others = await self.relay.cluster.all_connections() or []
+        if self.cluster is not None:
+            others = await self.cluster.all_connections() or []
             mine = {r["pitsId"] for r in rows}
             rows.extend(r for r in others if r.get("node") != here and r["pitsId"] not in mine)
         for row in rows:
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
-            row["active"] = row["pitsId"] == active
+            row["active"] = row["pitsId"] == self.active_pits.pits_id
         return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
 
-    async def _act(self, who: str, pits_id: str, action: str) -> None:
+    async def _act(self, who: str, pits_id: str, action: Action) -> None:
         """Do it here if the pits is connected here, else send it to the replica that holds it."""
-        conn = self.relay.registry.get(pits_id)
+        conn = self.registry.get(pits_id)
         if conn is not None:
-            if action == "reconnect":
-                conn.close(CloseCode.RECONNECT, "reconnect requested by an admin")
-            else:
-                conn.paused = action == "pause"
-        elif self.relay.cluster is None or not await self.relay.cluster.admin(pits_id, action, who):
+            conn.act(action)
+        elif self.cluster is None or not await self.cluster.admin(pits_id, action, who):
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
         self._audit(who, action, pits_id=pits_id)
 
@@ -92,21 +119,21 @@ class Admin:
 
     async def purge(self, who: str, pits_id: str | None, prefix: str) -> int:
         prefix = normalize_path(prefix or "/")
-        count = self.relay.cache.purge(pits_id or None, prefix)
-        if self.relay.cluster is not None:
-            count += await self.relay.cluster.cache_purge(pits_id or None, prefix)
+        count = self.cache.purge(pits_id or None, prefix)
+        if self.cluster is not None:
+            count += await self.cluster.cache.purge(pits_id or None, prefix)
         self._audit(who, "purge", pits_id=pits_id, prefix=prefix, purged=count)
         return count
 
     def cache_stats(self) -> dict[str, Any]:
-        stats = self.relay.cache.stats()
-        m = self.relay.metrics
+        stats = self.cache.stats()
+        m = self.metrics
         return {
             "entries": stats.entries,
             "bytes": stats.bytes,
             "evictions": stats.evictions,
-            "maxEntries": self.relay.cache.max_entries,
-            "maxBytes": self.relay.cache.max_bytes,
+            "maxEntries": self.cache.max_entries,
+            "maxBytes": self.cache.max_bytes,
             "hits": m.cache_hits._value.get(),
             "misses": m.cache_misses._value.get(),
             "revalidations": m.cache_revalidations._value.get(),
@@ -115,19 +142,19 @@ class Admin:
         }
 
     def allowlist(self) -> list[dict[str, Any]]:
-        return self.relay.public_allowlist.describe()
+        return self.public_allowlist.describe()
 
     def set_allowlist(self, who: str, pattern: str, enabled: bool) -> None:
-        self.relay.public_allowlist.set(pattern, enabled)
+        self.public_allowlist.set(pattern, enabled)
         self._audit(who, "allowlist", pattern=pattern, enabled=enabled)
 
     def set_active(self, who: str, pits_id: str | None) -> None:
-        self.relay.choose_active(pits_id or None)
+        self.choose_active(pits_id or None)
         self._audit(who, "active_pits", pits_id=pits_id)
 
     def active(self) -> dict[str, Any]:
         """The active pits, the one an operator named (if any), and how it became active."""
-        active = self.relay.active
+        active = self.active_pits
         return {
             "activePits": active.pits_id,
             "activeChosen": active.chosen,
@@ -140,6 +167,6 @@ class Admin:
             **self.active(),
             "cache": self.cache_stats(),
             "allowlist": self.allowlist(),
-            "ready": self.relay.ready(),
-            "node": None if self.relay.cluster is None else self.relay.cluster.node_id,
+            "ready": self.ready(),
+            "node": self.node_id,
         }

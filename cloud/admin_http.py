@@ -5,16 +5,14 @@ from __future__ import annotations
 import inspect
 import re
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ujson
 
 from cloud import TokenError
-from cloud.handlers import BaseHandler
+from cloud.admin import Admin
+from cloud.handlers import BaseHandler, bearer_token
 from wire import ErrorCode, ProtocolError
-
-if TYPE_CHECKING:
-    from cloud.admin import Admin
 
 PAGE = resources.files("cloud").joinpath("static/admin.html").read_bytes()
 _PITS = r"pits/(?P<pits>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
@@ -59,13 +57,13 @@ class AdminAPIHandler(BaseHandler):
 
     def _who(self) -> str | None:
         """The admin's name, or None after answering 401 (no valid token) or 403 (not admin)."""
-        scheme, _, token = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(self.request.headers.get("Authorization"))
+        if token is None:
             self.set_header("WWW-Authenticate", 'Bearer realm="pitlink-admin"')
             self.write_json_error(ErrorCode.UNAUTHORIZED, "an admin token is required")
             return None
         try:
-            claims = self.relay.verify_token(token.strip(), role=None)
+            claims = self.relay.verify_token(token, role=None)
         except TokenError as exc:
             self.write_json_error(ErrorCode.UNAUTHORIZED, str(exc))
             return None

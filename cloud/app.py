@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jwt
 import tornado.httpserver
 import tornado.ioloop
 import tornado.netutil
@@ -24,6 +23,7 @@ from cloud.cache import Cache
 from cloud.cluster import Cluster
 from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Transport
+from cloud.drain import Drain
 from cloud.handlers import (
     ControlHandler,
     DataHandler,
@@ -34,23 +34,26 @@ from cloud.handlers import (
     ReadyHandler,
     log_request,
 )
-from cloud.keys import family_of
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
-from cloud.ratelimit import RateLimiter, parse_networks
+from cloud.ratelimit import RateLimiter, SharedLimiter, parse_networks
 from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
+from cloud.renewal import Renewals
+from cloud.routing import Router
 from wire import CloseCode, ErrorCode
-from wire.errors import PathError
 from wire.settings import SettingsError
 
 log = logging.getLogger("pitlink.cloud")
 
-PITS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
 
 class CloudRelay:
-    """The cloud relay: registry of pits connections, cache, relay logic and HTTP server."""
+    """The cloud relay: its parts wired together, its routes and its lifecycle.
+
+    The parts are plain objects that know only what they are given (the registry, the cache,
+    the serving logic, the admin, the cluster); this object builds them, hands the handlers
+    what they use (cloud.handlers.RelayParts), and runs the server.
+    """
 
     def __init__(self, config: CloudConfig, *, clock: Callable[[], float] = time.monotonic):
         self.config = config
@@ -62,10 +65,14 @@ class CloudRelay:
         self.keystore.listeners.append(
             lambda: self.registry.revoke(self.keystore.revoked, frozenset(self.keystore.keys.kids))
         )
-        self.client_limiter = RateLimiter(config.client_rate, config.client_burst)
+        self.client_limits = SharedLimiter(
+            RateLimiter(config.client_rate, config.client_burst), "client", clock=clock
+        )
         self.trusted_proxies = parse_networks(config.trusted_proxy)
         self.cache = Cache(max_entries=config.cache_max_entries, max_bytes=config.cache_max_bytes)
-        self.relay = Relay(
+        self.metrics.cache_entries.set_function(lambda: len(self.cache))
+        self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
+        self.serving = Relay(
             registry=self.registry,
             cache=self.cache,
             metrics=self.metrics,
@@ -75,24 +82,46 @@ class CloudRelay:
             miss_limiter=RateLimiter(config.client_miss_rate, config.client_miss_burst),
             clock=clock,
         )
-        self.public_allowlist = PublicAllowlist(config.public_allowlist)
-        self.admin = Admin(self)
-        self.draining = False
-        self.active_requests = 0
-        self.idle = asyncio.Event()  # set when the last public request in flight is answered
-        self.cluster: Cluster | None = None
-        if config.redis_url:
-            self.cluster = Cluster(
-                self, config.redis_url, node_id=config.node_id, cache_ttl=config.redis_cache_ttl
-            )
-            self.relay.cluster = self.cluster
-            self.registry.on_register.append(self._claimed)
-            self.registry.on_unregister.append(self._released)
-        self._background: set[asyncio.Task[None]] = set()
-        self.metrics.cache_entries.set_function(lambda: len(self.cache))
-        self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         self.active = ActivePits(config.active_pits)
         self.registry.on_register.append(self._offer_active)
+        self.public_allowlist = PublicAllowlist(config.public_allowlist)
+        self.router = Router(
+            active=self.active, allowlist=self.public_allowlist, live=self._live_ids
+        )
+        self.drain = Drain()
+        self._background: set[asyncio.Task[None]] = set()
+        self.cluster: Cluster | None = None
+        if config.redis_url:
+            self.cluster = cluster = Cluster(
+                config.redis_url,
+                registry=self.registry,
+                active=self.active,
+                metrics=self.metrics,
+                serve=lambda pits, path, request_id: self.serving.get(
+                    pits, path, request_id=request_id, local_only=True
+                ),
+                clock=clock,
+                fetch_timeout=config.fetch_timeout,
+                node_id=config.node_id,
+                cache_ttl=config.redis_cache_ttl,
+            )
+            self.serving.share(cluster)
+            self.client_limits.remote = cluster.limits
+            self.registry.on_register.append(lambda p: self._spawn(cluster.holders.claim(p)))
+            self.registry.on_unregister.append(lambda p: self._spawn(cluster.holders.release(p)))
+        self.renewals = Renewals(
+            self.keystore, once=None if self.cluster is None else self.cluster.limits.claim_once
+        )
+        self.admin = Admin(
+            registry=self.registry,
+            cache=self.cache,
+            metrics=self.metrics,
+            allowlist=self.public_allowlist,
+            active=self.active,
+            choose_active=self.choose_active,
+            ready=self.ready,
+            cluster=self.cluster,
+        )
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
@@ -182,59 +211,16 @@ class CloudRelay:
     def verify_token(self, token: str, *, role: str | None) -> dict[str, Any]:
         return self.keystore.verify(token, role=role)
 
-    async def renew_token(self, claims: dict[str, Any]) -> str | None:
-        """A new token for a connected pits, as long-lived as the one it replaces; None when
-        that token was renewed before. The new token is of the old one's family, so that
-        revoking either revokes both."""
-        jti, exp, sub = str(claims.get("jti")), float(claims["exp"]), str(claims["sub"])
-        try:
-            first = self.keystore.claim_renewal(jti, exp)
-        except OSError as exc:
-            log.error("cannot note a renewal; not renewing", extra={"error": str(exc)})
-            return None
-        if first and self.cluster is not None:
-            first = await self.cluster.claim_once(f"renewed:{jti}", exp - time.time())
-        if not first:
-            log.info("token renewed before; not again", extra={"pits_id": sub, "jti": jti})
-            return None
-        lifetime = max(3600, int(exp) - int(claims.get("iat", exp)))
-        token = self.keystore.issue(sub=sub, role="pits", ttl=lifetime, family=family_of(claims))
-        new = jwt.decode(token, options={"verify_signature": False})
-        log.info(
-            "token renewed over the connection",
-            extra={"pits_id": sub, "jti": jti, "new_jti": new["jti"], "family": new["fam"]},
-        )
-        return token
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _claimed(self, pits_id: str) -> None:
-        assert self.cluster is not None
-        self._spawn(self.cluster.claim(pits_id))
-
-    def _released(self, pits_id: str) -> None:
-        assert self.cluster is not None
-        self._spawn(self.cluster.release(pits_id))
-
-    async def client_wait(self, ip: str) -> float:
-        """The per-client rate limit: shared across replicas while Redis answers."""
-        limiter = self.client_limiter
-        if limiter.rate is None:
-            return 0.0
-        if self.cluster is not None and self.cluster.up:
-            wait = await self.cluster.rate_check("client", ip, limiter.rate, limiter.burst)
-            if wait is not None:
-                return wait
-        return limiter.check(ip, self.clock())
-
     def readiness(self) -> dict[str, Any]:
         """What /readyz says: ready unless draining or some pits queue is too deep."""
         return {
             "ready": self.ready(),
-            "draining": self.draining,
+            "draining": self.drain.draining,
             "connections": len(self.registry.live()),
             "maxQueue": self.registry.max_queue(),
             "queueThreshold": self.config.ready_queue_threshold,
@@ -244,7 +230,7 @@ class CloudRelay:
 
     def ready(self) -> bool:
         """Ready unless some pits queue is deeper than the threshold."""
-        if self.draining:
+        if self.drain.draining:
             return False
         return self.registry.max_queue() <= self.config.ready_queue_threshold
 
@@ -264,33 +250,18 @@ class CloudRelay:
             settings=self.control_settings,
             metrics=self.metrics,
             clock=self.clock,
-            renew=self.renew_token,
+            renew=self.renewals.renew,
         )
         self.registry.add(conn)
         return conn
 
     def route(self, path: str) -> tuple[str, str]:
         """Map a normalized public path to (pits id, FPVTrackside path), or raise."""
-        if path == "/pits" or path.startswith("/pits/"):
-            _, _, rest = path.partition("/pits/")
-            pits_id, slash, tail = rest.partition("/")
-            if not PITS_ID.match(pits_id):
-                raise PathError(ErrorCode.BAD_REQUEST, "not a pits id")
-            target = "/" + tail if slash else "/"
-        else:
-            pits_id = self.current_active()
-            target = path
-        if not self.public_allowlist.allows(target):
-            raise PathError(ErrorCode.DENIED, "path not allowed")
-        return pits_id, target
+        return self.router.route(path)
 
     def active_pits_id(self) -> str | None:
         """The active pits, or None when there is none."""
         return self.active.pits_id
-
-    def current_active(self) -> str:
-        """The pits behind `/events` and `/httpfiles` (see cloud.active), or UNAVAILABLE."""
-        return self.active.current(self._live_ids())
 
     def _live_ids(self) -> list[str]:
         return [conn.pits_id for conn in self.registry.live()]
@@ -357,15 +328,11 @@ class CloudRelay:
         replica behind the load balancer, with nothing lost.
         """
         grace = self.config.grace_period if grace is None else grace
-        self.draining = True
+        self.drain.draining = True
         if self.server is not None:
             self.server.stop()
-        if self.active_requests:
-            self.idle.clear()
-            try:
-                await asyncio.wait_for(self.idle.wait(), grace)
-            except TimeoutError:
-                log.warning("grace period over", extra={"in_flight": self.active_requests})
+        if not await self.drain.wait(grace):
+            log.warning("grace period over", extra={"in_flight": self.drain.count})
         for conn in list(self.registry.all):
             conn.close(CloseCode.RECONNECT, "relay restarting: reconnect now")
         await self.stop()
@@ -378,7 +345,7 @@ class CloudRelay:
         for server in servers:
             server.stop()
         for conn in list(self.registry.all):
-            conn.close(1001, "relay shutting down")
+            conn.close(CloseCode.GOING_AWAY, "relay shutting down")
         if self.cluster is not None:
             await self.cluster.stop()
         for server in servers:

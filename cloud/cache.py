@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from wire import ErrorCode
+
 CacheKey = tuple[str, str, str]
 
 
@@ -23,6 +25,19 @@ class Entry:
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.fetched_at)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Served:
+    """What a public request gets: a body (maybe stale) and how the cache came by it."""
+
+    status: int
+    body: bytes
+    etag: str | None
+    fetched_at: float
+    cache: str  # HIT, MISS, REVALIDATED or STALE
+    ttl: float
+    stale_reason: ErrorCode | None = None
 
 
 @dataclass

@@ -1,174 +1,133 @@
-"""Several relay replicas sharing state through Redis.
+"""This replica's membership of a cluster of replicas that share one Redis.
 
-What is shared, and how:
+What is shared, and where it is done:
 
-- **who holds which pits**: `pitlink:holder:<pits>` names the replica with the live connection,
-  with a short TTL that the holder refreshes; a replica that accepts a newer connection of the
-  same pits claims the key and announces it, and the older holder closes its connection (4003);
-- **fetches**: a replica without the pits connection sends the request to the holder's channel
-  and the reply comes back on its own; the holder serves it through its own cache and
-  coalescing, so there is at most one fetch per key across all replicas at a time;
-- **the cache**: bodies and ETags in Redis hashes with a TTL (and Redis's `maxmemory`), in front
-  of each replica's own cache, so a replica that just started serves warm data;
-- **rate limits**: token buckets in Redis (one Lua script call per check);
-- **the admin view**: each replica publishes its connections; admin actions go to the holder.
+- **who holds which pits** (`cloud.holders`): the replica with the live connection holds a short
+  key it refreshes; a newer connection of the same pits on another replica takes over (4003);
+- **fetches** (`cloud.forwarding`): a replica without the pits connection asks the holder,
+  which serves through its own cache and coalescing: one fetch per key across all replicas;
+- **the cache** (`cloud.shared_cache`): bodies and ETags in Redis with a TTL, in front of each
+  replica's own cache, so a replica that just started serves warm data;
+- **limits** (`cloud.shared_limits`): token buckets and once-only claims;
+- **the admin view and the active pits**: each replica publishes its connections; admin
+  actions go to the holder; the active pits is agreed on.
 
-Redis down or slow never stops a replica: every call here has a short timeout, and a failure
-falls back to what the replica can do alone (its own pits, its own cache, its own limits). The
-`up` flag and the `pitlink_redis_up` gauge say which it is; it rejoins by itself.
+Redis down or slow never stops a replica (`cloud.shared`): each falls back to what it can do
+alone, `pitlink_redis_up` says which it is, and it rejoins by itself. Messages between
+replicas are typed (`cloud.replica_messages`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import redis.asyncio as aioredis
 import ujson
 from redis.exceptions import RedisError
 
-from cloud.active import How
-from cloud.ratelimit import RateLimited
-from wire import ErrorCode, ProtocolError
-
-if TYPE_CHECKING:
-    from cloud.app import CloudRelay
-    from cloud.relay import Served
+from cloud.active import ActivePits, How
+from cloud.control import PitsConnection
+from cloud.forwarding import Forwarding, Remote, Serve
+from cloud.holders import HOLDER_TTL_S, Holders
+from cloud.metrics import Metrics
+from cloud.registry import Registry
+from cloud.replica_messages import (
+    Action,
+    ActiveChoice,
+    AdminAction,
+    FetchReply,
+    FetchRequest,
+    Takeover,
+    decode,
+)
+from cloud.shared import BROADCAST, OP_TIMEOUT_S, P, SharedRedis, node_channel
+from cloud.shared_cache import SharedCache
+from cloud.shared_limits import SharedLimits
+from wire import CloseCode, ErrorCode, ProtocolError
 
 log = logging.getLogger("pitlink.cloud.cluster")
 
-P = "pitlink:"
-HOLDER_TTL_S = 10
 REFRESH_S = 3.0
 CONNS_TTL_S = 10
-OP_TIMEOUT_S = 0.5
-HOLDER_CACHE_S = 1.0
 ACTIVE_KEY = f"{P}active"
-NOT_FOUND_TTL_S = 60.0
 
-# Refresh the holder key only while it still names us: a takeover must not be undone.
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# Token bucket: KEYS[1] hash {t: tokens, u: updated ms}; ARGV rate/s, burst, now ms.
-# Returns the wait in ms (0 when a token was taken).
-_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local state = redis.call('HMGET', KEYS[1], 't', 'u')
-local tokens = tonumber(state[1]) or burst
-local updated = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - updated) / 1000 * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = math.ceil((1 - tokens) / rate * 1000)
-end
-redis.call('HSET', KEYS[1], 't', tokens, 'u', now)
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return wait
-"""
-
-
-@dataclass(frozen=True)
-class Remote:
-    """A reply from the holder replica."""
-
-    status: int
-    etag: str | None
-    body: bytes | None  # None: unchanged from the ETag we sent
-    age: float
+__all__ = ["HOLDER_TTL_S", "Cluster", "Remote"]
 
 
 class Cluster:
-    """This replica's membership of the cluster."""
+    """This replica in the cluster: its parts, the heartbeat and the listener."""
 
     def __init__(
         self,
-        relay: CloudRelay,
         url: str,
         *,
+        registry: Registry[PitsConnection],
+        active: ActivePits,
+        metrics: Metrics,
+        serve: Serve,
+        clock: Callable[[], float] = time.monotonic,
+        fetch_timeout: float = 8.0,
         node_id: str | None = None,
         cache_ttl: float = 3600.0,
         op_timeout: float = OP_TIMEOUT_S,
     ):
-        self.relay = relay
         self.node_id = node_id or uuid.uuid4().hex[:12]
-        self.cache_ttl = cache_ttl
-        self.op_timeout = op_timeout
-        self.redis = aioredis.from_url(
-            url,
-            socket_timeout=op_timeout,
-            socket_connect_timeout=op_timeout,
-            retry_on_timeout=False,
+        self.registry = registry
+        self.active = active
+        self.redis = SharedRedis(url, node_id=self.node_id, metrics=metrics, op_timeout=op_timeout)
+        self.holders = Holders(self.redis)
+        self.forwarding = Forwarding(
+            self.redis, serve=serve, clock=clock, default_timeout=fetch_timeout
         )
-        self.up = False
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.cache = SharedCache(self.redis, ttl=cache_ttl)
+        self.limits = SharedLimits(self.redis)
         self._tasks: list[asyncio.Task[None]] = []
-        self._scripts: dict[str, Any] = {}
-        self._serving: set[asyncio.Task[None]] = set()
-        self._holders: dict[str, tuple[str, float]] = {}
-        self.forwarded = 0
-        self.served_for_others = 0
-
-    # -- plumbing -----------------------------------------------------------------------------
 
     @property
-    def channel(self) -> str:
-        return f"{P}node:{self.node_id}"
+    def up(self) -> bool:
+        return self.redis.up
 
-    def _set_up(self, up: bool) -> None:
-        if up != self.up:
-            log.warning(
-                "redis " + ("reachable" if up else "unreachable"), extra={"node": self.node_id}
-            )
-        self.up = up
-        self.relay.metrics.redis_up.set(1 if up else 0)
+    # -- what the relay asks --------------------------------------------------------------------
 
-    async def _call(self, make: Callable[[], Awaitable[Any]], default: Any = None) -> Any:
-        """One Redis operation with a deadline; a failure marks Redis down and gives `default`."""
-        if not self.up:
-            return default
+    async def holder(self, pits_id: str) -> str | None:
+        return await self.holders.holder(pits_id)
+
+    async def forward(
+        self,
+        node: str,
+        pits_id: str,
+        path: str,
+        if_none_match: str | None,
+        timeout: float,
+        request_id: str,
+    ) -> Remote:
         try:
-            return await asyncio.wait_for(make(), self.op_timeout * 2)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.info("redis call failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-            self._set_up(False)
-            return default
+            return await self.forwarding.forward(
+                node, pits_id, path, if_none_match, timeout, request_id
+            )
+        except LookupError:
+            self.holders.forget(pits_id)
+            raise ProtocolError(
+                ErrorCode.UNAVAILABLE, f"the replica holding pits {pits_id} is gone"
+            ) from None
 
-    async def _script(self, name: str, source: str, keys: list[str], args: list[Any]) -> Any:
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self.redis.register_script(source)
-        return await self._call(lambda: script(keys=keys, args=args))
+    # -- the life of a replica ------------------------------------------------------------------
 
     async def start(self) -> None:
         """Reach Redis once before serving (a replica that starts serving before it can see
         the shared cache and the holders would refuse what the others can answer)."""
+        client = self.redis.client
         try:
-            await asyncio.wait_for(self.redis.ping(), self.op_timeout * 4)
-            self._set_up(True)
+            await asyncio.wait_for(client.ping(), self.redis.op_timeout * 4)
+            self.redis.set_up(True)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis not reachable at start: serving alone", extra={"error": str(exc)})
-            self._set_up(False)
+            self.redis.set_up(False)
         await self._check_maxmemory()
         await self.load_active()
         self._tasks = [
@@ -180,7 +139,7 @@ class Cluster:
         """Warn when Redis may grow without bound: the shared cache relies on its maxmemory."""
         try:
             config = await asyncio.wait_for(
-                self.redis.config_get("maxmemory*"), self.op_timeout * 2
+                self.redis.client.config_get("maxmemory*"), self.redis.op_timeout * 2
             )
         except (RedisError, OSError, TimeoutError):
             return  # down, or CONFIG is renamed away (a managed Redis): nothing to check
@@ -194,365 +153,142 @@ class Cluster:
             )
 
     async def stop(self) -> None:
-        for conn in self.relay.registry.live():
-            await self.release(conn.pits_id)
+        for conn in self.registry.live():
+            await self.holders.release(conn.pits_id)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(ProtocolError(ErrorCode.UNAVAILABLE, "replica stopping"))
+        self.forwarding.stop()
         with contextlib.suppress(Exception):
-            await self.redis.aclose()
+            await self.redis.client.aclose()
 
     async def _heartbeat(self) -> None:
         """Check Redis, keep our holder keys and our connection list alive."""
         while True:
-            try:
-                await asyncio.wait_for(self.redis.ping(), self.op_timeout * 2)
-            except (RedisError, OSError, TimeoutError):
-                self._set_up(False)
+            if not await self.redis.ping():
+                self.redis.set_up(False)
             else:
-                was_down = not self.up
-                self._set_up(True)
-                if was_down:
-                    # Back after an outage: claim what we hold again.
-                    for conn in self.relay.registry.live():
-                        await self._set_holder(conn.pits_id)
-                for conn in self.relay.registry.live():
-                    await self._script(
-                        "refresh",
-                        _REFRESH,
-                        [f"{P}holder:{conn.pits_id}"],
-                        [self.node_id, HOLDER_TTL_S],
-                    )
+                was_down = not self.redis.up
+                self.redis.set_up(True)
+                for conn in self.registry.live():
+                    if was_down:  # back after an outage: claim what we hold again
+                        await self.holders.set(conn.pits_id)
+                    await self.holders.refresh(conn.pits_id)
                 await self._publish_connections()
-            await asyncio.sleep(min(REFRESH_S, 1.0) if not self.up else REFRESH_S)
+            await asyncio.sleep(REFRESH_S if self.redis.up else min(REFRESH_S, 1.0))
 
     async def _publish_connections(self) -> None:
-        rows = ujson.dumps(
-            [dict(c.describe(), node=self.node_id) for c in self.relay.registry.live()]
-        )
+        rows = ujson.dumps([dict(c.describe(), node=self.node_id) for c in self.registry.live()])
         key = f"{P}conns:{self.node_id}"
-        await self._call(lambda: self.redis.set(key, rows, ex=CONNS_TTL_S))
+        await self.redis.call(lambda: self.redis.client.set(key, rows, ex=CONNS_TTL_S))
 
     async def _listen(self) -> None:
         """Our channel and the broadcast channel; reconnects after Redis comes back."""
         while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.redis.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.channel, f"{P}all")
+                await pubsub.subscribe(node_channel(self.node_id), BROADCAST)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    try:
-                        data = ujson.loads(message["data"])
-                    except (ValueError, TypeError):
-                        continue
-                    self._dispatch(data)
+                    if message is not None:
+                        self._dispatch(message["data"])
             except asyncio.CancelledError:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 raise
             except (RedisError, OSError) as exc:
                 log.info("redis subscription lost", extra={"error": str(exc)})
-                self._set_up(False)
+                self.redis.set_up(False)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 await asyncio.sleep(0.5)
 
-    def _dispatch(self, data: dict[str, Any]) -> None:
-        kind = data.get("t")
-        if kind == "reply":
-            future = self._pending.get(str(data.get("id")))
-            if future is not None and not future.done():
-                future.set_result(data)
-        elif kind == "fetch":
-            task = asyncio.ensure_future(self._serve_remote(data))
-            self._serving.add(task)
-            task.add_done_callback(self._serving.discard)
-        elif kind == "takeover":
-            node = str(data.get("node"))
-            self._holders[str(data.get("pits"))] = (node, time.monotonic() + HOLDER_CACHE_S)
-            if node != self.node_id:
-                conn = self.relay.registry.get(str(data.get("pits")))
-                if conn is not None:
-                    conn.close(4003, "replaced by a newer connection on another replica")
-        elif kind == "admin":
-            self._admin_here(data)
-        elif kind == "active":
-            self._learn_active(data.get("pits"), data.get("how"))
+    def _dispatch(self, data: bytes) -> None:
+        message = decode(data)
+        if isinstance(message, FetchReply):
+            self.forwarding.replied(message)
+        elif isinstance(message, FetchRequest):
+            self.forwarding.asked(message)
+        elif isinstance(message, Takeover):
+            self.holders.heard(message)
+            conn = self.registry.get(message.pits) if message.node != self.node_id else None
+            if conn is not None:
+                conn.close(CloseCode.REPLACED, "replaced by a newer connection on another replica")
+        elif isinstance(message, AdminAction):
+            self._admin_here(message)
+        elif isinstance(message, ActiveChoice):
+            self._learn_active(message.pits, message.how)
 
-    async def _publish(self, channel: str, message: dict[str, Any]) -> int:
-        return int(await self._call(lambda: self.redis.publish(channel, ujson.dumps(message)), 0))
-
-    # -- who holds which pits -----------------------------------------------------------------
-
-    async def _set_holder(self, pits_id: str) -> None:
-        key = f"{P}holder:{pits_id}"
-        await self._call(lambda: self.redis.set(key, self.node_id, ex=HOLDER_TTL_S))
-
-    async def claim(self, pits_id: str) -> None:
-        """A pits finished its handshake here: we hold it now, and the others must let go."""
-        await self._set_holder(pits_id)
-        await self._publish(f"{P}all", {"t": "takeover", "pits": pits_id, "node": self.node_id})
-
-    async def release(self, pits_id: str) -> None:
-        await self._script("release", _RELEASE, [f"{P}holder:{pits_id}"], [self.node_id])
-
-    async def holder(self, pits_id: str) -> str | None:
-        """The replica holding the pits; remembered for a second (takeovers update it at once)."""
-        known = self._holders.get(pits_id)
-        now = time.monotonic()
-        if known is not None and known[1] > now:
-            return known[0]
-        value = await self._call(lambda: self.redis.get(f"{P}holder:{pits_id}"))
-        node = value.decode() if isinstance(value, bytes) else None
-        if node is not None:
-            self._holders[pits_id] = (node, now + HOLDER_CACHE_S)
-        else:
-            self._holders.pop(pits_id, None)
-        return node
-
-    # -- fetches through another replica ------------------------------------------------------
-
-    async def forward(
-        self,
-        node: str,
-        pits_id: str,
-        path: str,
-        if_none_match: str | None,
-        timeout: float,
-        request_id: str,
-    ) -> Remote:
-        """Ask the holder replica for a path; raises ProtocolError like a local fetch would."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[request_id] = future
-        try:
-            receivers = await self._publish(
-                f"{P}node:{node}",
-                {
-                    "t": "fetch",
-                    "id": request_id,
-                    "from": self.node_id,
-                    "pits": pits_id,
-                    "path": path,
-                    "inm": if_none_match,
-                    "timeout": timeout,
-                },
-            )
-            if not receivers:
-                self._holders.pop(pits_id, None)
-                raise ProtocolError(
-                    ErrorCode.UNAVAILABLE, f"the replica holding pits {pits_id} is gone"
-                )
-            self.forwarded += 1
-            try:
-                data = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise ProtocolError(
-                    ErrorCode.TIMEOUT, f"no answer through replica {node} in {timeout:g} s"
-                ) from None
-        finally:
-            self._pending.pop(request_id, None)
-        error = data.get("error")
-        if isinstance(error, dict):
-            code = str(error.get("code"))
-            try:
-                known = ErrorCode(code)
-            except ValueError:
-                known = ErrorCode.INTERNAL
-            message = str(error.get("message", ""))[:500]
-            wait = error.get("retryAfter")
-            if isinstance(wait, int | float) and not isinstance(wait, bool):
-                raise RateLimited(message, float(wait))
-            raise ProtocolError(known, message)
-        body = data.get("body")
-        return Remote(
-            status=int(data["status"]),
-            etag=data.get("etag"),
-            body=None if body is None else base64.b64decode(body),
-            age=float(data.get("age", 0.0)),
-        )
-
-    async def _serve_remote(self, data: dict[str, Any]) -> None:
-        """Another replica asks for a pits we hold: serve it through our own cache."""
-        reply: dict[str, Any] = {"t": "reply", "id": data.get("id")}
-        origin = str(data.get("from", ""))
-        try:
-            served: Served = await asyncio.wait_for(
-                self.relay.relay.get(
-                    str(data["pits"]),
-                    str(data["path"]),
-                    request_id=str(data["id"]),
-                    local_only=True,
-                ),
-                float(data.get("timeout") or self.relay.config.fetch_timeout),
-            )
-        except ProtocolError as exc:
-            reply["error"] = {"code": str(exc.code), "message": exc.message}
-            if isinstance(exc, RateLimited):
-                reply["error"]["retryAfter"] = exc.retry_after
-        except (TimeoutError, KeyError, ValueError) as exc:
-            reply["error"] = {
-                "code": "TIMEOUT" if isinstance(exc, TimeoutError) else "BAD_REQUEST",
-                "message": str(exc),
-            }
-        else:
-            self.served_for_others += 1
-            reply.update(
-                status=served.status,
-                etag=served.etag,
-                age=max(0.0, self.relay.clock() - served.fetched_at),
-                body=None
-                if served.etag is not None and served.etag == data.get("inm")
-                else base64.b64encode(served.body).decode("ascii"),
-            )
-        await self._publish(f"{P}node:{origin}", reply)
-
-    # -- the shared cache ---------------------------------------------------------------------
-
-    def _cache_key(self, pits_id: str, path: str) -> str:
-        return f"{P}cache:{pits_id}:{path}"
-
-    async def cache_get(self, pits_id: str, path: str) -> tuple[bytes, str, float] | None:
-        """(body, etag, age in s) of the shared copy, if there is one."""
-        raw = await self._call(lambda: self.redis.hgetall(self._cache_key(pits_id, path)))
-        if not raw or b"e" not in raw or b"b" not in raw:
-            return None
-        try:
-            fetched = float(raw[b"f"])
-        except (KeyError, ValueError):
-            return None
-        return (
-            raw[b"b"],
-            raw[b"e"].decode(),
-            max(0.0, time.time() - fetched),
-        )
-
-    async def cache_put(self, pits_id: str, path: str, body: bytes, etag: str, age: float) -> None:
-        """Share a body. What FPVTrackside answers for a file it does not have (an empty body,
-        `[]` once canonical) expires in a minute: random paths must not fill Redis for hours."""
-        key = self._cache_key(pits_id, path)
-        ttl = min(self.cache_ttl, NOT_FOUND_TTL_S) if body in (b"", b"[]") else self.cache_ttl
-
-        async def put() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(key, mapping={"b": body, "e": etag, "f": str(time.time() - age)})
-            pipe.expire(key, max(1, int(ttl)))
-            await pipe.execute()
-
-        await self._call(put)
-
-    async def cache_touch(self, pits_id: str, path: str) -> None:
-        """The pits confirmed the shared copy (304): fresh again."""
-        key = self._cache_key(pits_id, path)
-        await self._call(lambda: self.redis.hset(key, "f", str(time.time())))
-
-    async def cache_purge(self, pits_id: str | None, prefix: str) -> int:
-        pattern = f"{P}cache:{pits_id or '*'}:{prefix}*"
-
-        async def purge() -> int:
-            count = 0
-            async for key in self.redis.scan_iter(match=pattern, count=500):
-                count += int(await self.redis.delete(key))
-            return count
-
-        return int(await self._call(purge, 0))
-
-    async def claim_once(self, name: str, ttl: float) -> bool:
-        """True for the first replica to claim `name` within `ttl` seconds; True when Redis
-        cannot say (the caller's own record decides then)."""
-        key = f"{P}once:{name}"
-        taken = await self._call(
-            lambda: self.redis.set(key, self.node_id, nx=True, ex=max(1, int(ttl))), default=True
-        )
-        return bool(taken)
-
-    # -- the active pits ---------------------------------------------------------------------
+    # -- the active pits ------------------------------------------------------------------------
 
     async def adopt_active(self, pits_id: str) -> None:
         """This replica adopted the first pits to connect; the first replica to do so wins."""
         value = ujson.dumps({"pits": pits_id, "how": "first"})
-        taken = await self._call(lambda: self.redis.set(ACTIVE_KEY, value, nx=True))
+        taken = await self.redis.call(lambda: self.redis.client.set(ACTIVE_KEY, value, nx=True))
         if taken:
-            await self._publish(f"{P}all", {"t": "active", "pits": pits_id, "how": "first"})
+            await self.redis.publish(BROADCAST, ActiveChoice(pits=pits_id, how="first"))
         else:
             await self.load_active()
 
     async def publish_active(self, pits_id: str | None, how: str | None) -> None:
         """An admin chose the active pits here: every replica takes the same."""
+        client = self.redis.client
         if pits_id is None:
-            await self._call(lambda: self.redis.delete(ACTIVE_KEY))
+            await self.redis.call(lambda: client.delete(ACTIVE_KEY))
         else:
             value = ujson.dumps({"pits": pits_id, "how": how})
-            await self._call(lambda: self.redis.set(ACTIVE_KEY, value))
-        await self._publish(f"{P}all", {"t": "active", "pits": pits_id, "how": how})
+            await self.redis.call(lambda: client.set(ACTIVE_KEY, value))
+        await self.redis.publish(BROADCAST, ActiveChoice(pits=pits_id, how=how))
 
     async def load_active(self) -> None:
         """Take the active pits the cluster agreed on, unless a flag named one here."""
-        raw = await self._call(lambda: self.redis.get(ACTIVE_KEY))
+        raw = await self.redis.call(lambda: self.redis.client.get(ACTIVE_KEY))
         if raw:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 data = ujson.loads(raw)
                 self._learn_active(data.get("pits"), data.get("how"))
 
     def _learn_active(self, pits_id: object, how: object) -> None:
-        active = self.relay.active
-        if active.how == "flag" or not (pits_id is None or isinstance(pits_id, str)):
+        if self.active.how == "flag" or not (pits_id is None or isinstance(pits_id, str)):
             return
         learned: How = "admin" if how == "admin" else "first" if how == "first" else "other replica"
-        active.learn(pits_id, learned)
+        self.active.learn(pits_id, learned)
 
-    # -- shared rate limits -------------------------------------------------------------------
-
-    async def rate_check(self, scope: str, key: str, rate: float, burst: float) -> float | None:
-        """Seconds to wait (0 when allowed), or None when Redis cannot say (use the local one)."""
-        wait_ms = await self._script(
-            "bucket", _BUCKET, [f"{P}rl:{scope}:{key}"], [rate, burst, int(time.time() * 1000)]
-        )
-        return None if wait_ms is None else float(wait_ms) / 1000
-
-    # -- the admin view -----------------------------------------------------------------------
+    # -- the admin view -------------------------------------------------------------------------
 
     async def all_connections(self) -> list[dict[str, Any]] | None:
         """Every replica's connections, or None when Redis cannot say."""
+        client = self.redis.client
 
         async def collect() -> list[dict[str, Any]]:
             rows: list[dict[str, Any]] = []
-            async for key in self.redis.scan_iter(match=f"{P}conns:*", count=100):
-                raw = await self.redis.get(key)
+            async for key in client.scan_iter(match=f"{P}conns:*", count=100):
+                raw = await client.get(key)
                 if raw:
                     rows.extend(ujson.loads(raw))
             return rows
 
-        return await self._call(collect)
+        return await self.redis.call(collect)
 
-    async def admin(self, pits_id: str, action: str, who: str) -> bool:
+    async def admin(self, pits_id: str, action: Action, who: str) -> bool:
         """Send an admin action to the replica holding the pits; False if none took it."""
-        node = await self.holder(pits_id)
+        node = await self.holders.holder(pits_id)
         if node is None:
             return False
-        message = {"t": "admin", "action": action, "pits": pits_id, "who": who}
+        message = AdminAction(action=action, pits=pits_id, who=who)
         if node == self.node_id:
             return self._admin_here(message)
-        return await self._publish(f"{P}node:{node}", message) > 0
+        return await self.redis.publish(node_channel(node), message) > 0
 
-    def _admin_here(self, data: dict[str, Any]) -> bool:
-        conn = self.relay.registry.get(str(data.get("pits")))
+    def _admin_here(self, message: AdminAction) -> bool:
+        conn = self.registry.get(message.pits)
         if conn is None:
             return False
-        action = data.get("action")
-        if action == "reconnect":
-            conn.close(4000, "reconnect requested by an admin")
-        elif action in ("pause", "resume"):
-            conn.paused = action == "pause"
+        conn.act(message.action)
         log.info(
             "admin action from another replica",
-            extra={"action": action, "pits_id": conn.pits_id, "admin": data.get("who")},
+            extra={"action": message.action, "pits_id": conn.pits_id, "admin": message.who},
         )
         return True

@@ -378,6 +378,13 @@ class PitsConnection:
             self.session.send(m.Token(token=token))
             self._flush()
 
+    def act(self, action: str) -> None:
+        """An admin's action: `reconnect` (4000: the box dials again at once), `pause`, `resume`."""
+        if action == "reconnect":
+            self.close(CloseCode.RECONNECT, "reconnect requested by an admin")
+        elif action in ("pause", "resume"):
+            self.paused = action == "pause"
+
     def revoke_if(self, revoked: Revocations, kids: frozenset[str] | None = None) -> None:
         """Close this connection if its token was revoked, or its key removed, since it connected."""
         refused = revoked.refuses(self.claims)

@@ -6,7 +6,8 @@ import logging
 import math
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jwt
 import tornado.web
@@ -15,9 +16,14 @@ import ujson
 from tornado.escape import url_escape, xhtml_escape
 
 from cloud import TokenError
-from cloud.control import PitsConnection
-from cloud.ratelimit import RateLimited, client_ip
-from cloud.relay import Served
+from cloud.admin import Admin
+from cloud.cache import Cache, Served
+from cloud.control import PitsConnection, Transport
+from cloud.drain import Drain
+from cloud.metrics import Metrics
+from cloud.ratelimit import Network, RateLimited, SharedLimiter, client_ip
+from cloud.registry import Registry
+from cloud.relay import Relay
 from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
 from wire.errors import HTTP_STATUS, TokenRefusal
@@ -26,8 +32,38 @@ from wire.event import event_id_from_page
 from wire.mediatypes import content_type_for_path
 from wire.paths import check_method, normalize_path
 
-if TYPE_CHECKING:
-    from cloud.app import CloudRelay
+
+class RelayParts(Protocol):
+    """What the handlers use of the relay (cloud.app.CloudRelay is one): nothing else."""
+
+    metrics: Metrics
+    drain: Drain
+    client_limits: SharedLimiter
+    trusted_proxies: tuple[Network, ...]
+    serving: Relay
+    registry: Registry[PitsConnection]
+    cache: Cache
+    admin: Admin
+    clock: Callable[[], float]
+
+    def route(self, path: str) -> tuple[str, str]: ...
+
+    def verify_token(self, token: str, *, role: str | None) -> dict[str, Any]: ...
+
+    def new_connection(
+        self, claims: dict[str, Any], transport: Transport, *, kid: str | None = None
+    ) -> PitsConnection: ...
+
+    def readiness(self) -> dict[str, Any]: ...
+
+    def active_pits_id(self) -> str | None: ...
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    scheme, _, token = (header or "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
 
 log = logging.getLogger("pitlink.cloud.http")
 
@@ -73,7 +109,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
 class BaseHandler(tornado.web.RequestHandler):
     """CORS on everything, JSON error bodies, no framework ETags (ours come from the pits)."""
 
-    def initialize(self, relay: CloudRelay) -> None:
+    def initialize(self, relay: RelayParts) -> None:
         self.relay = relay
 
     def set_default_headers(self) -> None:
@@ -138,15 +174,10 @@ class DataHandler(BaseHandler):
     post = put = delete = patch = _refuse_method
 
     async def _serve(self, *, head: bool) -> None:
-        self.relay.active_requests += 1
-        try:
-            if self.relay.draining:
+        with self.relay.drain.track():
+            if self.relay.drain.draining:
                 self.set_header("Connection", "close")
             await self._serve_counted(head=head)
-        finally:
-            self.relay.active_requests -= 1
-            if not self.relay.active_requests:
-                self.relay.idle.set()
 
     async def _serve_counted(self, *, head: bool) -> None:
         request_id = uuid.uuid4().hex
@@ -156,7 +187,7 @@ class DataHandler(BaseHandler):
             self.request.headers.get("X-Forwarded-For"),
             self.relay.trusted_proxies,
         )
-        wait = await self.relay.client_wait(ip)
+        wait = await self.relay.client_limits.wait(ip)
         if wait:
             self.relay.metrics.rate_limited.labels("client").inc()
             self.write_json_error(
@@ -166,7 +197,7 @@ class DataHandler(BaseHandler):
         try:
             check_method(self.request.method or "")
             pits_id, path = self.relay.route(normalize_path(self.request.path))
-            served = await self.relay.relay.get(pits_id, path, request_id=request_id, client=ip)
+            served = await self.relay.serving.get(pits_id, path, request_id=request_id, client=ip)
         except RateLimited as exc:
             self.write_json_error(exc.code, exc.message, 429, exc.retry_after)
             return
@@ -211,7 +242,7 @@ class DataHandler(BaseHandler):
 class ControlHandler(tornado.websocket.WebSocketHandler):
     """`/control`: the pits' WebSocket. The token is checked before the upgrade."""
 
-    def initialize(self, relay: CloudRelay) -> None:
+    def initialize(self, relay: RelayParts) -> None:
         self.relay = relay
         self.conn: PitsConnection | None = None
         self.claims: dict[str, Any] = {}
@@ -222,16 +253,15 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
         if self.get_query_argument("role", "") != "pits":
             self._refuse(400, ErrorCode.BAD_REQUEST, "role=pits is required")
             return
-        auth = self.request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(self.request.headers.get("Authorization"))
+        if token is None:
             self._refuse(
                 401, ErrorCode.UNAUTHORIZED, "a Bearer token is required", TokenRefusal.MALFORMED
             )
             return
         try:
-            self.claims = self.relay.verify_token(token.strip(), role="pits")
-            self.kid = jwt.get_unverified_header(token.strip()).get("kid")
+            self.claims = self.relay.verify_token(token, role="pits")
+            self.kid = jwt.get_unverified_header(token).get("kid")
         except TokenError as exc:
             self.relay.metrics.auth_failures.inc()
             log.warning(

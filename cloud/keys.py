@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,6 +22,7 @@ import jwt
 
 from cloud import TokenError
 from wire.errors import TokenRefusal as R
+from wire.files import write_private
 from wire.settings import SettingsError
 
 ROLES = ("pits", "admin")
@@ -202,22 +201,6 @@ def new_key(kid: str | None = None) -> dict[str, Any]:
         "use": "sig",
         "k": _b64url(secrets.token_bytes(32)),
     }
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file atomically, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def keygen(path: Path, kid: str | None = None) -> str:

@@ -87,6 +87,11 @@ class Metrics:
         self.forwarded = Counter(
             P + "forwarded_fetches", "Fetches sent to the replica holding the pits", registry=r
         )
+        self.served_for_replicas = Counter(
+            P + "served_for_replicas",
+            "Requests from other replicas served for a pits held here",
+            registry=r,
+        )
         self.auth_failures = Counter(
             P + "auth_failures", "Control connections refused before upgrade", registry=r
         )

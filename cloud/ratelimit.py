@@ -7,8 +7,10 @@ bounded LRU map, so a flood of distinct addresses cannot grow memory without end
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from wire import ErrorCode, ProtocolError
 from wire.budget import TokenBucket
@@ -82,3 +84,36 @@ class RateLimited(ProtocolError):
     def __init__(self, message: str, retry_after: float):
         super().__init__(ErrorCode.BUSY, message)
         self.retry_after = retry_after
+
+
+class RemoteLimits(Protocol):
+    """Limits kept where every replica sees them (cloud.shared_limits.SharedLimits)."""
+
+    async def rate_check(self, scope: str, key: str, rate: float, burst: float) -> float | None: ...
+
+
+class SharedLimiter:
+    """A rate limit shared by the replicas while Redis answers, and this replica's own otherwise.
+
+    The one place that decides between the two; the relay keeps one per scope (`client`,
+    `miss`, `pits`).
+    """
+
+    def __init__(
+        self, local: RateLimiter, scope: str, *, clock: Callable[[], float] = time.monotonic
+    ):
+        self.local = local
+        self.scope = scope
+        self.clock = clock
+        self.remote: RemoteLimits | None = None
+
+    async def wait(self, key: str) -> float:
+        """0.0 if allowed, else the seconds to wait (for Retry-After)."""
+        rate = self.local.rate
+        if rate is None:
+            return 0.0
+        if self.remote is not None:
+            wait = await self.remote.rate_check(self.scope, key, rate, self.local.burst)
+            if wait is not None:
+                return wait
+        return self.local.check(key, self.clock())

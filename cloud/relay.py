@@ -11,20 +11,17 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from cloud.cache import Cache, CacheKey, Entry
+from cloud.cache import Cache, CacheKey, Entry, Served
+from cloud.cluster import Cluster
 from cloud.control import PitsConnection
 from cloud.metrics import Metrics
-from cloud.ratelimit import RateLimited, RateLimiter
+from cloud.ratelimit import RateLimited, RateLimiter, SharedLimiter
 from cloud.registry import Registry
-
-if TYPE_CHECKING:
-    from cloud.cluster import Cluster
 from wire import ErrorCode, ProtocolError
 from wire.canonical import check_json, etag_of, is_json_path
 from wire.errors import STALE_OK
+from wire.flights import Flights
 from wire.messages import Fetch
 from wire.paths import Allowlist
 
@@ -44,19 +41,6 @@ class Freshness:
             if matcher.allows(path):
                 return seconds
         return self.default
-
-
-@dataclass(frozen=True, kw_only=True)
-class Served:
-    """What a public request gets: a body (maybe stale) and how the cache came by it."""
-
-    status: int
-    body: bytes
-    etag: str | None
-    fetched_at: float
-    cache: str  # HIT, MISS, REVALIDATED or STALE
-    ttl: float
-    stale_reason: ErrorCode | None = None
 
 
 def _served(entry: Entry, cache: str, ttl: float, reason: ErrorCode | None = None) -> Served:
@@ -106,15 +90,23 @@ class Relay:
         self.metrics = metrics
         self.freshness = freshness
         self.fetch_timeout = fetch_timeout
-        self.pits_limiter = RateLimiter(None) if pits_limiter is None else pits_limiter
+        no_limit = RateLimiter(None)
+        pits = no_limit if pits_limiter is None else pits_limiter  # (an empty limiter is falsy)
+        self.pits_limits = SharedLimiter(pits, "pits", clock=clock)
         # Per client: requests that would start a fetch. Well below the per-pits budget, so
         # that a few spectators asking for random paths cannot spend a whole pits' budget.
-        self.miss_limiter = RateLimiter(None) if miss_limiter is None else miss_limiter
+        miss = no_limit if miss_limiter is None else miss_limiter
+        self.miss_limits = SharedLimiter(miss, "miss", clock=clock)
         self.clock = clock
-        self._flights: dict[CacheKey, asyncio.Future[Served]] = {}
+        self._flights: Flights[CacheKey, asyncio.Future[Served]] = Flights()
         self._negative: OrderedDict[CacheKey, tuple[float, Served | ProtocolError]] = OrderedDict()
-        self.cluster: Cluster | None = None  # set by the relay when replicas share Redis
+        self.cluster: Cluster | None = None  # see share()
         self.waiting = 0  # public requests waiting on a revalidation
+
+    def share(self, cluster: Cluster) -> None:
+        """Replicas share Redis: the shared cache, other replicas' pits, shared limits."""
+        self.cluster = cluster
+        self.pits_limits.remote = self.miss_limits.remote = cluster.limits
 
     @property
     def flights(self) -> int:
@@ -147,7 +139,7 @@ class Relay:
             return negative
         flight = self._flights.get(key)
         if flight is None and client is not None:
-            wait = await self._miss_wait(client)
+            wait = await self.miss_limits.wait(client)
             if wait:
                 self.metrics.rate_limited.labels("miss").inc()
                 if entry is not None:
@@ -158,11 +150,12 @@ class Relay:
                 )
             flight = self._flights.get(key)  # another request may have started it meanwhile
         if flight is None:
-            flight = asyncio.ensure_future(
-                self._revalidate(key, entry, ttl, request_id, local_only)
+            flight = self._flights.join(
+                key,
+                lambda: asyncio.ensure_future(
+                    self._revalidate(key, entry, ttl, request_id, local_only)
+                ),
             )
-            self._flights[key] = flight
-            flight.add_done_callback(lambda f: self._forget(key, f))
         # A caller that goes away must not cancel the fetch the others are waiting on.
         self.waiting += 1
         try:
@@ -207,23 +200,6 @@ class Relay:
         while len(self._negative) > MAX_NEGATIVE:
             self._negative.popitem(last=False)
 
-    async def _miss_wait(self, client: str) -> float:
-        """The per-client miss budget, shared across replicas when there is a cluster."""
-        limiter = self.miss_limiter
-        if limiter.rate is None:
-            return 0.0
-        if self.cluster is not None:
-            wait = await self.cluster.rate_check("miss", client, limiter.rate, limiter.burst)
-            if wait is not None:
-                return wait
-        return limiter.check(client, self.clock())
-
-    def _forget(self, key: CacheKey, flight: asyncio.Future[Served]) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.cancelled():
-            flight.exception()  # mark retrieved: waiters may all have gone
-
     async def _revalidate(
         self, key: CacheKey, entry: Entry | None, ttl: float, request_id: str, local_only: bool
     ) -> Served:
@@ -233,7 +209,7 @@ class Relay:
         code: ErrorCode | None = None
         if entry is None and self.cluster is not None:
             # A replica that just started, or evicted this: the shared cache may have it.
-            shared = await self.cluster.cache_get(pits_id, path)
+            shared = await self.cluster.cache.get(pits_id, path)
             if shared is not None:
                 body, etag, age = shared
                 entry = Entry(body=body, etag=etag, fetched_at=self.clock() - age)
@@ -286,7 +262,7 @@ class Relay:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is not connected")
         if conn.paused:
             raise ProtocolError(ErrorCode.UNAVAILABLE, f"pits {pits_id} is paused by an admin")
-        wait = await self._pits_wait(pits_id)
+        wait = await self.pits_limits.wait(pits_id)
         if wait:
             self.metrics.rate_limited.labels("pits").inc()
             raise RateLimited(f"fetch rate limit of pits {pits_id} reached", wait)
@@ -305,7 +281,7 @@ class Relay:
                 refreshed = Entry(body=entry.body, etag=entry.etag, fetched_at=now)
                 self.cache.put(key, refreshed)
             if self.cluster is not None:
-                await self.cluster.cache_put(pits_id, path, refreshed.body, refreshed.etag, 0.0)
+                await self.cluster.cache.put(pits_id, path, refreshed.body, refreshed.etag, 0.0)
             return _served(refreshed, "REVALIDATED", ttl)
         body = reply.body if reply.body is not None else b""
         if reply.status != 200:
@@ -325,19 +301,8 @@ class Relay:
         fresh = Entry(body=body, etag=etag, fetched_at=now)
         self.cache.put(key, fresh)
         if self.cluster is not None:
-            await self.cluster.cache_put(pits_id, path, body, etag, 0.0)
+            await self.cluster.cache.put(pits_id, path, body, etag, 0.0)
         return _served(fresh, "MISS", ttl)
-
-    async def _pits_wait(self, pits_id: str) -> float:
-        """The per-pits fetch rate limit, shared across replicas when there is a cluster."""
-        limiter = self.pits_limiter
-        if limiter.rate is None:
-            return 0.0
-        if self.cluster is not None:
-            wait = await self.cluster.rate_check("pits", pits_id, limiter.rate, limiter.burst)
-            if wait is not None:
-                return wait
-        return limiter.check(pits_id, self.clock())
 
     async def _forward(
         self, node: str, key: CacheKey, entry: Entry | None, ttl: float, request_id: str

@@ -90,38 +90,9 @@ def _declared(item: pytest.Item) -> list[Expected]:
     return [Expected(*m.args, **m.kwargs) for m in item.iter_markers("provokes_error")]
 
 
-# Tests in files that another change in flight is editing, marked from here until the markers
-# can move onto the tests themselves (then this table goes).
-_MARKED_FROM_HERE = {
-    "tests/integration/test_observability.py::test_counters_say_one_miss_one_hit_one_304": (
-        pytest.mark.provokes_error(
-            "tornado.access",
-            r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
-            why="a path FPVTrackside does not have is BAD_CONTENT (502), counted as an error",
-        )
-    ),
-    "tests/integration/test_observability.py::test_agent_metrics": (
-        pytest.mark.provokes_error(
-            "tornado.access",
-            r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
-            why="a path FPVTrackside does not have is BAD_CONTENT (502), counted by the agent",
-        )
-    ),
-    "tests/cluster/test_replicas.py::test_every_replica_serves_the_root_paths_of_the_pits_adopted_on_one": (
-        pytest.mark.provokes_error(
-            "tornado.access",
-            r"^503 GET /httpfiles/Channels\.json ",
-            why="the pits chosen on B is not connected; A follows: its root paths are 503",
-        )
-    ),
-}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A malformed provokes_error stops the run before any test, naming the test."""
     for item in items:
-        if item.nodeid in _MARKED_FROM_HERE:
-            item.add_marker(_MARKED_FROM_HERE[item.nodeid])
         try:
             _declared(item)
         except (TypeError, ValueError, re.error) as e:

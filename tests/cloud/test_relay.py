@@ -11,12 +11,12 @@ import asyncio
 import pytest
 from cloudfakes import FakeTransport, frame, value
 
-from cloud.cache import Cache
+from cloud.cache import Cache, Served
 from cloud.control import PitsConnection
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter
 from cloud.registry import Registry
-from cloud.relay import NEGATIVE, Freshness, Relay, Served
+from cloud.relay import NEGATIVE, Freshness, Relay
 from pitlink_testkit.clock import FakeClock
 from pitlink_testkit.waiting import wait_for
 from wire import ErrorCode, ProtocolError

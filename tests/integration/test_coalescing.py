@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import tornado.httpclient
-from support import System, wait_for
+
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 
 async def test_1000_concurrent_requests_make_one_fetch_and_one_origin_request(
@@ -23,11 +25,11 @@ async def test_1000_concurrent_requests_make_one_fetch_and_one_origin_request(
             for _ in range(1000)
         ]
         await wait_for(
-            lambda: system.relay.relay.waiting == 1000,
+            lambda: system.relay.serving.waiting == 1000,
             timeout=60,
             what="1000 requests waiting at the relay",
         )
-        assert system.relay.relay.flights == 1
+        assert system.relay.serving.flights == 1
         system.sim.hold.set()
         responses = await asyncio.gather(*requests)
     finally:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import System, wait_for
+
+from pitlink_testkit.system import System
+from pitlink_testkit.waiting import wait_for
 
 
 async def scrape(s: System, url: str) -> dict[tuple[str, tuple], float]:
@@ -19,12 +22,17 @@ async def scrape(s: System, url: str) -> dict[tuple[str, tuple], float]:
     return samples
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
+    why="a path FPVTrackside does not have is BAD_CONTENT (502), counted as an error",
+)
 async def test_counters_say_one_miss_one_hit_one_304(system: System) -> None:
     path = f"/pits/{system.pits_id}{system.sim.event_path}/Pilots.json"
-    system.relay.relay.freshness.default = 60.0
+    system.relay.serving.freshness.default = 60.0
     miss = await system.get(path)
     hit = await system.get(path)
-    system.relay.relay.freshness.default = 0.0
+    system.relay.serving.freshness.default = 0.0
     revalidated = await system.get(path)
     assert [r.headers["X-Pitlink-Cache"] for r in (miss, hit, revalidated)] == [
         "MISS",
@@ -49,6 +57,11 @@ async def test_counters_say_one_miss_one_hit_one_304(system: System) -> None:
     assert m[("pitlink_errors_total", (("code", "BAD_CONTENT"),))] == 1
 
 
+@pytest.mark.provokes_error(
+    "tornado.access",
+    r"^502 GET /pits/pits-1/httpfiles/Nope\.json ",
+    why="a path FPVTrackside does not have is BAD_CONTENT (502), counted as an error",
+)
 async def test_agent_metrics(system: System) -> None:
     await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
     await system.get(f"/pits/{system.pits_id}/httpfiles/Nope.json")
@@ -92,11 +105,11 @@ async def test_one_request_id_through_relay_and_agent_logs(system: System, caplo
 
 async def test_a_health_checks_503_is_not_logged_as_an_error(system: System, caplog) -> None:
     caplog.set_level(logging.INFO, logger="tornado.access")
-    system.relay.draining = True
+    system.relay.drain.draining = True
     try:
         assert (await system.get("/readyz")).code == 503
     finally:
-        system.relay.draining = False
+        system.relay.drain.draining = False
     lines = [
         r for r in caplog.records if r.name == "tornado.access" and "/readyz" in r.getMessage()
     ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from support import System
 
+from pitlink_testkit.system import System
 from wire import ErrorCode, ProtocolError
 from wire.messages import Fetch
 
@@ -78,7 +78,7 @@ async def test_other_methods_are_refused_by_the_agent(system: System, method: st
 
 
 async def test_query_strings_do_not_defeat_the_cache(system: System) -> None:
-    system.relay.relay.freshness.default = 60.0
+    system.relay.serving.freshness.default = 60.0
     first = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json?t=1")
     second = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json?t=2")
     assert first.headers["X-Pitlink-Cache"] == "MISS"
