@@ -71,6 +71,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self.collect_interval = COLLECT_INTERVAL
         self._origin_failures = FailureLog()
+        self._reported_dead: set[asyncio.Task[None]] = set()
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -90,9 +91,9 @@ class Agent:
         self._server.add_sockets(sockets)
         self.status_port = sockets[0].getsockname()[1]
         self._tasks = [
-            asyncio.ensure_future(self.link.run()),
-            asyncio.ensure_future(self._watch_origin()),
-            asyncio.ensure_future(self.watchdog.run()),
+            asyncio.create_task(self.link.run(), name="the link to the relay"),
+            asyncio.create_task(self._watch_origin(), name="the FPVTrackside check"),
+            asyncio.create_task(self.watchdog.run(), name="the connectivity watchdog"),
             asyncio.ensure_future(self._systemd_loop()),
             asyncio.ensure_future(self._collect_loop()),
         ]
@@ -182,8 +183,21 @@ class Agent:
         return event_name(reply.body) if reply.status == 200 else None
 
     def healthy(self) -> bool:
-        """The loop runs (we are here) and none of the agent's tasks has died."""
-        return all(not task.done() for task in self._tasks[:3])
+        """The loop runs (we are here) and none of the agent's tasks has died.
+
+        A task that died is logged once, by name and with what killed it.
+        """
+        dead = [task for task in self._tasks[:3] if task.done()]
+        for task in dead:
+            if task not in self._reported_dead:
+                self._reported_dead.add(task)
+                error = None if task.cancelled() else task.exception()
+                log.error(
+                    "an agent task died; withholding the watchdog so systemd restarts us",
+                    extra={"task": task.get_name(), "error": repr(error) if error else "cancelled"},
+                    exc_info=error,
+                )
+        return not dead
 
     def status_line(self) -> str:
         s = self.state
@@ -203,7 +217,6 @@ class Agent:
         """Tell systemd we are alive, if we are healthy; True when WATCHDOG=1 went out."""
         self.systemd.status(self.status_line())
         if not self.healthy():
-            log.error("an agent task died; withholding the watchdog so systemd restarts us")
             return False
         return self.systemd.watchdog_interval is not None and self.systemd.watchdog()
 

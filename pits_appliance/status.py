@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import tornado.web
 
@@ -25,8 +25,12 @@ from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
 from wire.budget import Throttle
 
-if TYPE_CHECKING:
-    from pits_appliance.link import CloudLink
+
+class Link(Protocol):
+    """What the page's Reconnect needs of the agent's link."""
+
+    def reconnect_now(self) -> None: ...
+
 
 access_log = logging.getLogger("tornado.access")
 
@@ -41,7 +45,7 @@ class StatusSource(Protocol):
     metrics: AgentMetrics
 
     @property
-    def link(self) -> CloudLink | None: ...
+    def link(self) -> Link | None: ...
 
     def set_paused(self, paused: bool) -> None: ...
 
