@@ -12,8 +12,9 @@ from collections.abc import Mapping
 import tornado.netutil
 
 from pits_appliance import __version__
+from pits_appliance.clock import WallClock
 from pits_appliance.config import AgentConfig
-from pits_appliance.dialing import DialFailure, FailureLog
+from pits_appliance.dialing import DialFailure, FailureLog, relay_tls
 from pits_appliance.executor import Executor
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
@@ -52,18 +53,26 @@ class Agent:
             self.origin, Allowlist(config.allowlist), fetch_timeout=config.fetch_timeout
         )
         self.tokens = TokenStore(config.token_file, configured=config.token)
+        self.tls = relay_tls(config.cloud_ca)
         self.link = CloudLink(
             config=config,
             executor=self.executor,
             state=self.state,
             metrics=self.metrics,
             tokens=self.tokens,
+            tls=self.tls,
+        )
+        self.wall_clock = WallClock(
+            saved=None if config.state_dir is None else config.state_dir / "clock",
+            may_set=config.set_clock,
         )
         self.watchdog = Watchdog(
             config=config,
             state=self.state,
             metrics=self.metrics,
             reconnect=self.link.reconnect_now,
+            wall_clock=self.wall_clock,
+            tls=self.tls,
         )
         self.systemd = Notifier(env)
         self.status_port: int | None = None

@@ -108,7 +108,11 @@ async def _run(argv: Sequence[str]) -> int:
     if config.print_pits_id:
         return _print_pits_id(config)
     jsonlog.setup(config.log_level)
-    agent = Agent(config)
+    try:
+        agent = Agent(config)
+    except ConfigError as exc:
+        print(f"pits-agent: {exc}", file=sys.stderr, flush=True)
+        return await _show_settings_error(str(exc), argv)
     try:
         await agent.start()
     except ConfigError as exc:

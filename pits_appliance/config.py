@@ -121,6 +121,21 @@ class AgentConfig:
         convert=Path,
         shown="`STATE_DIR/token`",
     )
+    cloud_ca: Path | None = setting(  # noqa: RUF009 (setting() is a field())
+        None,
+        "a CA certificate (PEM) the relay's certificate may chain to, besides the public ones "
+        "the box trusts: for a relay with a private CA. In `pitlink.conf`, a file name is "
+        "beside `pitlink.conf` (on the card's boot partition)",
+        Path,
+        shown="none: the public CAs only",
+    )
+    set_clock: bool = setting(
+        False,
+        "move the system clock forward to the relay's time while NTP has not synchronised "
+        "(a box without a battery-backed clock)",
+        switch=True,
+        shown="off; on in the image",
+    )
     fpvtrackside: str = setting("http://127.0.0.1:8080", "FPVTrackside's web server", _http_url)
     pits_id: str | None = setting(None, "this pits' id", text_or_none, shown="the token's subject")
     status_host: str = setting("0.0.0.0", "address of the status port")
@@ -237,7 +252,11 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
         raise ConfigError(
             "no token: set TOKEN and STATE_DIR (or TOKEN_FILE) in the config file, or --token-file"
         )
+    ca = values["cloud_ca"]
+    if ca is not None and not ca.is_absolute() and config_path is not None:
+        values["cloud_ca"] = config_path.parent / ca  # a file beside pitlink.conf
     token = values["token"]
+
     if token is not None and not token.strip():
         raise ConfigError("TOKEN is empty: paste the token the relay's operator gave you")
     values.update(cloud_url=urls[0], cloud_urls=urls[1:], token=(token or "").strip() or None)

@@ -38,6 +38,7 @@ class Probe:
     body_length: int = 0
     failure: Failure | None = None
     detail: str = ""
+    date: str | None = None  # the answer's Date header: what time the relay says it is
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,8 +15,10 @@ import json
 import socket
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from pits_appliance import ConfigError
 from wire.errors import CloseCode, TokenRefusal
 from wire.session import Closing, Policy, close_policy
 
@@ -161,6 +163,27 @@ def closed_by_box(closing: Closing) -> Closed:
     if closing.reason == "no hello received":
         return Closed("the relay sent no hello", "backoff", "the relay sent no hello")
     return Closed(f"the relay sent {closing.reason}", "backoff", "dropping the link")
+
+
+# Debian's bundle of the public CAs (package ca-certificates). Named here because a frozen
+# Python does not always look where Debian keeps it.
+SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def relay_tls(extra_ca: Path | None = None, *, system: Path = SYSTEM_CAS) -> ssl.SSLContext:
+    """What the box trusts in the relay's certificate: the public CAs the system ships, and
+    the CA a self-hosted relay's operator gave (CLOUD_CA). ConfigError when that file is
+    missing or not a certificate."""
+    context = ssl.create_default_context(cafile=str(system) if system.exists() else None)
+    if extra_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(extra_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"CLOUD_CA {extra_ca} is not a CA certificate the box can read: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+    return context
 
 
 class FailureLog:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable
 
@@ -79,8 +80,10 @@ class CloudLink:
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         tokens: TokenStore | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.config = config
+        self.tls = tls
         self.tokens = (
             tokens if tokens is not None else TokenStore(config.token_file, configured=config.token)
         )
@@ -176,6 +179,7 @@ class CloudLink:
             headers={"Authorization": f"Bearer {token}"},
             connect_timeout=10.0,
             request_timeout=15.0,
+            ssl_options=self.tls,
         )
         try:
             connecting = asyncio.ensure_future(

@@ -36,6 +36,8 @@ class AgentState:
     recovery_at: float | None = None
     paused: bool = False
     config_error: str | None = None
+    clock: str = "unknown"  # pits_appliance.clock.Status
+    clock_skew: float | None = None
     token_issued: float | None = None
     token_expires: float | None = None
     fpvtrackside_url: str = ""

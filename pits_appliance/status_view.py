@@ -230,6 +230,41 @@ def token_row(s: AgentState, now: float) -> dict[str, Any]:
     )
 
 
+def clock_row(s: AgentState) -> dict[str, Any]:
+    """Certificates are checked against the clock: a box without a battery-backed clock must
+    get the time from NTP or from the relay before it can trust the relay (pits_appliance.clock)."""
+    since = s.changed_at.get("clock")
+    if s.clock == "ntp":
+        return _row("clock", GREEN, "The clock is set", "Synchronised by NTP.", since)
+    if s.clock == "agrees":
+        return _row("clock", GREEN, "The clock is set", "It agrees with the relay's.", since)
+    if s.clock == "set":
+        return _row(
+            "clock",
+            GREEN,
+            "The clock is set",
+            "Set from the relay's time (NTP does not get through this network).",
+            since,
+        )
+    if s.clock == "wrong":
+        off = f" by {ago(abs(s.clock_skew))}" if s.clock_skew is not None else ""
+        return _row(
+            "clock",
+            AMBER,
+            f"The clock is off{off}",
+            "NTP does not get through and the box may not set its clock itself "
+            "(SET_CLOCK in pitlink.conf): certificates may be refused until it is set.",
+            since,
+        )
+    return _row(
+        "clock",
+        AMBER,
+        "The clock is not set yet",
+        "The box takes the time from NTP, or from the relay as soon as it reaches it; until "
+        "then it cannot check the relay's certificate.",
+    )
+
+
 def software_row(s: AgentState) -> dict[str, Any]:
     return _row(
         "software",
@@ -258,6 +293,7 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
             internet_row(s),
             portal_row(s),
             cloud_row(s, now),
+            clock_row(s),
             token_row(s, now),
             software_row(s),
         ]

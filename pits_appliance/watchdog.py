@@ -7,6 +7,7 @@ this module does the probing and runs the actions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import shlex
@@ -23,6 +24,7 @@ import tornado.httputil
 import tornado.iostream
 from tornado.simple_httpclient import HTTPTimeoutError
 
+from pits_appliance.clock import WallClock
 from pits_appliance.config import AgentConfig
 from pits_appliance.connectivity import (
     STATES,
@@ -80,7 +82,11 @@ class _Cap(tornado.httputil.HTTPInputError):
     pass
 
 
-async def probe(client: tornado.httpclient.AsyncHTTPClient, url: str) -> Probe:
+async def probe(
+    client: tornado.httpclient.AsyncHTTPClient,
+    url: str,
+    tls: ssl.SSLContext | None = None,
+) -> Probe:
     """GET the URL without following redirects, reading at most a little of the body."""
     size = 0
 
@@ -97,6 +103,7 @@ async def probe(client: tornado.httpclient.AsyncHTTPClient, url: str) -> Probe:
         request_timeout=PROBE_TIMEOUT,
         streaming_callback=on_chunk,
         headers={"Cache-Control": "no-cache"},
+        ssl_options=tls,
     )
     try:
         response = await client.fetch(request, raise_error=False)
@@ -110,6 +117,7 @@ async def probe(client: tornado.httpclient.AsyncHTTPClient, url: str) -> Probe:
         status=response.code,
         location=response.headers.get("Location"),
         body_length=size,
+        date=response.headers.get("Date"),
     )
 
 
@@ -139,9 +147,13 @@ class Watchdog:
         state: AgentState,
         metrics: AgentMetrics,
         reconnect: Callable[[], None],
+        wall_clock: WallClock | None = None,
+        tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.config = config
+        self.wall_clock = wall_clock or WallClock()
+        self.tls = tls
         self.state = state
         self.metrics = metrics
         self.reconnect = reconnect
@@ -160,8 +172,9 @@ class Watchdog:
         """Probe (HTTP and HTTPS in parallel) and ask the portal API where there is one."""
         probes = [probe(self.client, self.http_url)]
         if self.https_url:
-            probes.append(probe(self.client, self.https_url))
+            probes.append(probe(self.client, self.https_url, self.tls))
         results = await asyncio.gather(*probes)
+        await self._check_the_time(results)
         verdict = combine(classify(results[0]), classify(results[1]) if len(results) > 1 else None)
         api = self.config.captive_portal_api or captive_api_uri()
         if api and verdict.state != "full":
@@ -182,6 +195,25 @@ class Watchdog:
             except Exception as exc:
                 log.info("captive portal API did not answer", extra={"error": str(exc)})
         return verdict
+
+    async def _check_the_time(self, results: list[Probe]) -> None:
+        """The relay's `Date` says what time it is. When its certificate is "not yet valid"
+        (our clock is behind), the `Date` is read over TLS without checking the certificate:
+        it is only as trustworthy as a plain HTTP one, which is why the clock only moves
+        forward (see pits_appliance.clock)."""
+        date = next((r.date for r in results if r.date), None)
+        if date is None and self.https_url and any("not yet valid" in r.detail for r in results):
+            with contextlib.suppress(Exception):
+                answer = await self.client.fetch(
+                    self.https_url,
+                    validate_cert=False,
+                    follow_redirects=False,
+                    request_timeout=PROBE_TIMEOUT,
+                    raise_error=False,
+                )
+                date = answer.headers.get("Date")
+        self.state.set("clock", self.wall_clock.observe(date))
+        self.state.clock_skew = self.wall_clock.skew
 
     def record(self, verdict: Verdict) -> None:
         state = self.state
@@ -244,6 +276,7 @@ class Watchdog:
             self.record(verdict)
             for action in self.recovery.observe(self.state.ws_connected, self.clock()):
                 await self.act(action)
+            self.wall_clock.save()
             delay = self.schedule.after(verdict.state)
             if not self.state.ws_connected:
                 delay = min(delay, self.recovery_tick)

@@ -367,3 +367,17 @@ def test_help_lists_every_setting_with_its_default(capsys: pytest.CaptureFixture
         )
     assert "--status-port STATUS_PORT the status port (default 8081)" in text
     assert "--cloud-url CLOUD_URL the relay" in text
+
+
+def test_a_cloud_ca_named_in_pitlink_conf_is_beside_it(tmp_path: Path) -> None:
+    conf = tmp_path / "boot" / "pitlink.conf"
+    conf.parent.mkdir()
+    conf.write_text("CLOUD_URL=https://relay.example\nTOKEN_FILE=/t\nCLOUD_CA=relay-ca.pem\n")
+    config = load_config(["--config", str(conf)], env={})
+    assert config.cloud_ca == tmp_path / "boot" / "relay-ca.pem"
+    absolute = load_config([*REQUIRED, "--cloud-ca", "/etc/ssl/ours.pem"], env={})
+    assert absolute.cloud_ca == Path("/etc/ssl/ours.pem")
+    assert (absolute.set_clock, load_config([*REQUIRED, "--set-clock"], env={}).set_clock) == (
+        False,
+        True,
+    )
