@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,11 +16,11 @@ import tornado.httpclient
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port
+from pitlink_testkit.nginx import nginx_config, start_nginx
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-NGINX_EXAMPLE = REPO / "deploy" / "nginx-pitlink.conf"
 
 
 class Replica:
@@ -139,48 +137,11 @@ async def test_killed_replica_the_agent_moves_on(replicas) -> None:
     assert again == good  # never a wrong body: the same canonical bytes
 
 
-def nginx_config(tmp: Path, port: int, a: Replica, b: Replica) -> Path:
-    example = NGINX_EXAMPLE.read_text()
-    example = example.replace("127.0.0.1:8001", f"127.0.0.1:{a.port}")
-    example = example.replace("127.0.0.1:8002", f"127.0.0.1:{b.port}")
-    example = re.sub(r"listen 8000;", f"listen 127.0.0.1:{port};", example)
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        f"daemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/nginx-error.log warn;\n"
-        "events { worker_connections 1024; }\n"
-        "http {\n  access_log off;\n"
-        f"  client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n"
-        f"  fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n  scgi_temp_path {tmp}/scgi;\n"
-        + example
-        + "\n}\n"
-    )
-    return conf
-
-
-@pytest.fixture
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if found is None:
-        pytest.fail("nginx is not installed: ./scripts/test installs Debian's nginx")
-    return found
-
-
-async def test_rolling_restart_behind_nginx_loses_no_request(
-    replicas, nginx_binary, tmp_path
-) -> None:
+async def test_rolling_restart_behind_nginx_loses_no_request(replicas, tmp_path) -> None:
     s, a, b = replicas
     port = free_port()
-    conf = nginx_config(tmp_path, port, a, b)
-    check = await asyncio.create_subprocess_exec(
-        nginx_binary, "-t", "-c", str(conf), stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await check.communicate()
-    assert check.returncode == 0, err.decode()
-    nginx = await asyncio.create_subprocess_exec(
-        nginx_binary, "-c", str(conf), stderr=asyncio.subprocess.DEVNULL
-    )
+    conf = nginx_config(tmp_path, upstreams=[a.port, b.port], plain=port, tls=free_port())
+    nginx = await start_nginx(conf)
     front = f"http://127.0.0.1:{port}"
     try:
 
