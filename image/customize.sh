@@ -50,7 +50,8 @@ say "services"
 chroot "$root" systemctl enable \
     systemd-networkd.service systemd-resolved.service systemd-timesyncd.service \
     avahi-daemon.service pits-agent.service \
-    pitlink-netconf.service pitlink-hostname.service pitlink-selftest.service
+    pitlink-netconf.service pitlink-hostname.service pitlink-selftest.service \
+    pitlink-clock.service
 # Debian's own wpa_supplicant service waits for a D-Bus client that never comes: the Wi-Fi
 # from pitlink.conf is pitlink-wifi@<interface>.service, started by udev.
 chroot "$root" systemctl disable wpa_supplicant.service
