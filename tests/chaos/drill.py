@@ -349,7 +349,11 @@ class Drill:
             await asyncio.gather(*crowd)
             sampling.cancel()
             self.reconnects = await metric(status_port, "pitlink_reconnects_total")
-            self.final = {"relay": proc_stats(relay.pid), "agent": proc_stats(agent.pid)}
+            self.final = {
+                "relay": proc_stats(relay.pid),
+                "agent": proc_stats(agent.pid),
+                "largest_kb": self.sim.largest_file() // 1024,
+            }
             self.baseline = baseline
             self.start_stats = self.memory[0] if self.memory else None
             self.tasks_end = {
