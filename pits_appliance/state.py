@@ -72,4 +72,5 @@ class AgentState:
             "connectivity": self.connectivity,
             "portalUrl": self.portal_url,
             "paused": self.paused,
+            "clock": self.clock,
         }

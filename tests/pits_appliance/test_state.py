@@ -67,6 +67,7 @@ def test_health_keys_and_values() -> None:
         "connectivity",
         "portalUrl",
         "paused",
+        "clock",
     }
     assert health["pitsId"] == "club-42"
     assert health["wsConnected"] is True
