@@ -13,7 +13,7 @@ root="$1"
 repo="${PITLINK_REPO:?}"
 agent="${PITLINK_AGENT:?}"
 
-say() { echo "customize: $*" >&2; }
+say() { echo "customize [$(date +%T)]: $*" >&2; }
 
 say "the Pitlink files (image/rootfs/)"
 # The files are owned by root on the image, whoever owns the checkout.
@@ -63,6 +63,14 @@ for unit in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub
         chroot "$root" systemctl mask "$unit"
     fi
 done
+
+say "the initramfs, made once (image/essential.sh held it back until now)"
+rm -f "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+chroot "$root" update-initramfs -c -k all
+# raspi-firmware's hooks copied the kernel and firmware into /boot/firmware; on the box that is
+# the FAT partition's mount point, which scripts/build-image fills itself.
+find "$root/boot/firmware" -mindepth 1 -delete
 
 say "what is not needed on the box"
 # /var is a RAM disk on the box (see fstab), so its contents here are never seen; the package
