@@ -1,13 +1,28 @@
-"""The appliance image, booted: dist/pitlink-amd64.img under qemu, against a real relay.
+"""The appliance image, booted under qemu against a real relay behind TLS, with a wrong clock.
 
-The image is built by ./scripts/build-image (once: reused while it is newer than every file it
-is made from), copied, given a pitlink.conf with mtools (no mounting), and booted with
-qemu-system-x86_64 in software emulation (TCG) with UEFI firmware (OVMF), as a PC would boot
-it from a USB stick. The guest's network is qemu's user-mode network with restrict=on: it
-reaches nothing but what the test forwards to it, namely
+Both images are booted the same way: dist/pitlink-amd64.img as a PC boots it from a USB stick
+(qemu-system-x86_64, UEFI firmware from Debian's ovmf), dist/pitlink-arm64.img in qemu's
+emulated Raspberry Pi 3 (`raspi3b`) with the kernel, initramfs, device tree and command line
+from its own FAT partition, the card as its SD card, its network a USB adapter (the Pi 3's own
+Ethernet is a USB chip qemu does not model). Each image is built by ./scripts/build-image when
+it is older than what it is made from (tests/image/appliance.py), copied, and given a
+pitlink.conf and the test's CA with mtools (no mounting).
 
-    guest 10.0.2.100:8000  ->  the relay on the host's loopback      (CLOUD_URL)
-    guest 10.0.2.101:8080  ->  the FPVTrackside simulator, likewise   (FPVTRACKSIDE)
+The relay sits behind nginx with deploy/nginx-pitlink.conf, terminating TLS with a certificate
+from a CA the test makes, which the box trusts through `CLOUD_CA=relay-ca.pem` on its boot
+partition. The certificate is valid from the moment the test starts, and the box starts with
+its clock wrong: the PC's emulated RTC years behind (`-rtc base=`), the Pi with no clock at
+all, so systemd starts it at the image's build time, which the test moves back to 2025 in its copy (a freshly built image would
+start the clock a minute before the truth, close enough to hide the problem; a card in the
+field was flashed months ago). TLS can only come up once the box has taken the time from the
+relay's `Date` (pits_appliance.clock); /healthz then says `"clock": "set"`.
+
+The guest's network is qemu's user-mode network with restrict=on: it reaches nothing but what
+the test forwards to it, namely
+
+    guest 10.0.2.100:8000  ->  nginx's TLS port on the host's loopback   (CLOUD_URL=https://...)
+    guest 10.0.2.100:80    ->  nginx's plain port (the connectivity check's http probe)
+    guest 10.0.2.101:8080  ->  the FPVTrackside simulator                (FPVTRACKSIDE)
     host 127.0.0.1:<port>  ->  guest port 80, the status page
 
 guestfwd starts `socat` for each connection the guest opens (its plain form forwards a single
@@ -18,7 +33,10 @@ pitlink-selftest service (only active when the boot partition holds a file named
 pitlink-selftest-kill) kills it with SIGKILL when the status page's "Pause" is pressed. Before
 that it prints on the serial console what cannot be seen from outside: the mounts (read-only
 root, RAM for the rest), the journal's place, swap, timers, failed units, the hardware
-watchdog, the mDNS name, and the agent's memory use.
+watchdog, the saved time, the mDNS name, and the agent's memory use.
+
+On the emulated Pi the hardware watchdog's driver stays unloaded: qemu's model of it resets the
+board the moment it is armed, where the real one waits for its timeout.
 """
 
 from __future__ import annotations
@@ -28,279 +46,257 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import tornado.httpclient
+from appliance import (
+    BUILT,
+    Guest,
+    built_image,
+    check_inside,
+    console_tail,
+    copy_disk,
+    fat_get,
+    fat_put,
+    need,
+    reported,
+    set_build_time,
+)
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port
+from pitlink_testkit.nginx import nginx_config, start_nginx, stop_nginx
 from pitlink_testkit.system import System
+from pitlink_testkit.tls import RelayCA, make_ca
 from pitlink_testkit.waiting import wait_for
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.image]
 
-REPO = Path(__file__).resolve().parents[2]
-IMAGE = REPO / "dist" / "pitlink-amd64.img"
-# What the image is made from: a change to any of these makes the test build it again.
-INPUTS = [
-    "image",
-    "scripts/build-image",
-    "scripts/build-agent",
-    "scripts/frozen_agent.py",
-    "scripts/lib.sh",
-    "pits_appliance",
-    "wire",
-    "setup.cfg",
-]
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 PITS_ID = "club-42"
-RELAY_IN_GUEST = "10.0.2.100:8000"
+RELAY_ADDRESS = "10.0.2.100"
+RELAY_IN_GUEST = f"{RELAY_ADDRESS}:8000"
 SIM_IN_GUEST = "10.0.2.101:8080"
-# Seconds the image took to build, when this run built it (for the figures at the end).
-BUILT: list[float] = []
-# Software emulation is slow: the boot takes about a minute here, more on a busy machine.
-BOOT_TIMEOUT = 420.0
+# Where the emulated battery-backed clock starts: years behind.
+WRONG_CLOCK = "2020-01-01T00:00:00"
+# When the card says it was built (systemd starts the clock no earlier): a box flashed long ago.
+BUILT_AT = "20250101000000"
+# Software emulation is slow: the amd64 box answers about a minute after qemu starts, arm64
+# later; more on a busy machine.
+BOOT_TIMEOUT = {"amd64": 420.0, "arm64": 900.0}
+# The Raspberry Pi 3 Model B's device tree, as the firmware would choose it.
+PI3_DTB = "bcm2837-rpi-3-b.dtb"
+# What the box's hardware watchdog looks like from inside: qemu's PC has one (i6300esb); the
+# emulated Pi's stays unloaded (see arm64_guest).
+WATCHDOG = {"amd64": "active", "arm64": "none"}
 
 
-def need(ok: bool, why: str) -> None:
-    """Skip where a tool is missing, but fail in CI, where ./scripts/test installs them."""
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
+@dataclass(frozen=True)
+class Ports:
+    status: int  # host port forwarded to the guest's status page
+    tls: int  # nginx, TLS
+    plain: int  # nginx, plain http
+    sim: int  # the FPVTrackside simulator
 
 
-def newest_input() -> float:
-    newest = 0.0
-    for name in INPUTS:
-        path = REPO / name
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        for f in files:
-            if "__pycache__" not in f.parts:
-                newest = max(newest, f.stat().st_mtime)
-    return newest
+def netdev(ports: Ports) -> str:
+    forward = "cmd:socat STDIO TCP:127.0.0.1:{}"
+    return ",".join(
+        [
+            "user,id=net0,restrict=on",
+            f"hostfwd=tcp:127.0.0.1:{ports.status}-:80",
+            f"guestfwd=tcp:{RELAY_IN_GUEST}-{forward.format(ports.tls)}",
+            f"guestfwd=tcp:{RELAY_ADDRESS}:80-{forward.format(ports.plain)}",
+            f"guestfwd=tcp:{SIM_IN_GUEST}-{forward.format(ports.sim)}",
+        ]
+    )
 
 
-@pytest.fixture(scope="module")
-def image() -> Path:
-    """dist/pitlink-amd64.img, built now unless it is newer than everything it is made from."""
-    for tool in ("qemu-system-x86_64", "socat", "mcopy", "sfdisk"):
+COMMON = ["-accel", "tcg", "-display", "none", "-monitor", "none", "-rtc", f"base={WRONG_CLOCK}"]
+
+
+def amd64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
+    """A PC booting the image from a USB stick, with UEFI."""
+    for tool in ("qemu-system-x86_64", "socat"):
         need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
     need(OVMF.is_file(), f"{OVMF} is missing (apt-get install ovmf): ./scripts/test installs it")
-    if IMAGE.is_file() and IMAGE.stat().st_mtime > newest_input():
-        return IMAGE
-    need(os.geteuid() == 0, "building the image needs root: sudo ./scripts/build-image amd64")
-    started = time.monotonic()
-    # The compressed copy is for people; the test boots the raw image.
-    done = subprocess.run(
-        [str(REPO / "scripts" / "build-image"), "amd64", "--no-compress"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=780,
+    argv = [
+        "qemu-system-x86_64",
+        *COMMON,
+        "-machine", "q35", "-smp", "2", "-m", "1024",
+        "-bios", str(OVMF),
+        "-drive", f"file={disk},format=raw,if=virtio",
+        "-netdev", netdev(ports),
+        "-device", "virtio-net-pci,netdev=net0",
+        # A hardware watchdog for systemd's RuntimeWatchdogSec to feed.
+        "-device", "i6300esb",
+        "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    return Guest(argv, serial)
+
+
+def arm64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
+    """The card in qemu's emulated Raspberry Pi 3: what config.txt starts, with the Pi 3's
+    device tree, the card as its SD card, and a USB network adapter on its USB controller."""
+    for tool in ("qemu-system-aarch64", "socat"):
+        need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
+    boot = disk.parent / "boot"
+    boot.mkdir()
+    config = fat_get(disk, "config.txt").decode()
+    kernel = re.search(r"^kernel=(\S+)$", config, re.M)
+    initramfs = re.search(r"^initramfs (\S+)", config, re.M)
+    assert kernel is not None and initramfs is not None, config
+    for name in (kernel.group(1), initramfs.group(1), PI3_DTB):
+        (boot / name).write_bytes(fat_get(disk, name))
+    # qemu's emulated watchdog resets the board the moment the driver arms it, where the real
+    # one waits for its timeout: on the emulated board only, the driver stays unloaded.
+    # (tests/image/test_pi_files.py checks that the card enables it on every board.)
+    cmdline = fat_get(disk, "cmdline.txt").decode().strip() + " modprobe.blacklist=bcm2835_wdt"
+    # qemu's SD card must be a power of two in size, as real cards nearly are.
+    os.truncate(disk, 1 << (disk.stat().st_size - 1).bit_length())
+    argv = [
+        "qemu-system-aarch64",
+        *COMMON,
+        "-machine", "raspi3b",
+        "-kernel", str(boot / kernel.group(1)),
+        "-initrd", str(boot / initramfs.group(1)),
+        "-dtb", str(boot / PI3_DTB),
+        "-append", cmdline,
+        "-drive", f"file={disk},format=raw,if=sd",
+        # The Pi 3's own Ethernet is a chip on its USB bus, which qemu does not model; a USB
+        # network adapter is what a Pi 3 A+ or Zero 2 W would use.
+        "-netdev", netdev(ports),
+        "-device", "usb-net,netdev=net0",
+        # The first serial port is the PL011 (Bluetooth's on a Pi 3), the second the mini UART
+        # on the GPIO header: cmdline.txt's console=ttyS1.
+        "-serial", "null", "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    return Guest(argv, serial)
+
+
+GUESTS: dict[str, Callable[[Path, Path, Ports], Guest]] = {
+    "amd64": amd64_guest,
+    "arm64": arm64_guest,
+}
+
+
+@pytest.fixture
+def guests() -> Iterator[list[Guest]]:
+    started: list[Guest] = []
+    yield started
+    for guest in started:
+        guest.stop()
+
+
+@dataclass
+class Front:
+    """The relay behind nginx with TLS, and the CA that signed nginx's certificate."""
+
+    system: System
+    ca: RelayCA
+    tls: int
+    plain: int
+    not_before: float  # the certificate's first valid second
+
+
+@dataclass(frozen=True)
+class Image:
+    arch: str
+    path: Path
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("amd64", marks=pytest.mark.timeout(1500)),
+        pytest.param("arm64", marks=pytest.mark.timeout(4500)),
+    ]
+)
+def image(request: pytest.FixtureRequest) -> Image:
+    """The image, built first if it is stale (before the test's CA: see `front`)."""
+    return Image(request.param, built_image(request.param))
+
+
+@pytest.fixture
+async def front(image: Image, tmp_path: Path, sim: Simulator) -> AsyncIterator[Front]:
+    """The relay behind TLS; its certificate made after the image, so the box's clock (at the
+    image's build time when it starts) is before the certificate's first second."""
+    s = System(tmp_path, sim, pits_id=PITS_ID)
+    await s.start_relay()
+    # Valid from now on: the box's clock starts at the image's build time, before this.
+    not_before = time.time() - 1
+    ca = make_ca(
+        tmp_path / "ca", names=("relay.pitlink.test",), ips=(RELAY_ADDRESS,), not_before=not_before
     )
-    if done.returncode != 0:
-        pytest.fail(f"build-image failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}")
-    BUILT.append(time.monotonic() - started)
-    return IMAGE
+    tls, plain = free_port(), free_port()
+    conf = nginx_config(tmp_path, upstreams=[s.relay_port], plain=plain, tls=tls, certificate=ca)
+    nginx = await start_nginx(conf)
+
+    async def up() -> bool:
+        try:
+            got = await s.http.fetch(f"http://127.0.0.1:{plain}/healthz", raise_error=False)
+        except OSError:
+            return False
+        return got.code == 200
+
+    try:
+        await wait_for(up, what="nginx in front of the relay")
+        yield Front(system=s, ca=ca, tls=tls, plain=plain, not_before=not_before)
+    finally:
+        await s.close()
+        await stop_nginx(nginx)
 
 
-def boot_partition_offset(disk: Path) -> int:
-    """Byte offset of partition 1 (the FAT boot partition), from the partition table."""
-    table = json.loads(
-        subprocess.run(
-            ["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True
-        ).stdout
-    )["partitiontable"]
-    return int(table["partitions"][0]["start"]) * int(table.get("sectorsize", 512))
-
-
-def mcopy(disk: Path, offset: int, source: Path, name: str) -> None:
-    """Copy a file onto the FAT partition inside the disk image, without mounting anything."""
-    subprocess.run(
-        ["mcopy", "-o", "-i", f"{disk}@@{offset}", str(source), f"::{name}"],
-        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
-def prepare_disk(image: Path, disk: Path, conf: bytes) -> None:
-    """A copy of the image with this pitlink.conf, and the self-test hook armed."""
-    # --sparse: the image's empty space stays holes, so the copy takes a second.
-    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True, timeout=120)
-    offset = boot_partition_offset(disk)
+def prepare_disk(image: Path, disk: Path, conf: bytes, ca: Path) -> None:
+    """A copy of the image with this pitlink.conf, the relay's CA, and the self-test armed."""
+    copy_disk(image, disk)
+    set_build_time(disk, BUILT_AT)
     files = disk.parent / "boot-files"
     files.mkdir()
     (files / "pitlink.conf").write_bytes(conf)
     (files / "pitlink-selftest-kill").write_bytes(b"")
-    for name in ("pitlink.conf", "pitlink-selftest-kill"):
-        mcopy(disk, offset, files / name, name)
-
-
-class Guest:
-    """qemu booting a disk image, its serial console in a file; stop() always ends it."""
-
-    def __init__(self, disk: Path, serial: Path, *, status_port: int, relay: int, sim: int):
-        self.serial = serial
-        forward = "cmd:socat STDIO TCP:127.0.0.1:{}"
-        netdev = ",".join(
-            [
-                "user,id=net0,restrict=on",
-                f"hostfwd=tcp:127.0.0.1:{status_port}-:80",
-                f"guestfwd=tcp:{RELAY_IN_GUEST}-{forward.format(relay)}",
-                f"guestfwd=tcp:{SIM_IN_GUEST}-{forward.format(sim)}",
-            ]
-        )
-        self.argv = [
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-machine",
-            "q35",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-            "-bios",
-            str(OVMF),
-            "-drive",
-            f"file={disk},format=raw,if=virtio",
-            "-netdev",
-            netdev,
-            "-device",
-            "virtio-net-pci,netdev=net0",
-            # A hardware watchdog for systemd's RuntimeWatchdogSec to feed.
-            "-device",
-            "i6300esb",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            f"file:{serial}",
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-
-    def console(self) -> str:
-        try:
-            return self.serial.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def check_running(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-            raise AssertionError(f"qemu exited with {self.proc.returncode}: {out[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-
-def plain(text: str) -> str:
-    """The serial console without its colour codes ("[\\x1b[0;32m  OK  \\x1b[0m]" -> "[  OK  ]")."""
-    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
-
-
-def console_tail(text: str, lines: int = 80) -> str:
-    """The end of the serial console, without its colour codes."""
-    return "\n".join(plain(text).splitlines()[-lines:])
-
-
-def reported(console: str, key: str) -> str:
-    """What the self-test hook printed on the console for `key` (e.g. "mount /var")."""
-    found = re.search(rf"pitlink-selftest: {re.escape(key)} ([^\r\n]*)", console)
-    assert found is not None, f"no {key!r} line from the self-test hook:\n{console_tail(console)}"
-    return found.group(1).strip()
-
-
-def check_inside(console: str) -> None:
-    """What the box looked like from inside, as the self-test hook reported it."""
-    # Power cuts: the root filesystem read-only, everything that changes in RAM, the token's
-    # partition the only one written, the settings partition read-only.
-    assert reported(console, "mount /").startswith("ext4 ro,")
-    assert reported(console, "mount /var").startswith("tmpfs ")
-    assert reported(console, "mount /tmp").startswith("tmpfs ")
-    assert reported(console, "mount /var/lib/pitlink").startswith("ext4 rw,")
-    assert reported(console, "mount /boot/firmware").startswith("vfat ro,")
-    assert reported(console, "journal in") == "/run/log/journal"
-    assert reported(console, "swap devices") == "0"
-    timers = reported(console, "timers")
-    for unwanted in ("apt-daily", "dpkg-db-backup", "e2scrub", "fstrim", "man-db"):
-        assert unwanted not in timers, timers
-    assert reported(console, "failed units") == "[]", console_tail(console)
-    # systemd feeds the (emulated i6300esb) hardware watchdog.
-    assert reported(console, "watchdog") == "active"
-    # The mDNS name: pitlink-<first 8 characters of the pits id>.local.
-    assert f"Host name is pitlink-{PITS_ID}.local" in reported(console, "avahi")
-    # No unit failed or waited in vain on the way up.
-    for mark in ("[FAILED]", "[DEPEND]", "[ TIME ]"):
-        assert mark not in plain(console), console_tail(console)
-
-
-@pytest.fixture
-def guest_factory(tmp_path: Path) -> Iterator[list[Guest]]:
-    guests: list[Guest] = []
-    yield guests
-    for guest in guests:
-        guest.stop()
+    shutil.copy(ca, files / "relay-ca.pem")
+    for name in ("pitlink.conf", "pitlink-selftest-kill", "relay-ca.pem"):
+        fat_put(disk, files / name, name)
 
 
 async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
+    image: Image,
     tmp_path: Path,
     sim: Simulator,
-    image: Path,
-    guest_factory: list[Guest],
+    front: Front,
+    guests: list[Guest],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    s = System(tmp_path, sim, pits_id=PITS_ID)
+    arch = image.arch
+    s = front.system
+    relay = s.relay
+    assert relay is not None
     http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
     try:
-        await s.start_relay()
-        assert s.relay is not None
         token = s.keys.issue(sub=PITS_ID, role="pits", ttl=3600)
-
         # As a laptop might leave it: Notepad's byte order mark and CRLF line endings.
         conf = (
             "\ufeff# written by tests/image/test_boot.py\r\n"
-            f"CLOUD_URL=http://{RELAY_IN_GUEST}\r\n"
+            f"CLOUD_URL=https://{RELAY_IN_GUEST}\r\n"
+            "CLOUD_CA=relay-ca.pem\r\n"
             f"TOKEN={token}\r\n"
             f"FPVTRACKSIDE=http://{SIM_IN_GUEST}\r\n"
         ).encode()
         disk = tmp_path / "disk.img"
-        await asyncio.to_thread(prepare_disk, image, disk, conf)
+        await asyncio.to_thread(prepare_disk, image.path, disk, conf, front.ca.ca)
 
-        status_port = free_port()
-        sim_port = int(urlsplit(sim.url).port or 0)
-        guest = Guest(
-            disk, tmp_path / "serial.log", status_port=status_port, relay=s.relay_port, sim=sim_port
+        ports = Ports(
+            status=free_port(), tls=front.tls, plain=front.plain, sim=urlsplit(sim.url).port or 0
         )
-        guest_factory.append(guest)
-        status = f"http://127.0.0.1:{status_port}"
+        guest = await asyncio.to_thread(GUESTS[arch], disk, tmp_path / "serial.log", ports)
+        guests.append(guest)
+        status = f"http://127.0.0.1:{ports.status}"
 
         async def fetch(path: str, **kwargs: object) -> tornado.httpclient.HTTPResponse | None:
             guest.check_running()
@@ -321,17 +317,17 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             started = time.monotonic()
             guest.start()
             await wait_for(
-                page_up, timeout=BOOT_TIMEOUT, interval=1.0, what="the status page (boot)"
+                page_up, timeout=BOOT_TIMEOUT[arch], interval=1.0, what="the status page (boot)"
             )
             booted = time.monotonic() - started
 
             await wait_for(
-                lambda: s.relay.registry.get(PITS_ID),
-                timeout=120,
+                lambda: relay.registry.get(PITS_ID),
+                timeout=240,
                 interval=0.5,
-                what="the agent in the guest to connect to the relay",
+                what="the agent in the guest to connect to the relay over TLS",
             )
-            first = s.relay.registry.get(PITS_ID)
+            first = relay.registry.get(PITS_ID)
             linked = time.monotonic() - started
 
             # Spectators' side: the relay fetches through the guest's agent from the simulator.
@@ -348,6 +344,8 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             assert body["wsConnected"] is True
             assert body["pitsId"] == PITS_ID
             assert body["originReachable"] is True
+            assert body["cloudError"] is None
+            clock = body["clock"]  # checked below, with what the box said about it
 
             # The box named itself after its pits id, for mDNS.
             await wait_for(
@@ -367,7 +365,7 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             assert paused is not None and paused.code == 200, paused and paused.body
             await wait_for(
                 lambda: "pitlink-selftest: killed" in guest.console(),
-                timeout=150,
+                timeout=240,
                 interval=0.5,
                 what="the self-test hook to kill the agent",
             )
@@ -375,11 +373,11 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
 
             # systemd starts it again (Restart=always); it dials the relay anew.
             def reconnected() -> bool:
-                now = s.relay.registry.get(PITS_ID)
+                now = relay.registry.get(PITS_ID)
                 return now is not None and now is not first
 
             await wait_for(
-                reconnected, timeout=180, interval=0.5, what="the restarted agent to reconnect"
+                reconnected, timeout=240, interval=0.5, what="the restarted agent to reconnect"
             )
             back = time.monotonic() - killed
 
@@ -387,19 +385,31 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
                 r = await fetch("/healthz")
                 return r is not None and r.code == 200 and not json.loads(r.body)["paused"]
 
-            await wait_for(healthy_again, timeout=60, interval=1.0, what="a healthy new agent")
+            await wait_for(healthy_again, timeout=120, interval=1.0, what="a healthy new agent")
             again = await s.get(f"/pits/{PITS_ID}/httpfiles/Channels.json")
             assert again.code == 200, again.body
 
             console = guest.console()
             rss = re.search(r"agent rss_kib=(\d+)", console)
             assert rss is not None, "the self-test hook prints the agent's memory use"
-            check_inside(console)
-            built = f"image built in {BUILT[0]:.0f} s; " if BUILT else ""
+            check_inside(console, PITS_ID, watchdog=WATCHDOG[arch])
+            # The time is kept on the state partition for the next boot, and it is the
+            # relay's (at least the certificate's first second), not the build's.
+            saved = reported(console, "clock saved")
+            assert saved.isdigit() and int(saved) >= int(front.not_before), console_tail(console)
+            # The clock started before the certificate's first valid second: the box took the
+            # time from the relay's Date (NTP cannot get out of this network).
+            assert clock == "set", (
+                clock,
+                reported(console, "clock log"),
+                reported(console, "agent restarts"),
+            )
+            built = f"image built in {BUILT[arch]:.0f} s; " if arch in BUILT else ""
             with capsys.disabled():
                 print(
-                    f"\n{built}image boot: status page after {booted:.0f} s, relay link after {linked:.0f} s,"
-                    f" agent back {back:.0f} s after SIGKILL, agent RSS {int(rss.group(1)) / 1024:.1f} MiB"
+                    f"\n{arch}: {built}status page after {booted:.0f} s, relay link over TLS"
+                    f" after {linked:.0f} s, agent back {back:.0f} s after SIGKILL,"
+                    f" agent RSS {int(rss.group(1)) / 1024:.1f} MiB"
                 )
         except BaseException:
             print(f"serial console (end):\n{console_tail(guest.console())}", file=sys.stderr)
@@ -408,4 +418,3 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             guest.stop()
     finally:
         http.close()
-        await s.close()
