@@ -59,12 +59,21 @@ def _close_if_connected(
         future.result().close()
 
 
+# How long the box reads what still arrives after it closed the link (tornado gives up on the
+# closing handshake after 5 s).
+CLOSING_READ_S = 10.0
+
+
 async def _until_closed(ws: tornado.websocket.WebSocketClientConnection) -> None:
     """Read (and drop) what arrives until the closing handshake is over: its socket then closes
-    while the loop runs, not when the garbage collector gets to it. Tornado gives up after 5 s."""
+    while the loop runs, not when the garbage collector gets to it.
+
+    Only for a link the box closed: once the connection has ended, reading waits forever (the
+    end is said once), so the wait is bounded too."""
     with contextlib.suppress(Exception):
-        while await ws.read_message() is not None:
-            pass
+        async with asyncio.timeout(CLOSING_READ_S):
+            while await ws.read_message() is not None:
+                pass
 
 
 class CloudLink:
@@ -104,6 +113,7 @@ class CloudLink:
         self._relay_index = 0
         self._healthy_session = False
         self._session_up = False
+        self._ended = False  # the current connection has ended: its last read said so
         self.failures = FailureLog()
 
     # -- control ------------------------------------------------------------------------------
@@ -236,6 +246,7 @@ class CloudLink:
             ),
         )
         ours: Closing | None = None
+        self._ended = False
         try:
             ours = await self._serve(ws, session)
         finally:
@@ -243,9 +254,10 @@ class CloudLink:
             for task in list(self._tasks):
                 task.cancel()
             ws.close(CloseCode.NORMAL, "bye")
-            closing = asyncio.ensure_future(_until_closed(ws))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            if not self._ended:
+                closing = asyncio.ensure_future(_until_closed(ws))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
             was_connected = self.state.ws_connected
             self.state.set("ws_connected", False)
             self.metrics.ws_connected.set(0)
@@ -310,6 +322,7 @@ class CloudLink:
                 if reading.done():
                     data = reading.result()
                     if data is None:
+                        self._ended = True  # the connection is over: nothing more to read
                         return None
                     events += session.receive(data, now)
                     reading = asyncio.ensure_future(ws.read_message())

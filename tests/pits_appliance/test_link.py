@@ -155,6 +155,39 @@ async def test_an_admins_reconnect_is_followed_at_once(run) -> None:
         assert agent.state.close_code == CloseCode.RECONNECT
 
 
+async def test_links_the_relay_ends_leave_no_task_behind(run) -> None:
+    """Each link the relay ends, by a close or by dropping the connection, is followed by a new
+    one, and the box keeps no task for the old one: the soak saw one more task on the box for
+    every cut link (a read waiting for an end the connection had already said)."""
+    ends = 6
+
+    def end_early(relay: ScriptedRelay) -> None:
+        relay.hello()
+        n = len(relay.opened)
+        if n > ends:
+            return
+        loop = asyncio.get_running_loop()
+        if n % 2:
+            loop.call_later(0.05, relay.close, CloseCode.RECONNECT, "reconnect")
+        else:  # the connection dropped, no closing handshake
+            loop.call_later(0.05, lambda: relay.ws_connection.stream.close())  # type: ignore[union-attr]
+
+    async with run(end_early, reconnect_base=0.05, reconnect_cap=0.1) as (agent, opened):
+        await wait_for(lambda: len(opened) == 1 and agent.state.ws_connected, what="the 1st link")
+        # The tasks of a box with its link up, before any link ended.
+        baseline = len(asyncio.all_tasks())
+        await wait_for(
+            lambda: len(opened) == ends + 1 and agent.state.ws_connected,
+            timeout=30,
+            what="a link after every end",
+        )
+        await wait_for(
+            lambda: len(asyncio.all_tasks()) <= baseline,
+            timeout=10,
+            what=f"the box's tasks back to {baseline}",
+        )
+
+
 def test_what_the_box_says_after_each_close() -> None:
     assert closed_by_relay(CloseCode.RECONNECT, "x").policy == "now"
     assert closed_by_relay(CloseCode.TOKEN_EXPIRED, "x").text == (
