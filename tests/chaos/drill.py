@@ -29,6 +29,9 @@ from pitlink_testkit.waiting import wait_for
 from wire.canonical import prepare_body
 
 REPO = Path(__file__).resolve().parents[2]
+# How long the task count may take to come back after the crowd stops: a few of the relay's
+# fetch deadlines (8 s), for the fetches a late fault left running.
+TASKS_SETTLE_S = 30.0
 
 
 def etag(data: bytes) -> str:
@@ -349,17 +352,26 @@ class Drill:
             await asyncio.gather(*crowd)
             sampling.cancel()
             self.reconnects = await metric(status_port, "pitlink_reconnects_total")
-            self.final = {
+            self.final: dict[str, Any] = {
                 "relay": proc_stats(relay.pid),
                 "agent": proc_stats(agent.pid),
                 "largest_kb": self.sim.largest_file() // 1024,
             }
             self.baseline = baseline
             self.start_stats = self.memory[0] if self.memory else None
-            self.tasks_end = {
-                "relay": await metric(self.relay_port, "pitlink_asyncio_tasks"),
-                "agent": await metric(status_port, "pitlink_asyncio_tasks"),
-            }
+            # Work still in flight when the crowd stops (an origin fetch asked for by a link that
+            # a late fault has just broken runs to its own deadline) ends by itself; a leak does
+            # not. So the task count is read again until it is back near its start, for a while.
+            ports = {"relay": self.relay_port, "agent": status_port}
+            self.tasks_end: dict[str, float] = {}
+            for part, port in ports.items():
+                deadline = time.monotonic() + TASKS_SETTLE_S
+                while True:
+                    count = await metric(port, "pitlink_asyncio_tasks")
+                    if count <= self.tasks_start[part] + 5 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.5)
+                self.tasks_end[part] = count
             cache = await http.fetch(f"http://127.0.0.1:{self.relay_port}/metrics")
             self.relay_metrics = cache.body.decode()
         finally:
