@@ -113,7 +113,6 @@ class CloudLink:
         self._relay_index = 0
         self._healthy_session = False
         self._session_up = False
-        self._ended = False  # the current connection has ended: its last read said so
         self.failures = FailureLog()
 
     # -- control ------------------------------------------------------------------------------
@@ -246,15 +245,16 @@ class CloudLink:
             ),
         )
         ours: Closing | None = None
-        self._ended = False
+        ended = False  # the relay's side ended the connection: its last read said so
         try:
             ours = await self._serve(ws, session)
+            ended = ours is None
         finally:
             self._ws = None
             for task in list(self._tasks):
                 task.cancel()
             ws.close(CloseCode.NORMAL, "bye")
-            if not self._ended:
+            if not ended:
                 closing = asyncio.ensure_future(_until_closed(ws))
                 self._closing.add(closing)
                 closing.add_done_callback(self._closing.discard)
@@ -322,8 +322,7 @@ class CloudLink:
                 if reading.done():
                     data = reading.result()
                     if data is None:
-                        self._ended = True  # the connection is over: nothing more to read
-                        return None
+                        return None  # the connection is over: nothing more to read
                     events += session.receive(data, now)
                     reading = asyncio.ensure_future(ws.read_message())
                 events += session.tick(now)

@@ -9,6 +9,7 @@ failing run can be replayed exactly (`PITLINK_CHAOS_SEED=<seed>`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from pitlink_testkit.faultproxy import FaultProxy
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.keys import make_keys
 from pitlink_testkit.loopback import free_port
-from pitlink_testkit.waiting import wait_for
+from pitlink_testkit.waiting import TimedOut, wait_for
 from wire.canonical import prepare_body
 
 REPO = Path(__file__).resolve().parents[2]
@@ -365,13 +366,14 @@ class Drill:
             ports = {"relay": self.relay_port, "agent": status_port}
             self.tasks_end: dict[str, float] = {}
             for part, port in ports.items():
-                deadline = time.monotonic() + TASKS_SETTLE_S
-                while True:
-                    count = await metric(port, "pitlink_asyncio_tasks")
-                    if count <= self.tasks_start[part] + 5 or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.5)
-                self.tasks_end[part] = count
+
+                async def settled(part: str = part, port: int = port) -> bool:
+                    tasks = await metric(port, "pitlink_asyncio_tasks")
+                    return tasks <= self.tasks_start[part] + 5
+
+                with contextlib.suppress(TimedOut):  # check() reports what is left
+                    await wait_for(settled, timeout=TASKS_SETTLE_S, interval=0.5)
+                self.tasks_end[part] = await metric(port, "pitlink_asyncio_tasks")
             cache = await http.fetch(f"http://127.0.0.1:{self.relay_port}/metrics")
             self.relay_metrics = cache.body.decode()
         finally:
