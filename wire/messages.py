@@ -35,6 +35,9 @@ MAX_CONTENT_TYPE = 200
 MAX_MESSAGE = 1024
 MAX_DETAILS = 16
 MAX_TOKEN = 8192
+MAX_SLOT = 16
+MAX_BUNDLE_ID = 64
+MAX_BUNDLE_SIZE = 4 * 1024**3  # a whole root filesystem, compressed; far above any real one
 
 # The statuses a `response` may carry: 200, 304 to a conditional fetch, and the origin's own
 # errors. Anything else (1xx, 204, a redirect) is not something the relay can serve as data.
@@ -119,25 +122,37 @@ class PitsHello:
     pits_id: str
     sw_version: str
     features: tuple[str, ...] = ()
+    # An appliance with two root slots: the slot it booted ("A" or "B"), and what became of its
+    # last update (see UpdateReport). Both absent for an agent run by hand.
+    slot: str | None = None
+    update: UpdateReport | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
+        p: dict[str, Any] = {
             "protocolVersion": self.protocol_version,
             "pitsId": self.pits_id,
             "swVersion": self.sw_version,
             "features": list(self.features),
         }
+        if self.slot is not None:
+            p["slot"] = self.slot
+        if self.update is not None:
+            p["update"] = self.update.payload()
+        return p
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> PitsHello:
         features = _get(p, "features", list, optional=True, max_len=MAX_FEATURES) or []
         if not all(isinstance(f, str) and len(f) <= MAX_FEATURE for f in features):
             raise _bad(f"features must be strings of at most {MAX_FEATURE} characters")
+        update = _get(p, "update", dict, optional=True, max_len=MAX_DETAILS)
         return cls(
             protocol_version=_get(p, "protocolVersion", int),
             pits_id=_get(p, "pitsId", str, max_len=MAX_PITS_ID),
             sw_version=_get(p, "swVersion", str, max_len=MAX_SW_VERSION),
             features=tuple(features),
+            slot=_get(p, "slot", str, optional=True, max_len=MAX_SLOT),
+            update=UpdateReport.parse(update) if update is not None else None,
         )
 
 
@@ -286,7 +301,121 @@ class Token:
         return cls(token=_get(p, "token", str, max_len=MAX_TOKEN))
 
 
-Message = CloudHello | PitsHello | Fetch | Response | Error | Ping | Pong | Token
+# What an update on a box can be doing, or came to. A pits sends an `update` frame each time
+# this changes (and at most about once a second while a download runs); its hello carries the
+# last one, so a relay that restarted still knows how the last update ended.
+UPDATE_STATES = frozenset(
+    {
+        "offered",  # the relay offered a bundle; the box has not started on it
+        "downloading",  # `done` of `total` bytes are on the box
+        "installing",  # RAUC checks the signature and writes the other slot
+        "installed",  # written; the box restarts into it when told, or when idle
+        "restarting",  # restarting into the new slot now
+        "good",  # the new slot came up healthy and is marked good
+        "rolled-back",  # the new slot did not come up healthy; the box is back on the old one
+        "failed",  # the download or the install failed; `message` says why; slots untouched
+        "refused",  # the bundle is not one this box takes (signature, architecture)
+    }
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_BUNDLE_ID = re.compile(r"[0-9a-f]{1,64}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """Cloud to pits: a signed update bundle this box may download and install.
+
+    The box fetches it from the relay's `/pits-api/bundles/<bundle>` with its own token, and
+    trusts none of this: RAUC checks the bundle's signature against the box's own keyring, and
+    the box compares the bundle's version and compatible with these before installing.
+    `bundle` None withdraws an offer not yet acted on.
+    """
+
+    bundle: str | None
+    version: str = ""
+    compatible: str = ""
+    size: int = 0
+    sha256: str = ""
+
+    def payload(self) -> dict[str, Any]:
+        if self.bundle is None:
+            return {"bundle": None}
+        return {
+            "bundle": self.bundle,
+            "version": self.version,
+            "compatible": self.compatible,
+            "size": self.size,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> Offer:
+        bundle = _get(p, "bundle", str, optional=True, max_len=MAX_BUNDLE_ID)
+        if bundle is None:
+            return cls(bundle=None)
+        if not _BUNDLE_ID.fullmatch(bundle):
+            raise _bad("bundle must be a lowercase hexadecimal id")
+        size = _get(p, "size", int)
+        if not 0 < size <= MAX_BUNDLE_SIZE:
+            raise _bad(f"size must be between 1 and {MAX_BUNDLE_SIZE}")
+        sha256 = _get(p, "sha256", str, max_len=64)
+        if not _SHA256.fullmatch(sha256):
+            raise _bad("sha256 must be 64 lowercase hexadecimal digits")
+        return cls(
+            bundle=bundle,
+            version=_get(p, "version", str, max_len=MAX_SW_VERSION),
+            compatible=_get(p, "compatible", str, max_len=MAX_FEATURE),
+            size=size,
+            sha256=sha256,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateReport:
+    """Pits to cloud: where the box's update stands (one of UPDATE_STATES)."""
+
+    state: str
+    version: str = ""
+    done: int | None = None
+    total: int | None = None
+    message: str = ""
+    at_ms: int | None = None
+
+    def payload(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"state": self.state, "version": self.version}
+        if self.done is not None:
+            p["done"] = self.done
+        if self.total is not None:
+            p["total"] = self.total
+        if self.message:
+            p["message"] = self.message
+        if self.at_ms is not None:
+            p["atMs"] = self.at_ms
+        return p
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> UpdateReport:
+        state = _get(p, "state", str, max_len=MAX_FEATURE)
+        if state not in UPDATE_STATES:
+            raise _bad(f"unknown update state {state[:40]!r}")
+        done = _get(p, "done", int, optional=True)
+        total = _get(p, "total", int, optional=True)
+        for name, value in (("done", done), ("total", total)):
+            if value is not None and not 0 <= value <= MAX_BUNDLE_SIZE:
+                raise _bad(f"{name} must be between 0 and {MAX_BUNDLE_SIZE}")
+        return cls(
+            state=state,
+            version=_get(p, "version", str, optional=True, max_len=MAX_SW_VERSION) or "",
+            done=done,
+            total=total,
+            message=_get(p, "message", str, optional=True, max_len=MAX_MESSAGE) or "",
+            at_ms=_get(p, "atMs", int, optional=True),
+        )
+
+
+Message = (
+    CloudHello | PitsHello | Fetch | Response | Error | Ping | Pong | Token | Offer | UpdateReport
+)
 
 _TYPE_OF: dict[type, str] = {
     CloudHello: "hello",
@@ -297,6 +426,8 @@ _TYPE_OF: dict[type, str] = {
     Ping: "ping",
     Pong: "pong",
     Token: "token",
+    Offer: "offer",
+    UpdateReport: "update",
 }
 
 # What each side may send.
@@ -308,8 +439,16 @@ _PARSERS: dict[Sender, dict[str, Any]] = {
         "ping": Ping,
         "pong": Pong,
         "token": Token,
+        "offer": Offer,
     },
-    "pits": {"hello": PitsHello, "response": Response, "error": Error, "ping": Ping, "pong": Pong},
+    "pits": {
+        "hello": PitsHello,
+        "response": Response,
+        "error": Error,
+        "ping": Ping,
+        "pong": Pong,
+        "update": UpdateReport,
+    },
 }
 
 
