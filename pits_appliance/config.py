@@ -26,6 +26,7 @@ from wire.settings import (
     path_pattern,
     positive_float,
     positive_int,
+    rate,
     resolve,
     setting,
     settings_of,
@@ -45,6 +46,9 @@ IMAGE_KEYS = frozenset(
         "STATIC_ADDRESS",
         "STATIC_GATEWAY",
         "STATIC_DNS",
+        # The trial boot after an update (image/rootfs/usr/lib/pitlink/pitlink-health).
+        "UPDATE_TRIAL_SECONDS",
+        "UPDATE_HEALTHY_SECONDS",
     }
 )
 
@@ -204,6 +208,47 @@ class AgentConfig:
     )
     log_level: str = setting(
         "INFO", "how much to log: `DEBUG`, `INFO`, `WARNING` or `ERROR`", log_level_name
+    )
+    update_rauc: str = setting(
+        "rauc",
+        "the RAUC command that checks and installs update bundles (`info`, `install`, `status`)",
+    )
+    update_reboot_command: str = setting(
+        "systemctl reboot", "how the box restarts into a newly installed slot"
+    )
+    update_version_file: Path = setting(  # noqa: RUF009 (setting() is a field())
+        Path("/usr/lib/pitlink/version"),
+        "the image's version, one line; the version the box reports when the file exists",
+        Path,
+    )
+    update_cmdline: Path = setting(  # noqa: RUF009 (setting() is a field())
+        Path("/proc/cmdline"),
+        "the kernel command line; `rauc.slot=A` or `B` there means a box with two root slots, "
+        "which alone takes updates",
+        Path,
+    )
+    update_idle_restart: float | None = setting(
+        1200.0,
+        "once an update is installed, restart into it after this many seconds without a fetch "
+        "from the relay (spectators fetch all through a race); 0: only by Install now",
+        rate,
+    )
+    update_dirs: tuple[Path, ...] = setting(
+        (Path("/boot/firmware"), Path("/media/usb")),
+        "folders looked in for `*.raucb` bundles to install without a relay (the boot partition, "
+        "a USB stick); repeatable",
+        Path,
+        flag="update-dir",
+        repeatable=True,
+    )
+    update_scan_interval: float = setting(
+        60.0, "seconds between looks in the update folders", positive_float
+    )
+    update_attempts: int = setting(
+        20,
+        "failed requests in a row after which a bundle download gives up (it resumes where it "
+        "stopped at each try)",
+        positive_int,
     )
 
     @property
