@@ -19,11 +19,13 @@ from pits_appliance.executor import Executor
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin
+from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version
 from pits_appliance.sdnotify import Notifier
 from pits_appliance.server import StatusServer
 from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
 from pits_appliance.tokens import TokenStore, pits_id_from_token, token_claims, validity
+from pits_appliance.update import Updater
 from pits_appliance.watchdog import Watchdog
 from wire import ErrorCode, ProtocolError
 from wire.event import event_id_from_page, event_name
@@ -40,8 +42,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig, *, env: Mapping[str, str] | None = None):
         self.config = config
+        version = image_version(config.update_version_file, __version__)
         self.state = AgentState(
-            paused=config.paused, fpvtrackside_url=config.fpvtrackside, sw_version=__version__
+            paused=config.paused, fpvtrackside_url=config.fpvtrackside, sw_version=version
         )
         self.metrics = AgentMetrics()
         self.origin = Origin(
@@ -54,6 +57,23 @@ class Agent:
         )
         self.tokens = TokenStore(config.token_file, configured=config.token)
         self.tls = relay_tls(config.cloud_ca)
+        self.updater = Updater(
+            state_dir=config.state_dir,
+            slot=booted_slot(config.update_cmdline),
+            version=version,
+            compatible=box_compatible(),
+            rauc=Rauc(config.update_rauc),
+            reboot=config.update_reboot_command,
+            bundle_dirs=config.update_dirs,
+            idle_restart=config.update_idle_restart,
+            scan_interval=config.update_scan_interval,
+            attempts=config.update_attempts,
+            relay_url=lambda: self.state.relay_url or config.cloud_url,
+            token=self.tokens.current,
+            last_fetch=lambda: self.state.last_fetch,
+            tls=self.tls,
+        )
+        self.updater.on_change = self._update_changed
         self.link = CloudLink(
             config=config,
             executor=self.executor,
@@ -61,6 +81,7 @@ class Agent:
             metrics=self.metrics,
             tokens=self.tokens,
             tls=self.tls,
+            updater=self.updater,
         )
         self.wall_clock = WallClock(
             saved=None if config.state_dir is None else config.state_dir / "clock",
@@ -99,12 +120,14 @@ class Agent:
         self._server = StatusServer(make_status_app(self))
         self._server.add_sockets(sockets)
         self.status_port = sockets[0].getsockname()[1]
+        await self.updater.start()
         self._tasks = [
             asyncio.create_task(self.link.run(), name="the link to the relay"),
             asyncio.create_task(self._watch_origin(), name="the FPVTrackside check"),
             asyncio.create_task(self.watchdog.run(), name="the connectivity watchdog"),
             asyncio.ensure_future(self._systemd_loop()),
             asyncio.ensure_future(self._collect_loop()),
+            asyncio.ensure_future(self.updater.run()),
         ]
         self.systemd.ready()
         log.info(
@@ -125,6 +148,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.link.settle()
+        await self.updater.close()
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
@@ -251,6 +275,13 @@ class Agent:
             gc.collect()
 
     # -- local actions (status page) ----------------------------------------------------------
+
+    def _update_changed(self) -> None:
+        self.state.update = self.updater.view()
+
+    def install_now(self) -> dict[str, object]:
+        """The status page's Install now."""
+        return self.updater.install_now()
 
     def set_paused(self, paused: bool) -> None:
         self.state.set("paused", paused)

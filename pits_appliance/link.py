@@ -32,6 +32,7 @@ from pits_appliance.executor import Executor
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
 from pits_appliance.tokens import TokenStore, validity
+from pits_appliance.update import Updater
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.backoff import Backoff
@@ -90,8 +91,12 @@ class CloudLink:
         rand: Callable[[], float] = random.random,
         tokens: TokenStore | None = None,
         tls: ssl.SSLContext | None = None,
+        updater: Updater | None = None,
     ):
         self.config = config
+        self.updater = updater
+        if updater is not None:
+            updater.send = self.send_update
         self.tls = tls
         self.tokens = (
             tokens if tokens is not None else TokenStore(config.token_file, configured=config.token)
@@ -102,6 +107,7 @@ class CloudLink:
         self.clock = clock
         self.backoff = Backoff(base=config.reconnect_base, cap=config.reconnect_cap, rand=rand)
         self._ws: tornado.websocket.WebSocketClientConnection | None = None
+        self._live: Session | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._dialing: asyncio.Future[tornado.websocket.WebSocketClientConnection] | None = None
@@ -240,10 +246,13 @@ class CloudLink:
             hello=m.PitsHello(
                 protocol_version=PROTOCOL_VERSION,
                 pits_id=self.state.pits_id,
-                sw_version=__version__,
+                sw_version=self.state.sw_version or __version__,
                 features=FEATURES,
+                slot=self.updater.slot if self.updater else None,
+                update=self.updater.report if self.updater else None,
             ),
         )
+        self._live = session
         ours: Closing | None = None
         ended = False  # the relay's side ended the connection: its last read said so
         try:
@@ -251,6 +260,7 @@ class CloudLink:
             ended = ours is None
         finally:
             self._ws = None
+            self._live = None
             for task in list(self._tasks):
                 task.cancel()
             ws.close(CloseCode.NORMAL, "bye")
@@ -414,10 +424,21 @@ class CloudLink:
             task.add_done_callback(self._tasks.discard)
         elif isinstance(msg, m.Token):
             self._store_token(msg.token)
+        elif isinstance(msg, m.Offer):
+            if self.updater is not None:
+                self.updater.offer(msg)
         elif isinstance(msg, m.Error):
             log.warning(
                 "relay reported an error", extra={"code": str(msg.code), "error": msg.message}
             )
+
+    def send_update(self, report: m.UpdateReport) -> None:
+        """Tell the relay where an update stands, if the link is up (the next hello says it
+        otherwise)."""
+        ws, session = self._ws, self._live
+        if ws is not None and session is not None and self.state.ws_connected:
+            session.send(report)
+            self._flush(ws, session)
 
     def _store_token(self, token: str) -> None:
         """A renewal from the relay: the store keeps it only if it may replace the current one."""

@@ -43,6 +43,7 @@ class AgentState:
     fpvtrackside_url: str = ""
     relay_url: str = ""
     sw_version: str = ""
+    update: dict[str, Any] = field(default_factory=dict)  # Updater.view(), for the page
     changed_at: dict[str, float] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:

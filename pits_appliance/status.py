@@ -3,7 +3,7 @@
 The page is for whoever is at the pits, on a phone on the pits network. Every request must
 name the box in its Host (its own names and addresses, see `server.host_allowed`), so a web
 page elsewhere cannot reach it by DNS rebinding; the few actions it offers (reconnect, pause,
-resume) are POSTs that need the page's own header and a same-origin `Origin` (or
+resume, install now) are POSTs that need the page's own header and a same-origin `Origin` (or
 `Sec-Fetch-Site: same-origin`), so another web page cannot trigger them from a visitor's
 browser.
 """
@@ -114,7 +114,7 @@ class MetricsHandler(_Base):
 
 
 class ActionHandler(_Base):
-    """POST /api/reconnect, /api/pause, /api/resume."""
+    """POST /api/reconnect, /api/pause, /api/resume, /api/install (Install now)."""
 
     def post(self, action: str) -> None:
         headers = self.request.headers
@@ -133,6 +133,12 @@ class ActionHandler(_Base):
         if action == "reconnect" and link is not None:
             link.reconnect_now()
             result = {"ok": True, "message": "Reconnecting now."}
+        elif action == "install" and link is not None:
+            install_now = getattr(self.agent, "install_now", None)
+            result = install_now() if install_now is not None else {"ok": False}
+            if not result.get("ok"):
+                self.set_status(409)
+                result.setdefault("message", "Not possible now.")
         elif action in ("pause", "resume") and link is not None:
             self.agent.set_paused(action == "pause")
             message = (
@@ -184,7 +190,7 @@ def make_status_app(agent: StatusSource) -> tornado.web.Application:
             (r"/status\.json", StatusJSONHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
-            (r"/api/(reconnect|pause|resume)", ActionHandler, args),
+            (r"/api/(reconnect|pause|resume|install)", ActionHandler, args),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,

@@ -274,6 +274,54 @@ def software_row(s: AgentState) -> dict[str, Any]:
     )
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1048576:.0f} MB" if n >= 10 * 1048576 else f"{n / 1048576:.1f} MB"
+
+
+def update_row(s: AgentState) -> dict[str, Any]:
+    """Which version runs in which slot, and where an update stands, in plain words."""
+    u = s.update
+    running = f"Version {u.get('version') or s.sw_version}"
+    if u.get("slot"):
+        running += f" in slot {u['slot']}"
+    if not u.get("available", False):
+        why = u.get("whyNot") or "updates are off"
+        return _row("update", GREEN, running, f"No updates on this box: {why}.", state=None)
+    state, version, message = u.get("state"), u.get("updateVersion"), u.get("message") or ""
+    done, total = u.get("done"), u.get("total")
+    extra = {"state": state, "done": done, "total": total, "canInstall": u.get("canInstall")}
+    if state in (None, "good"):
+        text = message or "Up to date."
+        return _row("update", GREEN, running, text, **extra)
+    if state in ("offered", "downloading"):
+        progress = ""
+        if total:
+            progress = f"{_mb(done or 0)} of {_mb(total)} ({100 * (done or 0) // total}%)"
+        return _row(
+            "update",
+            AMBER,
+            f"Downloading version {version}",
+            f"{progress}. The race data goes first; nothing restarts until you say so or the "
+            "box is idle.".lstrip(". "),
+            **extra,
+        )
+    if state == "installing":
+        return _row("update", AMBER, f"Installing version {version}", message, **extra)
+    if state == "installed" and u.get("canInstall"):
+        return _row("update", AMBER, f"Version {version} is ready", message, **extra)
+    if state in ("installed", "restarting"):
+        return _row("update", AMBER, running, message, **extra)
+    if state == "rolled-back":
+        return _row("update", RED, f"Version {version} was rolled back", message, **extra)
+    return _row(
+        "update",
+        AMBER,
+        f"Update to version {version} {'refused' if state == 'refused' else 'failed'}",
+        message + " The box keeps running the version it has.",
+        **extra,
+    )
+
+
 def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
     """The whole page's content."""
     now = time.time() if now is None else now
@@ -296,6 +344,7 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
             clock_row(s),
             token_row(s, now),
             software_row(s),
+            update_row(s),
         ]
     for row in rows:
         row["sinceText"] = f"for {ago(now - row['since'])}" if row.get("since") else ""
@@ -319,5 +368,6 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
         "connected": s.ws_connected,
         "pitsId": s.pits_id,
         "configError": bool(s.config_error),
+        "canInstall": bool(s.update.get("canInstall")),
         "now": now,
     }

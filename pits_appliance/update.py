@@ -1,0 +1,695 @@
+"""Signed A/B updates: take a bundle the relay offers (or one on a USB stick or the boot
+partition), let RAUC check and install it into the slot not running, and restart into it only
+when the organiser says so or when nobody has fetched anything for a while.
+
+Nothing here trusts the offer: the download must match the offer's size and sha256, RAUC checks
+the signature against the box's own keyring, and the bundle's compatible and version (as RAUC
+reads them) must be this box's and the offer's. After the restart, RAUC and the bootloader keep
+the new slot or fall back to the old one; the agent only reads which happened (`start`).
+
+Files in the state folder: `update/<bundle>.raucb.part` (a download, resumed from its size),
+`update.json` (written just before a restart: the version, the slot left and the slot
+entered), `update-report.json` (the last report, sent in each hello) and `update-handled.json`
+(the sha256 of local bundles already dealt with).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import shlex
+import shutil
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import tornado.httpclient
+import tornado.iostream
+
+from pits_appliance.rauc import Rauc, RaucError, clean
+from wire.backoff import Backoff
+from wire.files import write_private
+from wire.messages import Offer, UpdateReport
+
+log = logging.getLogger("pitlink.pits.update")
+
+MIB = 1024 * 1024
+CHUNK = 4 * MIB  # bytes asked for in one request: each is short, and a cut costs at most this
+KEEP_FREE = 32 * MIB  # left free in the state folder after a download
+REPORT_EVERY = 1.0  # seconds between progress reports while a download runs
+MAX_HANDLED = 100  # local bundles remembered as dealt with
+MAX_STATE_FILE = 16 * 1024
+NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two slots"
+NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
+OTHER = {"A": "B", "B": "A"}
+
+
+class _Retry(Exception):
+    """A request that may work when tried again (a cut, a 5xx, a 429)."""
+
+
+class _Stop(Exception):
+    """The update ends here; `state` is `failed` or `refused`, the message says why."""
+
+    def __init__(self, state: str, message: str):
+        super().__init__(message)
+        self.state = state
+        self.message = message
+
+
+def bundles_url(relay_url: str, bundle: str) -> str:
+    """`wss://relay.example/control` or `https://relay.example` -> its bundle's HTTPS address."""
+    parts = urlsplit(relay_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/")
+    if path.endswith("/control"):
+        path = path[: -len("/control")]
+    return urlunsplit((scheme, parts.netloc, f"{path}/pits-api/bundles/{bundle}", "", ""))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(MIB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as f:
+            doc = json.loads(f.read(MAX_STATE_FILE).decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _mb(n: int) -> int:
+    return max(0, round(n / MIB))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Installed in the other slot, waiting for its restart."""
+
+    version: str
+    to_slot: str
+    at: float
+
+
+class Updater:
+    """One update at a time, from an offer or a local bundle to a restart into the new slot."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path | None,
+        slot: str | None,
+        version: str,
+        compatible: str,
+        rauc: Rauc,
+        reboot: str | Sequence[str] = "systemctl reboot",
+        bundle_dirs: Sequence[Path] = (),
+        idle_restart: float | None = 1200.0,
+        scan_interval: float = 60.0,
+        attempts: int = 20,
+        relay_url: Callable[[], str] = lambda: "",
+        token: Callable[[], str] = lambda: "",
+        last_fetch: Callable[[], float | None] = lambda: None,
+        tls: ssl.SSLContext | None = None,
+        now: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        chunk: int = CHUNK,
+        keep_free: int = KEEP_FREE,
+        retry_base: float = 1.0,
+    ):
+        self.state_dir = state_dir
+        self.slot = slot
+        self.version = version
+        self.compatible = compatible
+        self.rauc = rauc
+        self.reboot = shlex.split(reboot) if isinstance(reboot, str) else list(reboot)
+        self.bundle_dirs = list(bundle_dirs)
+        self.idle_restart = idle_restart
+        self.scan_interval = scan_interval
+        self.attempts = attempts
+        self.relay_url = relay_url
+        self.token = token
+        self.last_fetch = last_fetch
+        self.tls = tls
+        self.now = now
+        self.rand = rand
+        self.chunk = chunk
+        self.keep_free = keep_free
+        self.retry_base = retry_base
+        self.why_not = NOT_AN_APPLIANCE if slot is None else NO_STATE_DIR if not state_dir else None
+        # Told of every change: the link sends the report, the agent refreshes the page.
+        self.send: Callable[[UpdateReport], None] = lambda report: None
+        self.on_change: Callable[[], None] = lambda: None
+        self.report: UpdateReport | None = None
+        self.pending: Pending | None = None
+        self.restart_requested = False
+        self.restarting = False
+        self.awaiting_good = False
+        self._offer: Offer | None = None
+        self._job: asyncio.Task[None] | None = None
+        self._installing = False
+        self._refused: set[str] = set()  # bundle ids refused: a re-offer is not downloaded again
+        self._last_progress = 0.0
+        self._next_scan = 0.0
+        self._sha_cache: dict[tuple[str, int, float], str] = {}
+        self._wake = asyncio.Event()
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _file(self, name: str) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / name
+
+    def _save(self, name: str, doc: dict[str, Any]) -> None:
+        try:
+            write_private(self._file(name), json.dumps(doc))
+        except OSError as exc:
+            log.warning("cannot write update state", extra={"file": name, "error": str(exc)})
+
+    def _handled(self) -> list[str]:
+        doc = _read_json(self._file("update-handled.json")) or {}
+        got = doc.get("sha256")
+        return (
+            [s for s in got if isinstance(s, str)][-MAX_HANDLED:] if isinstance(got, list) else []
+        )
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def _set(
+        self,
+        state: str,
+        version: str,
+        message: str = "",
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        persist: bool = True,
+    ) -> None:
+        self.report = UpdateReport(
+            state=state,
+            version=version,
+            done=done,
+            total=total,
+            message=clean(message, 1000),
+            at_ms=int(self.now() * 1000),
+        )
+        if persist and self.state_dir is not None:
+            self._save("update-report.json", self.report.payload())
+        log.info("update", extra={"state": state, "version": version, "message": message[:300]})
+        self.send(self.report)
+        self.on_change()
+
+    def view(self) -> dict[str, Any]:
+        """What the status page shows of updates."""
+        r = self.report
+        return {
+            "available": self.why_not is None,
+            "whyNot": self.why_not,
+            "slot": self.slot,
+            "version": self.version,
+            "state": r.state if r else None,
+            "updateVersion": r.version if r else None,
+            "done": r.done if r else None,
+            "total": r.total if r else None,
+            "message": r.message if r else "",
+            "canInstall": self.pending is not None and not self.restarting,
+            "requested": self.restart_requested,
+            "idleRestart": self.idle_restart,
+        }
+
+    # -- start: what became of the last update -------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the last report and the restart record, and say how the last update ended."""
+        if self.why_not is not None:
+            self.on_change()
+            return
+        saved = _read_json(self._file("update-report.json"))
+        try:
+            self.report = UpdateReport.parse(saved) if saved else None
+        except Exception:
+            self.report = None
+        record = _read_json(self._file("update.json"))
+        if record is not None:
+            self._outcome(record)
+        elif self.report is not None and self.report.state == "installed" and self.slot in OTHER:
+            # Installed, then the agent (not the box) restarted: the slot is still waiting.
+            self.pending = Pending(self.report.version, OTHER[self.slot], self.now())
+        elif self.report is not None and self.report.state in (
+            "offered",
+            "downloading",
+            "installing",
+            "restarting",
+        ):
+            self._set(
+                "failed",
+                self.report.version,
+                "The agent restarted before the update was done; nothing changed. It carries "
+                "on when the relay offers the update again.",
+            )
+        if self.awaiting_good:
+            await self.check_good()
+        self.on_change()
+
+    def _outcome(self, record: dict[str, Any]) -> None:
+        version = str(record.get("version", ""))[:64]
+        to_slot = str(record.get("toSlot", ""))
+        if self.slot == to_slot and self.version == version:
+            self.awaiting_good = True
+            self._set(
+                "installed",
+                version,
+                f"Version {version} is running in slot {to_slot}; the box marks it good once "
+                "it has run well for a while.",
+            )
+            return
+        if self.slot == to_slot:
+            text = f"slot {to_slot} came up with version {self.version}, not {version}"
+            self._set("failed", version, text)
+        else:
+            self._set(
+                "rolled-back",
+                version,
+                f"Version {version} did not come up healthy in slot {to_slot}; back on slot "
+                f"{self.slot} (version {self.version}).",
+            )
+        self._file("update.json").unlink(missing_ok=True)
+
+    async def check_good(self) -> None:
+        """After a restart into the new slot: has the box marked it good yet?"""
+        try:
+            status = await self.rauc.boot_status()
+        except RaucError as exc:
+            log.warning("cannot read RAUC's status", extra={"error": exc.message})
+            return
+        if status["boot_status"] == "good" and status["booted"] == self.slot:
+            self.awaiting_good = False
+            self._set(
+                "good",
+                self.version,
+                f"Version {self.version} is running in slot {self.slot} and is marked good.",
+            )
+            self._file("update.json").unlink(missing_ok=True)
+
+    # -- offers ---------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        job = self._job is not None and not self._job.done()
+        return job or self._installing or self.pending is not None or self.restarting
+
+    def offer(self, offer: Offer) -> None:
+        """An offer from the relay: start on it, replace a pending download, or withdraw one."""
+        working = self._job is not None and not self._job.done()
+        if offer.bundle is None:
+            if working and not self._installing and self._offer is not None:
+                assert self._job is not None
+                self._job.cancel()
+                self._set(
+                    "failed",
+                    self._offer.version,
+                    "The relay withdrew the offer before it was installed; nothing changed.",
+                )
+                self._offer = None
+            return
+        if self.why_not is not None:
+            self._set("refused", offer.version, self.why_not[0].upper() + self.why_not[1:] + ".")
+            return
+        if self._offer is not None and self._offer.bundle == offer.bundle and self.busy:
+            return  # already on it (the relay offers again on each connection)
+        if offer.bundle in self._refused:
+            return
+        if self._installing or self.pending is not None or self.restarting:
+            log.info("update offer held: one is already installed", extra={"bundle": offer.bundle})
+            return
+        if offer.version == self.version:
+            log.info("update offer for the version running", extra={"version": offer.version})
+            return
+        if offer.compatible != self.compatible:
+            self._refused.add(offer.bundle)
+            self._set(
+                "refused",
+                offer.version,
+                f"The bundle is for {offer.compatible}; this box is {self.compatible}.",
+            )
+            return
+        if working:
+            assert self._job is not None
+            self._job.cancel()
+        self._offer = offer
+        self._set("offered", offer.version, done=0, total=offer.size)
+        self._job = asyncio.create_task(self._take(offer), name="update download")
+
+    async def _take(self, offer: Offer) -> None:
+        try:
+            path = await self._download(offer)
+        except _Stop as stop:
+            if stop.state == "refused":
+                assert offer.bundle is not None
+                self._refused.add(offer.bundle)
+            self._set(stop.state, offer.version, stop.message)
+            return
+        await self._install(path, offered=offer.version, delete=True)
+
+    # -- download -------------------------------------------------------------------------------
+
+    async def _download(self, offer: Offer) -> Path:
+        assert offer.bundle is not None
+        folder = self._file("update")
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():  # another bundle's download: the newer offer replaced it
+            if not old.name.startswith(offer.bundle + "."):
+                old.unlink(missing_ok=True)
+        final = folder / f"{offer.bundle}.raucb"
+        part = folder / f"{offer.bundle}.raucb.part"
+        final.unlink(missing_ok=True)
+        have = part.stat().st_size if part.exists() else 0
+        if have > offer.size:
+            part.unlink()
+            have = 0
+        free = shutil.disk_usage(folder).free
+        need = offer.size - have + self.keep_free
+        if free < need:
+            raise _Stop("failed", f"The update needs {_mb(need)} MB free, has {_mb(free)}.")
+        url = bundles_url(self.relay_url(), offer.bundle)
+        client = tornado.httpclient.AsyncHTTPClient(
+            force_instance=True, max_body_size=self.chunk + 1, max_buffer_size=MIB
+        )
+        backoff = Backoff(base=self.retry_base, cap=60.0 * self.retry_base, rand=self.rand)
+        failures = 0
+        self._progress(offer, have, force=True)
+        try:
+            while have < offer.size:
+                end = min(offer.size, have + self.chunk) - 1
+                try:
+                    have = await self._get_range(client, url, part, have, end, offer)
+                except _Retry as exc:
+                    failures += 1
+                    have = part.stat().st_size if part.exists() else 0
+                    log.info("update download interrupted", extra={"error": str(exc)})
+                    if failures >= self.attempts:
+                        raise _Stop(
+                            "failed", f"The download failed {failures} times in a row: {exc}."
+                        ) from None
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                failures = 0
+                backoff.reset()
+                self._progress(offer, have)
+        finally:
+            client.close()
+        if await asyncio.to_thread(_sha256_file, part) != offer.sha256:
+            part.unlink(missing_ok=True)
+            raise _Stop("refused", "The download does not match the sha256 offered; deleted.")
+        part.rename(final)
+        self._progress(offer, have, force=True)
+        return final
+
+    def _progress(self, offer: Offer, done: int, *, force: bool = False) -> None:
+        now = self.now()
+        if force or now - self._last_progress >= REPORT_EVERY:
+            self._last_progress = now
+            self._set("downloading", offer.version, done=done, total=offer.size, persist=False)
+
+    async def _get_range(
+        self,
+        client: tornado.httpclient.AsyncHTTPClient,
+        url: str,
+        part: Path,
+        start: int,
+        end: int,
+        offer: Offer,
+    ) -> int:
+        """Ask for bytes start..end and append them; returns the bytes now in the file."""
+        status: list[int] = []
+        pos = start
+
+        def on_header(line: str) -> None:
+            if not status and line.startswith("HTTP/"):
+                with contextlib.suppress(IndexError, ValueError):
+                    status.append(int(line.split()[1]))
+
+        with part.open("r+b" if part.exists() else "wb") as f:  # noqa: ASYNC240 (local, tiny)
+            f.truncate(start)
+            f.seek(start)
+
+            def on_chunk(data: bytes) -> None:
+                nonlocal pos
+                code = status[0] if status else 0
+                if code == 200 and pos == start and start > 0:
+                    pos = 0  # the whole bundle after all: start over
+                    f.seek(0)
+                    f.truncate(0)
+                if code not in (200, 206):
+                    return  # an error's body: not ours to keep
+                limit = offer.size if code == 200 else end + 1
+                data = data[: max(0, limit - pos)]
+                f.write(data)
+                pos += len(data)
+
+            request = tornado.httpclient.HTTPRequest(
+                url,
+                headers={
+                    "Authorization": f"Bearer {self.token()}",
+                    "Range": f"bytes={start}-{end}",
+                    "If-Range": f'"{offer.sha256}"',
+                },
+                header_callback=on_header,
+                streaming_callback=on_chunk,
+                connect_timeout=20.0,
+                request_timeout=300.0,
+                ssl_options=self.tls,
+                decompress_response=False,
+            )
+            try:
+                response = await client.fetch(request, raise_error=False)
+            except tornado.httpclient.HTTPClientError as exc:
+                raise _Retry(f"the relay did not answer ({exc})") from None
+            except (OSError, tornado.iostream.StreamClosedError) as exc:
+                raise _Retry(f"the link to the relay dropped ({exc})") from None
+        code = response.code
+        etag = response.headers.get("ETag")
+        if code in (200, 206) and etag is not None and etag != f'"{offer.sha256}"':
+            part.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
+            raise _Stop("refused", "The relay serves another bundle under this id.")
+        if code == 206:
+            expect = f"bytes {start}-"
+            if not response.headers.get("Content-Range", "").startswith(expect):
+                raise _Retry("the relay answered another range than asked")
+            return pos
+        if code == 200:
+            return pos
+        if code == 416:
+            part.unlink(missing_ok=True)  # noqa: ASYNC240 (on disk is not a start of this bundle)
+            # what is on disk is not a start of this bundle
+            raise _Retry("the relay refused the range asked (HTTP 416)")
+        if code == 429 or code >= 500 or code == 599:
+            raise _Retry(f"the relay answered HTTP {code}")
+        if code in (401, 403):
+            raise _Stop("failed", "The relay refused this box's token for the download.")
+        if code == 404:
+            raise _Stop("failed", "The relay no longer has this update.")
+        raise _Stop("failed", f"The relay answered HTTP {code} to the download.")
+
+    # -- install --------------------------------------------------------------------------------
+
+    async def _install(self, bundle: Path, *, offered: str | None, delete: bool) -> None:
+        """RAUC checks the bundle, then writes it to the other slot."""
+        self._installing = True
+        version = offered or "?"
+        try:
+            self._set("installing", version, "RAUC is checking the bundle's signature.")
+            try:
+                info = await self.rauc.info(bundle)
+            except RaucError as exc:
+                self._set("refused", version, exc.message)
+                return
+            if info.compatible != self.compatible:
+                self._set(
+                    "refused",
+                    info.version,
+                    f"The bundle is for {info.compatible}; this box is {self.compatible}.",
+                )
+                return
+            if offered is not None and info.version != offered:
+                self._set(
+                    "refused",
+                    info.version,
+                    f"The bundle holds version {info.version}, not the {offered} offered.",
+                )
+                return
+            if info.version == self.version:
+                self._set("refused", info.version, f"Version {info.version} is already running.")
+                return
+            to_slot = OTHER.get(self.slot or "", "?")
+            self._set("installing", info.version, f"RAUC is writing slot {to_slot}.")
+            try:
+                await self.rauc.install(bundle)
+            except RaucError as exc:
+                self._set("failed", info.version, exc.message)
+                return
+            self.pending = Pending(info.version, to_slot, self.now())
+            self._set("installed", info.version, self._installed_text())
+        finally:
+            self._installing = False
+            if delete:
+                bundle.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
+
+    def _installed_text(self) -> str:
+        assert self.pending is not None
+        when = "Press Install now to restart into it"
+        if self.idle_restart is not None:
+            when += f", or it restarts by itself after {self.idle_restart / 60:g} min without spectators"
+        return f"Version {self.pending.version} is in slot {self.pending.to_slot}. {when}."
+
+    # -- local bundles --------------------------------------------------------------------------
+
+    async def scan_local(self) -> None:
+        """Install the newest `*.raucb` in the update folders not dealt with before."""
+        if self.why_not is not None or self.busy:
+            return
+        found: list[tuple[float, Path, int]] = []
+        for folder in self.bundle_dirs:
+            try:
+                for path in folder.glob("*.raucb"):
+                    st = path.stat()
+                    if path.is_file():
+                        found.append((st.st_mtime, path, st.st_size))
+            except OSError:
+                continue
+        handled = self._handled()
+        for mtime, path, size in sorted(found, reverse=True):
+            key = (str(path), size, mtime)
+            try:
+                cached = self._sha_cache.get(key)
+                sha = cached if cached else await asyncio.to_thread(_sha256_file, path)
+            except OSError:
+                continue
+            self._sha_cache[key] = sha
+            if sha in handled:
+                continue
+            self._save("update-handled.json", {"sha256": [*handled, sha][-MAX_HANDLED:]})
+            log.info("local update bundle", extra={"path": str(path), "sha256": sha})
+            self._job = asyncio.create_task(self._local(path), name="local update")
+            return
+
+    async def _local(self, path: Path) -> None:
+        try:
+            info = await self.rauc.info(path)
+        except RaucError:
+            info = None
+        if info is not None and info.version == self.version:
+            log.info("local bundle holds the version running", extra={"path": str(path)})
+            return  # left on the stick or the boot partition after its own update
+        await self._install(path, offered=None, delete=False)
+
+    # -- restart --------------------------------------------------------------------------------
+
+    def install_now(self) -> dict[str, Any]:
+        """The organiser's Install now: restart into the installed slot."""
+        if self.pending is None or self.restarting:
+            return {"ok": False, "message": "There is no installed update waiting."}
+        self.restart_requested = True
+        self._wake.set()
+        return {
+            "ok": True,
+            "message": f"Restarting into version {self.pending.version} now: the box is back "
+            "in a minute or two.",
+        }
+
+    def restart_due(self, now: float) -> str | None:
+        """Why the box should restart into the installed slot now, if it should."""
+        if self.pending is None or self.restarting:
+            return None
+        if self.restart_requested:
+            return "Install now"
+        if self.idle_restart is None:
+            return None
+        quiet_since = max(self.pending.at, self.last_fetch() or 0.0)
+        if now - quiet_since >= self.idle_restart:
+            return f"no fetch for {self.idle_restart:g} s"
+        return None
+
+    async def restart(self, reason: str) -> None:
+        """Write what is being tried (read back after the restart), then restart."""
+        assert self.pending is not None and self.slot is not None
+        pending = self.pending
+        self.restarting = True
+        self._save(
+            "update.json",
+            {
+                "version": pending.version,
+                "fromSlot": self.slot,
+                "toSlot": pending.to_slot,
+                "fromVersion": self.version,
+                "atMs": int(self.now() * 1000),
+            },
+        )
+        self._set(
+            "restarting",
+            pending.version,
+            f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
+        )
+        await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.reboot,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 60.0)
+            code = proc.returncode
+        except (OSError, TimeoutError) as exc:
+            code, err = -1, str(exc).encode()
+        if code != 0:
+            self.restarting = False
+            self.restart_requested = False
+            self._file("update.json").unlink(missing_ok=True)
+            self._set(
+                "installed",
+                pending.version,
+                f"The restart failed ({clean(err.decode('utf-8', 'replace'), 200)}); "
+                "press Install now to try again.",
+            )
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """One look: restart if due, look in the update folders, read RAUC's verdict."""
+        now = self.now()
+        reason = self.restart_due(now)
+        if reason is not None:
+            await self.restart(reason)
+        if now >= self._next_scan:
+            self._next_scan = now + self.scan_interval
+            await self.scan_local()
+            if self.awaiting_good:
+                await self.check_good()
+
+    async def run(self) -> None:
+        while True:
+            await self.tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()
+
+    async def close(self) -> None:
+        if self._job is not None and not self._job.done():
+            self._job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._job
