@@ -13,16 +13,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cloud.active import ActivePits
+from cloud.bundles import Bundle, BundleError, BundleStore
 from cloud.cache import Cache
 from cloud.cluster import Cluster
 from cloud.control import PitsConnection
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from cloud.replica_messages import Action
+from cloud.updates import Updates
 from wire import ErrorCode, ProtocolError
 from wire.paths import Allowlist, normalize_path
 
 audit = logging.getLogger("pitlink.cloud.admin")
+
+UPDATES_OFF = "updates are off on this relay: start it with --bundle-dir"
 
 
 class PublicAllowlist:
@@ -64,6 +68,7 @@ class Admin:
         active: ActivePits,
         choose_active: Callable[[str | None], None],
         ready: Callable[[], bool],
+        updates: Updates | None = None,
         cluster: Cluster | None = None,
     ):
         self.registry = registry
@@ -74,6 +79,7 @@ class Admin:
         self.choose_active = choose_active
         self.ready = ready
         self.cluster = cluster
+        self.updates = updates or Updates(None, registry, metrics)
 
     @property
     def node_id(self) -> str | None:
@@ -96,7 +102,12 @@ class Admin:
             others = await self.cluster.all_connections() or []
             mine = {r["pitsId"] for r in rows}
             rows.extend(r for r in others if r.get("node") != here and r["pitsId"] not in mine)
+        offers = self._offers()
         for row in rows:
+            offered = offers.get(row["pitsId"])
+            row["offer"] = (
+                None if offered is None else {"bundle": offered.id, "version": offered.version}
+            )
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
             row["active"] = row["pitsId"] == self.active_pits.pits_id
@@ -161,8 +172,58 @@ class Admin:
             "activeHow": active.how,
         }
 
+    # -- updates ---------------------------------------------------------------------------------
+
+    def store(self) -> BundleStore:
+        if self.updates.store is None:
+            raise BundleError(UPDATES_OFF, ErrorCode.DENIED, 404)
+        return self.updates.store
+
+    def _offers(self) -> dict[str, Bundle]:
+        """pits id → the bundle standing offered to it."""
+        store = self.updates.store
+        if store is None:
+            return {}
+        bundles = {b.id: b for b in store.bundles()}
+        return {p: bundles[b] for p, b in store.offers().items() if b in bundles}
+
+    def bundles(self) -> dict[str, Any]:
+        """The stored bundles, each with the pits ids it stands offered to."""
+        store = self.updates.store
+        if store is None:
+            return {"enabled": False, "message": UPDATES_OFF, "bundles": []}
+        offers = store.offers()
+        rows = []
+        for bundle in store.bundles():
+            row = bundle.describe()
+            row["offeredTo"] = sorted(p for p, b in offers.items() if b == bundle.id)
+            rows.append(row)
+        return {"enabled": True, "maxBytes": store.max_bytes, "bundles": rows}
+
+    def added(self, who: str, bundle: Bundle) -> None:
+        self._audit(who, "bundle_add", bundle=bundle.id, version=bundle.version, arch=bundle.arch)
+
+    def remove_bundle(self, who: str, bundle_id: str) -> list[str]:
+        bundle, withdrawn = self.store().remove(bundle_id)
+        self._audit(who, "bundle_remove", bundle=bundle.id, version=bundle.version)
+        self.updates.refresh()
+        return withdrawn
+
+    def offer(self, who: str, bundle_id: str, pits_ids: list[str]) -> dict[str, Any]:
+        """Offer a bundle to these pits: at once to those connected here, to the others when
+        they next say hello (or, on other replicas sharing the folder, at their next tick)."""
+        bundle = self.store().offer(bundle_id, pits_ids)
+        self._audit(who, "offer", bundle=bundle.id, version=bundle.version, pits_ids=pits_ids)
+        return {"bundle": bundle.id, "offered": pits_ids, "sent": self.updates.refresh()}
+
+    def withdraw(self, who: str, pits_ids: list[str]) -> dict[str, Any]:
+        withdrawn = self.store().withdraw(pits_ids)
+        self._audit(who, "withdraw", pits_ids=withdrawn)
+        return {"withdrawn": withdrawn, "sent": self.updates.refresh()}
+
     async def overview(self) -> dict[str, Any]:
         return {
+            "updates": self.bundles(),
             "connections": await self.connections(),
             **self.active(),
             "cache": self.cache_stats(),

@@ -11,11 +11,13 @@ import ujson
 
 from cloud import TokenError
 from cloud.admin import Admin
+from cloud.bundles import BundleError
 from cloud.handlers import BaseHandler, bearer_token
 from wire import ErrorCode, ProtocolError
 
 PAGE = resources.files("cloud").joinpath("static/admin.html").read_bytes()
 _PITS = r"pits/(?P<pits>[A-Za-z0-9][A-Za-z0-9._-]{0,63})"
+_BUNDLE = r"bundles/(?P<bundle>[0-9a-f]{16})"
 
 
 class AdminPageHandler(BaseHandler):
@@ -35,21 +37,8 @@ class AdminPageHandler(BaseHandler):
         self.finish(PAGE)
 
 
-class AdminAPIHandler(BaseHandler):
-    """Routes `/admin/api/<verb>` to the Admin object, after checking the admin token."""
-
-    ROUTES: list[tuple[str, re.Pattern[str], str]] = [
-        ("GET", re.compile(r"overview"), "overview"),
-        ("GET", re.compile(r"connections"), "connections"),
-        ("POST", re.compile(_PITS + r"/reconnect"), "reconnect"),
-        ("POST", re.compile(_PITS + r"/pause"), "pause"),
-        ("POST", re.compile(_PITS + r"/resume"), "resume"),
-        ("GET", re.compile(r"cache"), "cache"),
-        ("POST", re.compile(r"cache/purge"), "purge"),
-        ("GET", re.compile(r"allowlist"), "allowlist"),
-        ("POST", re.compile(r"allowlist"), "set_allowlist"),
-        ("POST", re.compile(r"active"), "set_active"),
-    ]
+class AdminAuth(BaseHandler):
+    """A handler behind the admin token; it answers JSON, never cached."""
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -72,11 +61,35 @@ class AdminAPIHandler(BaseHandler):
             return None
         return str(claims["sub"])
 
+
+class AdminAPIHandler(AdminAuth):
+    """Routes `/admin/api/<verb>` to the Admin object, after checking the admin token."""
+
+    ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+        ("GET", re.compile(r"overview"), "overview"),
+        ("GET", re.compile(r"connections"), "connections"),
+        ("POST", re.compile(_PITS + r"/reconnect"), "reconnect"),
+        ("POST", re.compile(_PITS + r"/pause"), "pause"),
+        ("POST", re.compile(_PITS + r"/resume"), "resume"),
+        ("GET", re.compile(r"cache"), "cache"),
+        ("POST", re.compile(r"cache/purge"), "purge"),
+        ("GET", re.compile(r"allowlist"), "allowlist"),
+        ("POST", re.compile(r"allowlist"), "set_allowlist"),
+        ("POST", re.compile(r"active"), "set_active"),
+        ("GET", re.compile(r"bundles"), "bundles"),
+        ("DELETE", re.compile(_BUNDLE), "remove_bundle"),
+        ("POST", re.compile(_BUNDLE + r"/offer"), "offer"),
+        ("POST", re.compile(r"bundles/withdraw"), "withdraw"),
+    ]
+
     async def get(self, verb: str) -> None:
         await self._dispatch("GET", verb)
 
     async def post(self, verb: str) -> None:
         await self._dispatch("POST", verb)
+
+    async def delete(self, verb: str) -> None:
+        await self._dispatch("DELETE", verb)
 
     async def _dispatch(self, method: str, verb: str) -> None:
         who = self._who()
@@ -91,6 +104,9 @@ class AdminAPIHandler(BaseHandler):
                         result = await result
                 except ProtocolError as exc:
                     self.write_json_error(exc.code, exc.message)
+                    return
+                except BundleError as exc:
+                    self.write_json_error(exc.code, str(exc), exc.status)
                     return
                 self.finish(ujson.dumps(result, ensure_ascii=False))
                 return
@@ -158,3 +174,24 @@ class AdminAPIHandler(BaseHandler):
             raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsId must be a string or null")
         self.admin.set_active(who, pits_id)
         return self.admin.active()
+
+    def _bundles(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.bundles()
+
+    def _remove_bundle(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"removed": g["bundle"], "withdrawn": self.admin.remove_bundle(who, g["bundle"])}
+
+    def _offer(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.offer(who, g["bundle"], _pits_ids(body))
+
+    def _withdraw(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.withdraw(who, _pits_ids(body))
+
+
+def _pits_ids(body: dict[str, Any]) -> list[str]:
+    ids = body.get("pitsIds")
+    if not isinstance(ids, list) or not ids or len(ids) > 1000:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsIds must be a list of 1 to 1000 pits ids")
+    if not all(isinstance(p, str) for p in ids):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsIds must be strings")
+    return ids

@@ -19,6 +19,8 @@ import tornado.web
 from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
 from cloud.admin_http import AdminAPIHandler, AdminPageHandler
+from cloud.bundle_http import BundleDownloadHandler, BundleUploadHandler
+from cloud.bundles import BundleStore
 from cloud.cache import Cache
 from cloud.cluster import Cluster
 from cloud.config import CloudConfig
@@ -41,6 +43,7 @@ from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
 from cloud.renewal import Renewals
 from cloud.routing import Router
+from cloud.updates import Updates
 from wire import CloseCode, ErrorCode
 from wire.settings import SettingsError
 
@@ -84,6 +87,13 @@ class CloudRelay:
         )
         self.active = ActivePits(config.active_pits)
         self.registry.on_register.append(self._offer_active)
+        bundles = (
+            None
+            if config.bundle_dir is None
+            else BundleStore(config.bundle_dir, max_bytes=config.max_bundle_bytes)
+        )
+        self.updates = Updates(bundles, self.registry, self.metrics)
+        self.registry.on_register.append(self.updates.connected)
         self.public_allowlist = PublicAllowlist(config.public_allowlist)
         self.router = Router(
             active=self.active, allowlist=self.public_allowlist, live=self._live_ids
@@ -120,6 +130,7 @@ class CloudRelay:
             active=self.active,
             choose_active=self.choose_active,
             ready=self.ready,
+            updates=self.updates,
             cluster=self.cluster,
         )
         self.control_settings = ControlSettings(
@@ -153,6 +164,7 @@ class CloudRelay:
         args: dict[str, Any] = {"relay": self}
         public: list[Any] = [
             (r"/control", ControlHandler, args),
+            (r"/pits-api/bundles/([0-9a-f]{16})", BundleDownloadHandler, args),
             (r"/pits/.*", DataHandler, args),
             (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
             (r"/healthz", HealthHandler, args),
@@ -197,6 +209,7 @@ class CloudRelay:
         args: dict[str, Any] = {"relay": self}
         return [
             (r"/admin/?", AdminPageHandler, args),
+            (r"/admin/api/bundles/upload", BundleUploadHandler, args),
             (r"/admin/api/(.*)", AdminAPIHandler, args),
         ]
 
@@ -237,6 +250,7 @@ class CloudRelay:
     def _tick(self) -> None:
         self.keystore.maybe_reload()
         self.registry.tick()
+        self.updates.refresh()
 
     def new_connection(
         self, claims: dict[str, Any], transport: Transport, *, kid: str | None = None
@@ -251,6 +265,7 @@ class CloudRelay:
             metrics=self.metrics,
             clock=self.clock,
             renew=self.renewals.renew,
+            on_update=self.updates.reported,
         )
         self.registry.add(conn)
         return conn

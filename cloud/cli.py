@@ -18,7 +18,7 @@ from pathlib import Path
 import jwt
 import tornado.netutil
 
-from cloud import __version__
+from cloud import CloudError, __version__
 from cloud.config import CloudConfig, config_from_args
 from cloud.keys import ROLES, KeySet, family_of, keygen
 from cloud.keystore import revoke, revoke_subject, revoked_path_for
@@ -166,7 +166,70 @@ def _revoke(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "keygen": _keygen, "token": _token, "revoke": _revoke}
+def _bundle(argv: Sequence[str]) -> int:
+    from cloud.bundles import BundleStore
+
+    p = Parser(
+        prog="cloud-relay bundle",
+        description="Keep update bundles in the relay's bundle folder and offer them to boxes; "
+        "a running relay sends an offer to a connected box within a second.",
+    )
+    p.add_argument(
+        "--bundle-dir",
+        type=Path,
+        default=os.environ.get("PITLINK_BUNDLE_DIR") or None,
+        help="the relay's --bundle-dir (default: PITLINK_BUNDLE_DIR)",
+    )
+    verbs = p.add_subparsers(dest="verb", required=True, parser_class=Parser)
+    add = verbs.add_parser("add", help="copy a bundle file in: pitlink-ARCH-VERSION.raucb")
+    add.add_argument("file", type=Path)
+    add.add_argument("--version", help="the bundle's version (default: from the file name)")
+    add.add_argument("--arch", help="amd64 or arm64 (default: from the file name)")
+    verbs.add_parser("list", help="the bundles and whom each is offered to")
+    remove = verbs.add_parser("remove", help="delete a bundle (its offers are withdrawn)")
+    remove.add_argument("id")
+    offer = verbs.add_parser("offer", help="offer a bundle to boxes (one first: the canary)")
+    offer.add_argument("id")
+    offer.add_argument("pits_ids", nargs="+", metavar="PITS_ID")
+    withdraw = verbs.add_parser("withdraw", help="withdraw the offers to these boxes")
+    withdraw.add_argument("pits_ids", nargs="+", metavar="PITS_ID")
+    ns = p.parse_args(argv)
+    if ns.bundle_dir is None:
+        raise SettingsError("--bundle-dir (or PITLINK_BUNDLE_DIR) is required: the relay's")
+    store = BundleStore(ns.bundle_dir)
+    if ns.verb == "add":
+        bundle = store.add_file(ns.file, version=ns.version, arch=ns.arch)
+        print(
+            f"bundle {bundle.id}: version {bundle.version} for {bundle.arch}, {bundle.size} bytes"
+        )
+    elif ns.verb == "list":
+        offers = store.offers()
+        for b in store.bundles():
+            added = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.added))
+            to = sorted(pits for pits, bid in offers.items() if bid == b.id)
+            print(
+                f"{b.id}  {b.version}  {b.arch}  {b.size} bytes  added {added} UTC  "
+                f"offered to: {', '.join(to) or 'none'}"
+            )
+    elif ns.verb == "remove":
+        bundle, withdrawn = store.remove(ns.id)
+        print(f"bundle {bundle.id} ({bundle.version}) removed; offers withdrawn: {len(withdrawn)}")
+    elif ns.verb == "offer":
+        bundle = store.offer(ns.id, ns.pits_ids)
+        print(f"bundle {bundle.id} ({bundle.version}) offered to {', '.join(ns.pits_ids)}")
+    else:
+        withdrawn = store.withdraw(ns.pits_ids)
+        print(f"offers withdrawn from {', '.join(withdrawn) or 'nobody (none stood)'}")
+    return 0
+
+
+COMMANDS = {
+    "serve": _serve,
+    "keygen": _keygen,
+    "token": _token,
+    "revoke": _revoke,
+    "bundle": _bundle,
+}
 
 HELP = """usage: cloud-relay COMMAND [flags]
 
@@ -178,6 +241,7 @@ commands:
   keygen   create the key set that signs tokens, or put a new signing key first (rotation)
   token    print a signed token for a box (--role pits) or for an operator (--role admin)
   revoke   refuse a token and its renewals (--token, --jti), or every token of a box (--sub)
+  bundle   update bundles for the boxes: add FILE, list, remove ID, offer ID PITS_ID..., withdraw PITS_ID...
 
 Each command takes --help. Every flag of serve can also be set as PITLINK_<FLAG> in the
 environment (--fetch-timeout is PITLINK_FETCH_TIMEOUT).
@@ -194,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0 if args else 2)
     if args[0] not in COMMANDS:
         print(
-            f"cloud-relay: no command {args[0][:40]!r}: use serve, keygen, token or revoke "
+            f"cloud-relay: no command {args[0][:40]!r}: use serve, keygen, token, revoke or bundle "
             "(cloud-relay --help)",
             file=sys.stderr,
         )
@@ -202,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = COMMANDS[args[0]], args[1:]
     try:
         code = command(rest)
-    except (SettingsError, OSError, ValueError) as exc:
+    except (SettingsError, OSError, ValueError, CloudError) as exc:
         print(f"cloud-relay: {exc}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code)

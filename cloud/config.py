@@ -167,6 +167,15 @@ class CloudConfig:
         positive_float,
     )
     max_header_bytes: int = setting(16 * 1024, "largest request header accepted", positive_int)
+    bundle_dir: Path | None = setting(  # noqa: RUF009 (setting() is a field())
+        None,
+        "a writable folder of update bundles and their offers (shared by all replicas); "
+        "none: updates through the relay are off",
+        Path,
+    )
+    max_bundle_bytes: int = setting(
+        1024 * MIB, "largest update bundle the admin API accepts", positive_int
+    )
     workers: int = setting(
         1,
         'processes sharing the port (needs `--redis-url` above 1); see "Several replicas on Redis"',

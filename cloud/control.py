@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cloud.bundles import arch_of
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
 from cloud.registry import Registry
@@ -73,6 +74,8 @@ class ControlSettings:
 # Issues a fresh token for the claims of a connection whose token is close to expiry, or None
 # when that token was renewed before (a token is renewed at most once).
 Renewer = Callable[[dict[str, Any]], Awaitable[str | None]]
+# Told of each `update` frame a pits sends (cloud.updates counts and logs them).
+UpdateListener = Callable[["PitsConnection", m.UpdateReport], None]
 
 
 class PitsConnection:
@@ -96,6 +99,7 @@ class PitsConnection:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         renew: Renewer | None = None,
+        on_update: UpdateListener | None = None,
     ):
         self.pits_id = pits_id
         self.claims = claims
@@ -128,6 +132,9 @@ class PitsConnection:
         self._renewing: asyncio.Future[None] | None = None
         self.paused = False
         self._renew = renew
+        self._on_update = on_update
+        # Where this box's update stands: its last `update` frame, else its hello's.
+        self._update: m.UpdateReport | None = None
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         # Ids of fetches that timed out here: a late reply to one is no fault of the pits.
@@ -144,6 +151,16 @@ class PitsConnection:
     def hello(self) -> m.PitsHello | None:
         hello = self.session.peer_hello
         return hello if isinstance(hello, m.PitsHello) else None
+
+    @property
+    def update(self) -> m.UpdateReport | None:
+        if self._update is not None:
+            return self._update
+        return self.hello.update if self.hello else None
+
+    @property
+    def slot(self) -> str | None:
+        return self.hello.slot if self.hello else None
 
     @property
     def last_rx(self) -> float:
@@ -291,9 +308,22 @@ class PitsConnection:
             self.queued -= 1
             self.metrics.fetch_queue_depth.dec()
 
+    def send(self, message: m.Message) -> bool:
+        """Send a frame of the relay's own (an offer); False when the connection is not open."""
+        if self.state != "open":
+            return False
+        self.session.send(message)
+        self._flush()
+        return True
+
     def _on_reply(self, frame_id: str, msg: m.Message) -> None:
+        if isinstance(msg, m.UpdateReport):
+            self._update = msg
+            if self._on_update is not None:
+                self._on_update(self, msg)
+            return
         if not isinstance(msg, m.Response | m.Error):
-            return  # the session lets only replies through from a pits
+            return  # past the session, a pits sends only replies and update reports
         future = self._pending.get(frame_id)
         if future is None or future.done():
             now = self.clock()
@@ -408,4 +438,7 @@ class PitsConnection:
             "shed": self.shed,
             "errors": self.errors,
             "fetches": self.fetches,
+            "arch": arch_of(self.hello),
+            "slot": self.slot,
+            "update": self.update.payload() if self.update else None,
         }

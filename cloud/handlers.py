@@ -65,6 +65,15 @@ def bearer_token(header: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def verify_pits_token(relay: RelayParts, token: str) -> dict[str, Any]:
+    """A box's token checked as a box's: signature, key, expiry, revocation and role `pits`.
+
+    /control checks a box's connection with it and /pits-api/bundles its downloads, so that a
+    token refused on one is refused on the other. Raises TokenError.
+    """
+    return relay.verify_token(token, role="pits")
+
+
 log = logging.getLogger("pitlink.cloud.http")
 
 EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
@@ -260,7 +269,7 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
             )
             return
         try:
-            self.claims = self.relay.verify_token(token, role="pits")
+            self.claims = verify_pits_token(self.relay, token)
             self.kid = jwt.get_unverified_header(token).get("kid")
         except TokenError as exc:
             self.relay.metrics.auth_failures.inc()

@@ -95,6 +95,18 @@ class Metrics:
         self.auth_failures = Counter(
             P + "auth_failures", "Control connections refused before upgrade", registry=r
         )
+        self.update_reports = Counter(
+            P + "update_reports",
+            "Update reports from pits, by state (wire.messages.UPDATE_STATES)",
+            ["state"],
+            registry=r,
+        )
+        self.bundle_downloads = Counter(
+            P + "bundle_downloads",
+            "Bundle downloads by pits, by outcome (`ok`, `partial` for a range, `refused`, `busy`)",
+            ["outcome"],
+            registry=r,
+        )
         self.tasks = Gauge(P + "asyncio_tasks", "Tasks alive on the event loop", registry=r)
         self.tasks.set_function(_count_tasks)
 
