@@ -135,6 +135,7 @@ class PitsConnection:
         self._on_update = on_update
         # Where this box's update stands: its last `update` frame, else its hello's.
         self._update: m.UpdateReport | None = None
+        self.offered: str | None = None  # the bundle id last offered over this connection
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         # Ids of fetches that timed out here: a late reply to one is no fault of the pits.

@@ -42,7 +42,6 @@ class Updates:
         self.store = store
         self.registry = registry
         self.metrics = metrics
-        self._known: dict[str, str] = {} if store is None else store.offers()
         self.downloading: set[str] = set()  # pits ids with a bundle download under way
 
     @property
@@ -52,51 +51,47 @@ class Updates:
     def connected(self, pits_id: str) -> None:
         """A box said hello here: offer it what stands for it."""
         conn = self.registry.get(pits_id)
-        if conn is None or self.store is None:
-            return
-        try:
-            bundle = self.store.offered_to(pits_id)
-        except OSError as exc:
-            log.warning("bundle folder unreadable", extra={"error": str(exc)})
-            return
-        self._offer(conn, bundle)
+        if conn is not None and self.store is not None:
+            self._bring_up_to_date(conn, self._offers())
 
     def refresh(self) -> list[str]:
-        """Send what changed in the standing offers since last looked to the boxes connected
-        here (the tick calls this; so does the admin after it changed an offer). Returns the
-        pits ids that were sent a frame."""
+        """Bring each box connected here up to date with the standing offers: the tick calls
+        this, and so does the admin after it changed one. Returns the pits ids sent a frame."""
         if self.store is None:
             return []
+        offers = self._offers()
+        return [c.pits_id for c in self.registry.live() if self._bring_up_to_date(c, offers)]
+
+    def _offers(self) -> dict[str, str]:
+        assert self.store is not None
         try:
-            now = self.store.offers()
+            return self.store.offers()
         except OSError as exc:
             log.warning("bundle folder unreadable", extra={"error": str(exc)})
-            return []
-        changed = {p for p in set(now) | set(self._known) if now.get(p) != self._known.get(p)}
-        self._known = now
-        sent = []
-        for pits_id in sorted(changed):
-            conn = self.registry.get(pits_id)
-            if conn is None:
-                continue
-            if pits_id in now:
-                if self._offer(conn, self.store.get(now[pits_id])):
-                    sent.append(pits_id)
-            elif conn.send(m.Offer(bundle=None)):
-                log.info("offer withdrawn", extra={"pits_id": pits_id})
-                sent.append(pits_id)
-        return sent
+            return {}
 
-    def _offer(self, conn: PitsConnection, bundle: Bundle | None) -> bool:
-        if bundle is None or not wants_offer(conn.hello, conn.update, bundle):
+    def _bring_up_to_date(self, conn: PitsConnection, offers: dict[str, str]) -> bool:
+        """Send the offer standing for this box, or withdraw the one it was sent, if either
+        changed since this connection was last told; True if a frame was sent."""
+        assert self.store is not None
+        want = offers.get(conn.pits_id)
+        if want == conn.offered:
             return False
-        if not conn.send(bundle.offer()):
-            return False
-        log.info(
-            "offer sent",
-            extra={"pits_id": conn.pits_id, "bundle": bundle.id, "version": bundle.version},
-        )
-        return True
+        bundle = self.store.get(want) if want is not None else None
+        if bundle is not None and wants_offer(conn.hello, conn.update, bundle):
+            if not conn.send(bundle.offer()):
+                return False
+            conn.offered = bundle.id
+            log.info(
+                "offer sent",
+                extra={"pits_id": conn.pits_id, "bundle": bundle.id, "version": bundle.version},
+            )
+            return True
+        if conn.offered is not None and conn.send(m.Offer(bundle=None)):
+            conn.offered = None
+            log.info("offer withdrawn", extra={"pits_id": conn.pits_id})
+            return True
+        return False
 
     def reported(self, conn: PitsConnection, report: m.UpdateReport) -> None:
         """A box said where its update stands: counted, and logged when it ended."""

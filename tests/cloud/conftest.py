@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from cloudfakes import FakeTransport, pits_hello
 
-from cloud.control import ControlSettings, PitsConnection
+from cloud.control import ControlSettings, PitsConnection, UpdateListener
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from pitlink_testkit.clock import FakeClock
@@ -40,6 +40,7 @@ def connect(registry: Registry, metrics: Metrics, clock: FakeClock) -> Connect:
         *,
         hello: bool = True,
         settings: ControlSettings | None = None,
+        on_update: UpdateListener | None = None,
     ) -> tuple[PitsConnection, FakeTransport]:
         transport = FakeTransport()
         conn = PitsConnection(
@@ -51,6 +52,7 @@ def connect(registry: Registry, metrics: Metrics, clock: FakeClock) -> Connect:
             metrics=metrics,
             clock=clock,
             wall=lambda: 1_700_000_000.0,
+            on_update=on_update,
         )
         registry.add(conn)
         conn.start()

@@ -184,7 +184,7 @@ def test_missing_command_prints_the_help_and_exits_2(capsys) -> None:
 def test_unknown_command_exits_2_naming_the_commands(capsys) -> None:
     code, _, err = run_main(["frobnicate"], capsys)
     assert code == 2
-    assert "'frobnicate'" in err and "serve, keygen, token or revoke" in err
+    assert "'frobnicate'" in err and "serve, keygen, token, revoke or bundle" in err
 
 
 def test_help_describes_each_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -213,3 +213,55 @@ def test_serve_help_lists_every_setting_with_its_default(
     assert "--port PORT port to listen on (default 8080)" in text
     assert "--jwks JWKS the key set file (JWKS) that verifies tokens (required)" in text
     assert "several replicas on Redis: --redis-url REDIS_URL" in text
+
+
+def test_bundle_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "bundles"
+    source = tmp_path / "pitlink-arm64-0.2.0+20261130T0900.raucb"
+    source.write_bytes(b"a signed bundle")
+    base = ["bundle", "--bundle-dir", str(folder)]
+    code, out, err = run_main([*base, "add", str(source)], capsys)
+    assert code == 0, err
+    bundle_id = out.split()[1].rstrip(":")
+    assert "version 0.2.0+20261130T0900 for arm64, 15 bytes" in out
+    code, out, _ = run_main([*base, "offer", bundle_id, "canary", "club-7"], capsys)
+    assert code == 0 and "offered to canary, club-7" in out
+    code, out, _ = run_main([*base, "list"], capsys)
+    assert out.startswith(f"{bundle_id}  0.2.0+20261130T0900  arm64  15 bytes")
+    assert "offered to: canary, club-7" in out
+    code, out, _ = run_main([*base, "withdraw", "club-7"], capsys)
+    assert "withdrawn from club-7" in out
+    code, out, _ = run_main([*base, "remove", bundle_id], capsys)
+    assert code == 0 and "offers withdrawn: 1" in out
+    assert run_main([*base, "list"], capsys)[1] == ""
+
+
+def test_bundle_commands_refuse_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "bundles"
+    odd = tmp_path / "bundle.bin"
+    odd.write_bytes(b"x")
+    base = ["bundle", "--bundle-dir", str(folder)]
+    code, _, err = run_main([*base, "add", str(odd)], capsys)
+    assert code == 2 and "cannot tell the version and arch" in err
+    code, _, err = run_main([*base, "add", str(odd), "--version", "1", "--arch", "sparc"], capsys)
+    assert code == 2 and "arch 'sparc'" in err
+    code, _, err = run_main([*base, "offer", "0123456789abcdef", "p1"], capsys)
+    assert code == 2 and "no bundle 0123456789abcdef" in err
+    code, _, err = run_main([*base, "remove", "../../etc"], capsys)
+    assert code == 2 and "is not a bundle id" in err
+    code, _, err = run_main(["bundle", "list"], capsys)
+    assert code == 2 and "--bundle-dir" in err
+    made = run(
+        "bundle",
+        "--bundle-dir",
+        str(folder),
+        "add",
+        str(odd),
+        "--version",
+        "1.0",
+        "--arch",
+        "amd64",
+    )
+    assert made.returncode == 0, made.stderr
