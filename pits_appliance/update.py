@@ -209,7 +209,7 @@ class Updater:
         )
         if persist and self.state_dir is not None:
             self._save("update-report.json", self.report.payload())
-        log.info("update", extra={"state": state, "version": version, "message": message[:300]})
+        log.info("update", extra={"state": state, "version": version, "detail": message[:300]})
         self.send(self.report)
         self.on_change()
 
@@ -572,6 +572,7 @@ class Updater:
             except OSError:
                 continue
         handled = self._handled()
+        chosen: Path | None = None
         for mtime, path, size in sorted(found, reverse=True):
             key = (str(path), size, mtime)
             try:
@@ -580,12 +581,15 @@ class Updater:
             except OSError:
                 continue
             self._sha_cache[key] = sha
-            if sha in handled:
-                continue
-            self._save("update-handled.json", {"sha256": [*handled, sha][-MAX_HANDLED:]})
-            log.info("local update bundle", extra={"path": str(path), "sha256": sha})
-            self._job = asyncio.create_task(self._local(path), name="local update")
+            if sha not in handled:
+                # The newest is installed; older ones it supersedes are never installed after it.
+                handled.append(sha)
+                chosen = chosen or path
+        if chosen is None:
             return
+        self._save("update-handled.json", {"sha256": handled[-MAX_HANDLED:]})
+        log.info("local update bundle", extra={"path": str(chosen)})
+        self._job = asyncio.create_task(self._local(chosen), name="local update")
 
     async def _local(self, path: Path) -> None:
         try:
