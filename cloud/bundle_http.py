@@ -124,8 +124,9 @@ class BundleDownloadHandler(BaseHandler, tornado.web.StaticFileHandler):
             )
             return
         if pits_id in updates.downloading:
-            self.set_header("Retry-After", "5")
-            self._refused("busy", ErrorCode.BUSY, f"{pits_id} is downloading already", 429)
+            self._refused(
+                "busy", ErrorCode.BUSY, f"{pits_id} is downloading already", 429, retry_after=5
+            )
             return
         self.sha256 = bundle.sha256
         updates.downloading.add(pits_id)
@@ -149,9 +150,16 @@ class BundleDownloadHandler(BaseHandler, tornado.web.StaticFileHandler):
             },
         )
 
-    def _refused(self, outcome: str, code: ErrorCode, message: str, status: int) -> None:
+    def _refused(
+        self,
+        outcome: str,
+        code: ErrorCode,
+        message: str,
+        status: int,
+        retry_after: float | None = None,
+    ) -> None:
         self.relay.metrics.bundle_downloads.labels(outcome).inc()
-        self.write_json_error(code, message, status)
+        self.write_json_error(code, message, status, retry_after)
 
     def compute_etag(self) -> str | None:  # type: ignore[override]
         return f'"sha256:{self.sha256}"' if self.sha256 else None
