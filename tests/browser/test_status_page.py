@@ -403,3 +403,68 @@ async def test_an_admin_token_in_the_box_is_named_as_such(page: Page, system: Sy
     await expect_row(
         page, "cloud", "red", "Not connected", "this is an admin token, not a box token"
     )
+
+
+# -- updates ---------------------------------------------------------------------------------
+
+
+async def test_an_installed_update_waits_for_install_now(
+    page: Page, tmp_path: Path, sim, browser: Browser
+) -> None:
+    """The Update line says which version is ready; Install now restarts into it, once."""
+    from pitlink_testkit.bundles import FakeRauc
+
+    rauc = FakeRauc(tmp_path)
+    (tmp_path / "cmdline").write_text("rauc.slot=B\n")
+    (tmp_path / "version").write_text("0.2.0+20261101T1200\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    new = "0.3.0+20261129T1612"
+    (state / "update-report.json").write_text(
+        json.dumps(
+            {"state": "installed", "version": new, "message": f"Version {new} is in slot A."}
+        )
+    )
+    s = System(tmp_path, sim)
+    try:
+        await s.start_relay(freshness=0.0, client_rate=None, pits_fetch_rate=None)
+        await s.start_agent(
+            state_dir=state,
+            update_cmdline=tmp_path / "cmdline",
+            update_version_file=tmp_path / "version",
+            update_rauc=rauc.command,
+            update_reboot_command=rauc.reboot,
+            update_dirs=(),
+        )
+        await open_status(page, s)
+        await expect_row(page, "update", "amber", f"Version {new} is ready", "slot A")
+        await expect_row(page, "software", "green", "Pitlink 0.2.0+20261101T1200")
+        await expect(page.locator("#install")).to_be_visible()
+        await page.screenshot(path=str(tmp_path / "status-update.png"), full_page=True)
+        await page.click("#install")
+        await expect(page.locator("#message")).to_contain_text(f"Restarting into version {new}")
+        await wait_for(lambda: "reboot" in rauc.verbs(), what="the restart command")
+        await expect_row(page, "update", "amber", f"Restarting into version {new} in slot A")
+        await expect(page.locator("#install")).to_be_hidden()
+        assert rauc.verbs().count("reboot") == 1
+        assert page.errors == []
+    finally:
+        await s.close()
+
+
+async def test_a_download_shows_its_progress(page: Page, system: System) -> None:
+    system.agent.state.update = {
+        "available": True,
+        "slot": "A",
+        "version": "0.1.0",
+        "state": "downloading",
+        "updateVersion": "0.2.0",
+        "done": 30 * 2**20,
+        "total": 120 * 2**20,
+    }
+    await open_status(page, system)
+    await expect_row(page, "update", "amber", "Downloading version 0.2.0", "30 MB of 120 MB (25%)")
+    bar = row(page, "update").locator("progress")
+    await expect(bar).to_have_attribute("max", str(120 * 2**20))
+    await expect(bar).to_have_attribute("value", str(30 * 2**20))
+    await expect(page.locator("#install")).to_be_hidden()

@@ -19,6 +19,8 @@ from pitlink_testkit.bundles import (
 )
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version, rauc_message
+from pits_appliance.state import AgentState
+from pits_appliance.status_view import view
 from pits_appliance.update import Updater, bundles_url
 from wire.messages import Offer, UpdateReport
 
@@ -420,3 +422,34 @@ def test_what_the_box_knows_of_itself(tmp_path: Path) -> None:
     )
     assert bundles_url("http://127.0.0.1:9/", "ab") == "http://127.0.0.1:9/pits-api/bundles/ab"
     assert rauc_message(b"", 3) == "RAUC failed (exit status 3) without saying why"
+
+
+# -- what the status page says ---------------------------------------------------------------
+
+
+def update_row_for(**update: object) -> dict[str, object]:
+    state = AgentState(
+        sw_version=OLD, update={"available": True, "slot": "A", "version": OLD, **update}
+    )
+    return next(r for r in view(state, now=0.0)["rows"] if r["key"] == "update")
+
+
+def test_the_update_line_in_plain_words() -> None:
+    down = update_row_for(
+        state="downloading", updateVersion=NEW, done=30 * 2**20, total=120 * 2**20
+    )
+    assert (down["mark"], down["title"]) == ("amber", f"Downloading version {NEW}")
+    assert down["text"].startswith("30 MB of 120 MB (25%).")
+    assert (down["done"], down["total"]) == (30 * 2**20, 120 * 2**20)
+    back = update_row_for(state="rolled-back", updateVersion=NEW, message="back on slot A.")
+    assert (back["mark"], back["title"]) == ("red", f"Version {NEW} was rolled back")
+    good = update_row_for(state="good", updateVersion=OLD, message="marked good.")
+    assert (good["mark"], good["title"]) == ("green", f"Version {OLD} in slot A")
+    ready = update_row_for(state="installed", updateVersion=NEW, canInstall=True, message="x")
+    assert ready["title"] == f"Version {NEW} is ready" and ready["canInstall"]
+    refused = update_row_for(state="refused", updateVersion=NEW, message="signature failed.")
+    assert refused["title"] == f"Update to version {NEW} refused"
+    assert refused["text"] == "signature failed. The box keeps running the version it has."
+    none = view(AgentState(sw_version=OLD, update={"available": False, "whyNot": "no slots"}))
+    row = next(r for r in none["rows"] if r["key"] == "update")
+    assert row["text"] == "No updates on this box: no slots." and not none["canInstall"]
