@@ -165,7 +165,7 @@ class BundleHandler(tornado.web.RequestHandler):
             self.write(body[: s.cut_at - start])
             s.cut_at = None
             await self.flush()
-            self.request.connection.stream.close()  # type: ignore[attr-defined]
+            self.request.connection.stream.close()  # type: ignore[union-attr,attr-defined]
             return
         self.write(body)
 

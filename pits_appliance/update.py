@@ -387,7 +387,7 @@ class Updater:
             raise _Stop("failed", f"The update needs {_mb(need)} MB free, has {_mb(free)}.")
         url = bundles_url(self.relay_url(), offer.bundle)
         client = tornado.httpclient.AsyncHTTPClient(
-            force_instance=True, max_body_size=self.chunk + 1, max_buffer_size=MIB
+            force_instance=True, max_body_size=offer.size + 1, max_buffer_size=MIB
         )
         backoff = Backoff(base=self.retry_base, cap=60.0 * self.retry_base, rand=self.rand)
         failures = 0
@@ -396,7 +396,10 @@ class Updater:
             while have < offer.size:
                 end = min(offer.size, have + self.chunk) - 1
                 try:
-                    have = await self._get_range(client, url, part, have, end, offer)
+                    got = await self._get_range(client, url, part, have, end, offer)
+                    if got <= have:
+                        raise _Retry("the relay sent no bytes")
+                    have = got
                 except _Retry as exc:
                     failures += 1
                     have = part.stat().st_size if part.exists() else 0
