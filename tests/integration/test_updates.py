@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -30,6 +31,9 @@ async def relay(tmp_path: Path, sim) -> AsyncIterator[System]:
     yield s
     for ws in OPENED:
         ws.close()
+        # Read to the end, so that the socket is closed here and not left to the collector.
+        while await asyncio.wait_for(ws.read_message(), 5) is not None:
+            pass
     OPENED.clear()
     await s.close()
 
