@@ -6,12 +6,16 @@
 # From scripts/build-image, in the environment:
 #   PITLINK_REPO    the repository (image/rootfs/ is copied in, and the agent's systemd unit)
 #   PITLINK_AGENT   the frozen agent's folder (dist/pits-agent/ as scripts/build-agent makes it)
-#   PITLINK_FSTAB   the /etc/fstab to write (it names the partitions by PARTUUID)
+#   PITLINK_FSTAB   the /etc/fstab to write
+#   PITLINK_ARCH    amd64 or arm64
+#   PITLINK_VERSION the image's version (/usr/lib/pitlink/version; an update bundle's version)
+#   PITLINK_KEYRING the certificates whose update bundles this image installs
 set -euo pipefail
 
 root="$1"
 repo="${PITLINK_REPO:?}"
 agent="${PITLINK_AGENT:?}"
+arch="${PITLINK_ARCH:?}"
 
 say() { echo "customize [$(date +%T)]: $*" >&2; }
 
@@ -28,6 +32,9 @@ install -m 0644 "$repo/pits_appliance/systemd/pits-agent.service" \
 # The frozen program must run on this Debian (its C library, its architecture): better to
 # find out now than on a box at a venue. For arm64 built elsewhere this runs under qemu-user.
 chroot "$root" /opt/pitlink/pits-agent/pits-agent --help >/dev/null
+
+say "version ${PITLINK_VERSION:?}"
+printf '%s\n' "$PITLINK_VERSION" >"$root/usr/lib/pitlink/version"
 
 say "the filesystems"
 printf '%s\n' "$PITLINK_FSTAB" >"$root/etc/fstab"
@@ -52,6 +59,55 @@ chroot "$root" systemctl enable \
     avahi-daemon.service pits-agent.service \
     pitlink-netconf.service pitlink-hostname.service pitlink-selftest.service \
     pitlink-clock.service
+
+if [ "$arch" = amd64 ]; then
+    say "updates: RAUC, two root slots, the trial boot"
+    # RAUC's settings are part of the read-only root, the same on every box: the slots are
+    # named by links pitlink-slot-links makes at boot, the boot loader is driven by
+    # pitlink-slots (systemd-boot's boot counting), and RAUC keeps what it knows of the slots
+    # on the state partition.
+    mkdir -p "$root/etc/rauc"
+    install -m 0644 "${PITLINK_KEYRING:?}" "$root/etc/rauc/keyring.pem"
+    cat >"$root/etc/rauc/system.conf" <<CONF
+# RAUC on the Pitlink appliance: see "Updating boxes in the field" in the Pitlink README.
+[system]
+compatible=pitlink-$arch
+bootloader=custom
+bundle-formats=-plain
+mountprefix=/run/rauc
+statusfile=/var/lib/pitlink/rauc.status
+
+[handlers]
+bootloader-custom-backend=/usr/lib/pitlink/pitlink-slots
+
+[keyring]
+path=/etc/rauc/keyring.pem
+
+[slot.rootfs.0]
+device=/run/pitlink/slot-a
+type=ext4
+bootname=A
+
+[slot.rootfs.1]
+device=/run/pitlink/slot-b
+type=ext4
+bootname=B
+CONF
+    chroot "$root" systemctl enable pitlink-slot-links.service pitlink-health.service \
+        pitlink-mark-good.service
+    # systemd's own blessing of a boot entry looks for the boot partition where this box does
+    # not mount it, and would rename the entry behind RAUC's back: pitlink-mark-good does it.
+    chroot "$root" systemctl mask systemd-bless-boot.service
+    # A USB stick with an update bundle on it (see the agent's update folders).
+    mkdir -p "$root/media/usb"
+else
+    # The Raspberry Pi image has one root slot: none of the update machinery.
+    rm -f "$root/usr/lib/systemd/system/pitlink-slot-links.service" \
+        "$root/usr/lib/systemd/system/pitlink-health.service" \
+        "$root/usr/lib/systemd/system/pitlink-mark-good.service" \
+        "$root/usr/lib/pitlink/pitlink-slots" "$root/usr/lib/pitlink/pitlink-slot-links" \
+        "$root/usr/lib/pitlink/pitlink-health" "$root/etc/udev/rules.d/80-pitlink-usb-bundle.rules"
+fi
 # Debian's own wpa_supplicant service waits for a D-Bus client that never comes: the Wi-Fi
 # from pitlink.conf is pitlink-wifi@<interface>.service, started by udev.
 chroot "$root" systemctl disable wpa_supplicant.service
