@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# UEFI firmware for qemu's PC, from Debian's ovmf.
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
 # What the image is made from: a change to any of these makes the tests build it again.
 INPUTS = [
     "image",

@@ -57,6 +57,7 @@ import pytest
 import tornado.httpclient
 from appliance import (
     BUILT,
+    OVMF,
     Guest,
     built_image,
     check_inside,
@@ -78,7 +79,6 @@ from pitlink_testkit.waiting import wait_for
 
 pytestmark = [pytest.mark.image]
 
-OVMF = Path("/usr/share/ovmf/OVMF.fd")
 PITS_ID = "club-42"
 RELAY_ADDRESS = "10.0.2.100"
 RELAY_IN_GUEST = f"{RELAY_ADDRESS}:8000"
