@@ -146,7 +146,7 @@ class BundleHandler(tornado.web.RequestHandler):
         data = s.bundles.get(bundle)
         if data is None:
             raise tornado.web.HTTPError(404)
-        self.set_header("ETag", s.etag or f'"{hashlib.sha256(data).hexdigest()}"')
+        self.set_header("ETag", s.etag or f'"sha256:{hashlib.sha256(data).hexdigest()}"')
         self.set_header("Accept-Ranges", "bytes")
         start, end = 0, len(data) - 1
         match = _RANGE.fullmatch(self.request.headers.get("Range", ""))

@@ -486,7 +486,8 @@ class Updater:
                 raise _Retry(f"the link to the relay dropped ({exc})") from None
         code = response.code
         etag = response.headers.get("ETag")
-        if code in (200, 206) and etag is not None and etag != f'"{offer.sha256}"':
+        # The relay's ETags name their hash ("sha256:<hex>", as for pits content).
+        if code in (200, 206) and etag is not None and etag != f'"sha256:{offer.sha256}"':
             part.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
             raise _Stop("refused", "The relay serves another bundle under this id.")
         if code == 206:

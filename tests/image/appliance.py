@@ -7,15 +7,26 @@ read and written inside the disk image with mtools, at the offset the partition 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from pitlink_testkit.fpvtrackside import Simulator
+from pitlink_testkit.loopback import free_port
+from pitlink_testkit.nginx import nginx_config, start_nginx, stop_nginx
+from pitlink_testkit.system import System
+from pitlink_testkit.tls import RelayCA, make_ca
+from pitlink_testkit.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # UEFI firmware for qemu's PC, from Debian's ovmf.
@@ -62,16 +73,51 @@ def image_path(arch: str) -> Path:
     return REPO / "dist" / f"pitlink-{arch}.img"
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    key: Path
+    cert: Path
+
+
+def signing_key(folder: Path) -> SigningKey:
+    """An update signing key and its self-signed certificate in `folder`, made if missing."""
+    key = SigningKey(folder / "key.pem", folder / "cert.pem")
+    if not (key.key.is_file() and key.cert.is_file()):
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-days", "36500", "-subj", f"/O=Pitlink tests/CN={folder.name}",
+             "-keyout", str(key.key), "-out", str(key.cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    return key
+
+
+# The key the test images trust, made by the tests (gitignored, kept between runs with the image).
+TEST_KEY_DIR = REPO / "build" / "test-keys"
+
+
 def built_image(arch: str) -> Path:
-    """dist/pitlink-<arch>.img, built now unless it is newer than everything it is made from."""
+    """dist/pitlink-<arch>.img, built now unless it is newer than everything it is made from
+    (and than the test signing key it trusts)."""
     image = image_path(arch)
-    if image.is_file() and image.stat().st_mtime > newest_input():
+    key = signing_key(TEST_KEY_DIR)
+    newest = max(newest_input(), key.cert.stat().st_mtime)
+    if image.is_file() and image.stat().st_mtime > newest:
         return image
     need(os.geteuid() == 0, f"building the image needs root: sudo ./scripts/build-image {arch}")
     started = time.monotonic()
     # The compressed copy is for people; the tests read the raw image.
     done = subprocess.run(
-        [str(REPO / "scripts" / "build-image"), arch, "--no-compress"],
+        [
+            str(REPO / "scripts" / "build-image"),
+            arch,
+            "--no-compress",
+            "--signing-key",
+            str(key.key),
+            "--signing-cert",
+            str(key.cert),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -270,3 +316,118 @@ def check_inside(console: str, pits_id: str, *, watchdog: str = "active") -> Non
     # No unit failed or waited in vain on the way up.
     for mark in ("[FAILED]", "[DEPEND]", "[ TIME ]"):
         assert mark not in plain(console), console_tail(console)
+
+
+# -- the guest's network and the relay in front of it ------------------------------------------
+
+RELAY_ADDRESS = "10.0.2.100"
+RELAY_IN_GUEST = f"{RELAY_ADDRESS}:8000"
+SIM_IN_GUEST = "10.0.2.101:8080"
+# Where the emulated battery-backed clock starts: years behind.
+WRONG_CLOCK = "2020-01-01T00:00:00"
+# When the card says it was built (systemd starts the clock no earlier): a box flashed long ago.
+BUILT_AT = "20250101000000"
+
+
+@dataclass(frozen=True)
+class Ports:
+    status: int  # host port forwarded to the guest's status page
+    tls: int  # nginx, TLS
+    plain: int  # nginx, plain http
+    sim: int  # the FPVTrackside simulator
+
+
+def netdev(ports: Ports) -> str:
+    forward = "cmd:socat STDIO TCP:127.0.0.1:{}"
+    return ",".join(
+        [
+            "user,id=net0,restrict=on",
+            f"hostfwd=tcp:127.0.0.1:{ports.status}-:80",
+            f"guestfwd=tcp:{RELAY_IN_GUEST}-{forward.format(ports.tls)}",
+            f"guestfwd=tcp:{RELAY_ADDRESS}:80-{forward.format(ports.plain)}",
+            f"guestfwd=tcp:{SIM_IN_GUEST}-{forward.format(ports.sim)}",
+        ]
+    )
+
+
+COMMON = ["-accel", "tcg", "-display", "none", "-monitor", "none", "-rtc", f"base={WRONG_CLOCK}"]
+
+
+def amd64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
+    """A PC booting the image from a USB stick, with UEFI."""
+    for tool in ("qemu-system-x86_64", "socat"):
+        need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
+    need(OVMF.is_file(), f"{OVMF} is missing (apt-get install ovmf): ./scripts/test installs it")
+    argv = [
+        "qemu-system-x86_64",
+        *COMMON,
+        "-machine", "q35", "-smp", "2", "-m", "1024",
+        "-bios", str(OVMF),
+        "-drive", f"file={disk},format=raw,if=virtio",
+        "-netdev", netdev(ports),
+        "-device", "virtio-net-pci,netdev=net0",
+        # A hardware watchdog for systemd's RuntimeWatchdogSec to feed.
+        "-device", "i6300esb",
+        "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    return Guest(argv, serial)
+
+
+@dataclass
+class Front:
+    """The relay behind nginx with TLS, and the CA that signed nginx's certificate."""
+
+    system: System
+    ca: RelayCA
+    tls: int
+    plain: int
+    not_before: float  # the certificate's first valid second
+
+
+@contextlib.asynccontextmanager
+async def relay_front(
+    tmp_path: Path, sim: Simulator, pits_id: str, **relay: Any
+) -> AsyncIterator[Front]:
+    """The relay (with these settings) behind nginx with TLS, its certificate valid from now:
+    made after the image, so the box's clock (the image's build time when it starts) is
+    before the certificate's first second."""
+    s = System(tmp_path, sim, pits_id=pits_id)
+    await s.start_relay(**relay)
+    not_before = time.time() - 1
+    ca = make_ca(
+        tmp_path / "ca", names=("relay.pitlink.test",), ips=(RELAY_ADDRESS,), not_before=not_before
+    )
+    tls, plain = free_port(), free_port()
+    conf = nginx_config(tmp_path, upstreams=[s.relay_port], plain=plain, tls=tls, certificate=ca)
+    nginx = await start_nginx(conf)
+
+    async def up() -> bool:
+        try:
+            got = await s.http.fetch(f"http://127.0.0.1:{plain}/healthz", raise_error=False)
+        except OSError:
+            return False
+        return got.code == 200
+
+    try:
+        await wait_for(up, what="nginx in front of the relay")
+        yield Front(system=s, ca=ca, tls=tls, plain=plain, not_before=not_before)
+    finally:
+        await s.close()
+        await stop_nginx(nginx)
+
+
+def prepare_disk(image: Path, disk: Path, conf: bytes, ca: Path, *, selftest: bool = True) -> None:
+    """A copy of the image with this pitlink.conf, the relay's CA, and the self-test armed
+    (unless `selftest` is false)."""
+    copy_disk(image, disk)
+    set_build_time(disk, BUILT_AT)
+    files = disk.parent / "boot-files"
+    files.mkdir()
+    (files / "pitlink.conf").write_bytes(conf)
+    shutil.copy(ca, files / "relay-ca.pem")
+    names = ["pitlink.conf", "relay-ca.pem"]
+    if selftest:
+        (files / "pitlink-selftest-kill").write_bytes(b"")
+        names.append("pitlink-selftest-kill")
+    for name in names:
+        fat_put(disk, files / name, name)

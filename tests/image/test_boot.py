@@ -57,36 +57,32 @@ import pytest
 import tornado.httpclient
 from appliance import (
     BUILT,
-    OVMF,
+    COMMON,
+    RELAY_IN_GUEST,
+    SIM_IN_GUEST,
+    Front,
     Guest,
+    Ports,
+    amd64_guest,
     built_image,
     check_inside,
     console_tail,
-    copy_disk,
     fat_get,
-    fat_put,
     need,
+    netdev,
+    prepare_disk,
+    relay_front,
     reported,
-    set_build_time,
 )
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port
-from pitlink_testkit.nginx import nginx_config, start_nginx, stop_nginx
-from pitlink_testkit.system import System
-from pitlink_testkit.tls import RelayCA, make_ca
 from pitlink_testkit.waiting import wait_for
 
 pytestmark = [pytest.mark.image]
 
 PITS_ID = "club-42"
-RELAY_ADDRESS = "10.0.2.100"
-RELAY_IN_GUEST = f"{RELAY_ADDRESS}:8000"
-SIM_IN_GUEST = "10.0.2.101:8080"
-# Where the emulated battery-backed clock starts: years behind.
-WRONG_CLOCK = "2020-01-01T00:00:00"
-# When the card says it was built (systemd starts the clock no earlier): a box flashed long ago.
-BUILT_AT = "20250101000000"
+
 # Software emulation is slow: the amd64 box answers about a minute after qemu starts, arm64
 # later; more on a busy machine.
 BOOT_TIMEOUT = {"amd64": 420.0, "arm64": 900.0}
@@ -95,50 +91,6 @@ PI3_DTB = "bcm2837-rpi-3-b.dtb"
 # What the box's hardware watchdog looks like from inside: qemu's PC has one (i6300esb); the
 # emulated Pi's stays unloaded (see arm64_guest).
 WATCHDOG = {"amd64": "active", "arm64": "none"}
-
-
-@dataclass(frozen=True)
-class Ports:
-    status: int  # host port forwarded to the guest's status page
-    tls: int  # nginx, TLS
-    plain: int  # nginx, plain http
-    sim: int  # the FPVTrackside simulator
-
-
-def netdev(ports: Ports) -> str:
-    forward = "cmd:socat STDIO TCP:127.0.0.1:{}"
-    return ",".join(
-        [
-            "user,id=net0,restrict=on",
-            f"hostfwd=tcp:127.0.0.1:{ports.status}-:80",
-            f"guestfwd=tcp:{RELAY_IN_GUEST}-{forward.format(ports.tls)}",
-            f"guestfwd=tcp:{RELAY_ADDRESS}:80-{forward.format(ports.plain)}",
-            f"guestfwd=tcp:{SIM_IN_GUEST}-{forward.format(ports.sim)}",
-        ]
-    )
-
-
-COMMON = ["-accel", "tcg", "-display", "none", "-monitor", "none", "-rtc", f"base={WRONG_CLOCK}"]
-
-
-def amd64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
-    """A PC booting the image from a USB stick, with UEFI."""
-    for tool in ("qemu-system-x86_64", "socat"):
-        need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
-    need(OVMF.is_file(), f"{OVMF} is missing (apt-get install ovmf): ./scripts/test installs it")
-    argv = [
-        "qemu-system-x86_64",
-        *COMMON,
-        "-machine", "q35", "-smp", "2", "-m", "1024",
-        "-bios", str(OVMF),
-        "-drive", f"file={disk},format=raw,if=virtio",
-        "-netdev", netdev(ports),
-        "-device", "virtio-net-pci,netdev=net0",
-        # A hardware watchdog for systemd's RuntimeWatchdogSec to feed.
-        "-device", "i6300esb",
-        "-serial", f"file:{serial}",
-    ]  # fmt: skip
-    return Guest(argv, serial)
 
 
 def arm64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
@@ -194,17 +146,6 @@ def guests() -> Iterator[list[Guest]]:
         guest.stop()
 
 
-@dataclass
-class Front:
-    """The relay behind nginx with TLS, and the CA that signed nginx's certificate."""
-
-    system: System
-    ca: RelayCA
-    tls: int
-    plain: int
-    not_before: float  # the certificate's first valid second
-
-
 @dataclass(frozen=True)
 class Image:
     arch: str
@@ -226,43 +167,8 @@ def image(request: pytest.FixtureRequest) -> Image:
 async def front(image: Image, tmp_path: Path, sim: Simulator) -> AsyncIterator[Front]:
     """The relay behind TLS; its certificate made after the image, so the box's clock (at the
     image's build time when it starts) is before the certificate's first second."""
-    s = System(tmp_path, sim, pits_id=PITS_ID)
-    await s.start_relay()
-    # Valid from now on: the box's clock starts at the image's build time, before this.
-    not_before = time.time() - 1
-    ca = make_ca(
-        tmp_path / "ca", names=("relay.pitlink.test",), ips=(RELAY_ADDRESS,), not_before=not_before
-    )
-    tls, plain = free_port(), free_port()
-    conf = nginx_config(tmp_path, upstreams=[s.relay_port], plain=plain, tls=tls, certificate=ca)
-    nginx = await start_nginx(conf)
-
-    async def up() -> bool:
-        try:
-            got = await s.http.fetch(f"http://127.0.0.1:{plain}/healthz", raise_error=False)
-        except OSError:
-            return False
-        return got.code == 200
-
-    try:
-        await wait_for(up, what="nginx in front of the relay")
-        yield Front(system=s, ca=ca, tls=tls, plain=plain, not_before=not_before)
-    finally:
-        await s.close()
-        await stop_nginx(nginx)
-
-
-def prepare_disk(image: Path, disk: Path, conf: bytes, ca: Path) -> None:
-    """A copy of the image with this pitlink.conf, the relay's CA, and the self-test armed."""
-    copy_disk(image, disk)
-    set_build_time(disk, BUILT_AT)
-    files = disk.parent / "boot-files"
-    files.mkdir()
-    (files / "pitlink.conf").write_bytes(conf)
-    (files / "pitlink-selftest-kill").write_bytes(b"")
-    shutil.copy(ca, files / "relay-ca.pem")
-    for name in ("pitlink.conf", "pitlink-selftest-kill", "relay-ca.pem"):
-        fat_put(disk, files / name, name)
+    async with relay_front(tmp_path, sim, PITS_ID) as front:
+        yield front
 
 
 async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(

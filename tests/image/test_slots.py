@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from appliance import OVMF, REPO, built_image, need, partition_table
 
 SCRIPT = REPO / "image" / "rootfs" / "usr" / "lib" / "pitlink" / "pitlink-slots"

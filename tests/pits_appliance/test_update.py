@@ -138,7 +138,7 @@ async def test_a_download_that_does_not_match_its_sha256_is_refused_and_deleted(
     s.bundles[BUNDLE] = data[:-1] + b"X"  # same size, other bytes
     s.etag = None
     offer = offer_for(data, bundle=BUNDLE, compatible=COMPAT, version=NEW)
-    s.etag = f'"{offer.sha256}"'
+    s.etag = f'"sha256:{offer.sha256}"'
     updater, _ = make_updater(tmp_path, rauc, server.url)
     report = await offer_and_wait(updater, offer, "installed", "failed", "refused")
     assert report.state == "refused"
