@@ -247,7 +247,14 @@ class CloudLink:
                 protocol_version=PROTOCOL_VERSION,
                 pits_id=self.state.pits_id,
                 sw_version=self.state.sw_version or __version__,
-                features=FEATURES,
+                # A box that takes updates names its architecture, for the relay to offer it
+                # bundles made for it ("arch:amd64", from its compatible "pitlink-amd64").
+                features=FEATURES
+                + (
+                    (f"arch:{self.updater.compatible.removeprefix('pitlink-')}",)
+                    if self.updater and self.updater.slot
+                    else ()
+                ),
                 slot=self.updater.slot if self.updater else None,
                 update=self.updater.report if self.updater else None,
             ),

@@ -111,6 +111,7 @@ async def test_the_hello_says_the_slot_version_and_last_update(bench: Bench) -> 
     hello = bench.links[0].received[0].message
     assert isinstance(hello, m.PitsHello)
     assert (hello.sw_version, hello.slot) == (OLD, "A")
+    assert f"arch:{box_compatible().removeprefix('pitlink-')}" in hello.features
     assert hello.update == m.UpdateReport(state="good", version=OLD, message="marked good", at_ms=5)
     assert bench.agent.state.sw_version == OLD
 
