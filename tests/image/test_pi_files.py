@@ -14,6 +14,7 @@ the Pi 3 is: what the firmware would do, and the files of the other boards, are 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from appliance import (
+    Partition,
     Table,
     built_image,
     fat_get,
@@ -73,6 +75,16 @@ def root_fs(image: Path, table: Table, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+def fat_label(image: Path, boot: Partition) -> str:
+    """The FAT filesystem's volume label, as mtools reads it."""
+    done = subprocess.run(
+        ["mlabel", "-s", "-i", f"{image}@@{boot.start}", "::"],
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, capture_output=True, text=True,
+        timeout=60, check=True,
+    )  # fmt: skip
+    return done.stdout.split(" is ", 1)[-1].strip()  # "Volume label is PITLINK"
+
+
 def debugfs(fs: Path, command: str) -> str:
     done = subprocess.run(
         ["debugfs", "-R", command, str(fs)], capture_output=True, text=True, timeout=60
@@ -89,7 +101,7 @@ def test_the_card_is_an_mbr_whose_first_partition_the_pi_boots_from(table: Table
     assert root.type == "83" and state.type == "83"
 
 
-def test_cmdline_and_fstab_name_the_partitions_of_this_very_table(
+def test_cmdline_and_fstab_name_the_partitions_of_this_very_card(
     image: Path, table: Table, root_fs: Path
 ) -> None:
     boot, root, state = table.partitions
@@ -101,17 +113,21 @@ def test_cmdline_and_fstab_name_the_partitions_of_this_very_table(
     # The serial console on the GPIO header: the mini UART, ttyS1 with Debian's kernel.
     assert "console=ttyS1,115200" in words
 
+    # fstab names the other partitions by their filesystems' labels (the same root filesystem
+    # must serve any card), and the root not at all (the command line's root= and ro).
     fstab = debugfs(root_fs, "cat /etc/fstab")
     mounts = {
         line.split()[1]: line.split()[0]
         for line in fstab.splitlines()
-        if line.startswith("PARTUUID")
+        if line.strip() and not line.startswith("#") and line.split()[0] != "tmpfs"
     }
-    assert mounts == {
-        "/": f"PARTUUID={root.uuid}",
-        "/boot/firmware": f"PARTUUID={boot.uuid}",
-        "/var/lib/pitlink": f"PARTUUID={state.uuid}",
-    }
+    assert mounts == {"/boot/firmware": "LABEL=PITLINK", "/var/lib/pitlink": "LABEL=pitlink-state"}
+    assert fat_label(image, boot) == "PITLINK"
+    state_fs = subprocess.run(
+        ["dumpe2fs", "-h", f"{image}?offset={state.start}"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert re.search(r"^Filesystem volume name:\s+pitlink-state$", state_fs, re.M), state_fs
 
 
 def test_config_txt_starts_the_64_bit_kernel_the_partition_holds(image: Path) -> None:
