@@ -289,13 +289,18 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             assert row is not None
             return row
 
-        async def update_state(*states: str, timeout: float = INSTALL_TIMEOUT) -> dict[str, Any]:
+        async def update_state(
+            version: str, *states: str, timeout: float = INSTALL_TIMEOUT
+        ) -> dict[str, Any]:
+            """The box's report for `version` once it is one of `states`."""
+
             def reached() -> bool:
                 row = box()
-                return row is not None and (row["update"] or {}).get("state") in states
+                report = (row or {}).get("update") or {}
+                return report.get("version") == version and report.get("state") in states
 
             await wait_for(
-                reached, timeout=timeout, interval=1.0, what=f"the box to report {states}"
+                reached, timeout=timeout, interval=1.0, what=f"the box to report {version} {states}"
             )
             row = box()
             assert row is not None
@@ -321,9 +326,8 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             # -- a good bundle, through the relay -------------------------------------------------
             started = time.monotonic()
             await api(f"bundles/{ids['good']}/offer", {"pitsIds": [PITS_ID]})
-            report = await update_state("installed", "failed", "refused")
+            report = await update_state("9.0.0-good", "installed", "failed", "refused")
             assert report["state"] == "installed", report
-            assert report["version"] == "9.0.0-good"
             times["download and install"] = time.monotonic() - started
             before = relay.registry.get(PITS_ID)
             started = time.monotonic()
@@ -331,20 +335,20 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             row = await linked(
                 "B", "9.0.0-good", "the box on slot B with the new version", since=before
             )
-            report = await update_state("good", "rolled-back", timeout=TRIAL + 120)
+            report = await update_state("9.0.0-good", "good", "rolled-back", timeout=TRIAL + 120)
             assert report["state"] == "good", report
             assert report["version"] == "9.0.0-good"
             times["restart into B, marked good"] = time.monotonic() - started
 
             # -- a bundle signed with a key the box does not trust ----------------------------------
             await api(f"bundles/{ids['foreign']}/offer", {"pitsIds": [PITS_ID]})
-            report = await update_state("refused", "failed", "installed")
+            report = await update_state("6.6.6", "refused", "failed", "installed")
             assert report["state"] == "refused", report
             assert "signature" in report["message"].lower(), report
 
             # -- the power goes while a bundle is being written --------------------------------------
             await api(f"bundles/{ids['bad']}/offer", {"pitsIds": [PITS_ID]})
-            report = await update_state("installing", "installed", "failed", "refused")
+            report = await update_state("9.1.0-bad", "installing", "installed", "failed", "refused")
             assert report["state"] == "installing", report
             before = relay.registry.get(PITS_ID)
             started = time.monotonic()
@@ -357,9 +361,8 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             # -- a bundle whose agent never starts: tried once, then back to B ----------------------
             await api("bundles/withdraw", {"pitsIds": [PITS_ID]})
             await api(f"bundles/{ids['bad']}/offer", {"pitsIds": [PITS_ID]})
-            report = await update_state("installed", "failed", "refused")
+            report = await update_state("9.1.0-bad", "installed", "failed", "refused")
             assert report["state"] == "installed", report
-            assert report["version"] == "9.1.0-bad"
             before = relay.registry.get(PITS_ID)
             started = time.monotonic()
             await install_now()
@@ -368,7 +371,7 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             row = await linked(
                 "B", "9.0.0-good", "the box back on slot B after the bad slot", since=before
             )
-            report = await update_state("rolled-back", "good", timeout=120)
+            report = await update_state("9.1.0-bad", "rolled-back", "good", timeout=120)
             assert report["state"] == "rolled-back", report
             assert report["version"] == "9.1.0-bad"
             times["rollback from the bad slot"] = time.monotonic() - started
