@@ -7,11 +7,12 @@ import re
 from importlib import resources
 from typing import Any
 
+import tornado.web
 import ujson
 
 from cloud import TokenError
 from cloud.admin import Admin
-from cloud.bundles import BundleError
+from cloud.bundles import BundleError, Upload
 from cloud.handlers import BaseHandler, bearer_token
 from wire import ErrorCode, ProtocolError
 
@@ -195,3 +196,65 @@ def _pits_ids(body: dict[str, Any]) -> list[str]:
     if not all(isinstance(p, str) for p in ids):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsIds must be strings")
     return ids
+
+
+UPLOAD_BODY_TIMEOUT_S = 3600.0  # a few hundred MB over an operator's uplink
+
+
+@tornado.web.stream_request_body
+class BundleUploadHandler(AdminAuth):
+    """The bundle arrives as the request body, chunk by chunk, hashed as it is written."""
+
+    upload: Upload | None = None
+    who: str | None = None
+
+    def prepare(self) -> None:
+        self.who = self._who()
+        if self.who is None:
+            return
+        try:
+            store = self.relay.admin.store()
+            length = self.request.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self.write_json_error(
+                    ErrorCode.BAD_REQUEST, "send the bundle with a Content-Length", 411
+                )
+                return
+            if int(length) > store.max_bytes:
+                raise BundleError(
+                    f"the bundle is over the {store.max_bytes} byte limit", ErrorCode.TOO_LARGE, 413
+                )
+            self.upload = store.upload(
+                filename=self.get_query_argument("filename", None),
+                version=self.get_query_argument("version", None),
+                arch=self.get_query_argument("arch", None),
+            )
+        except BundleError as exc:
+            self.write_json_error(exc.code, str(exc), exc.status)
+            return
+        self.request.connection.set_max_body_size(int(length))  # type: ignore[union-attr]
+        self.request.connection.set_body_timeout(UPLOAD_BODY_TIMEOUT_S)  # type: ignore[union-attr]
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.upload is not None:
+            self.upload.write(chunk)
+
+    def post(self) -> None:
+        upload, self.upload = self.upload, None
+        if upload is None or self.who is None:
+            return
+        try:
+            bundle = upload.commit()
+        except BundleError as exc:
+            self.write_json_error(exc.code, str(exc), exc.status)
+            return
+        self.relay.admin.added(self.who, bundle)
+        self.finish(ujson.dumps(bundle.describe()))
+
+    def on_connection_close(self) -> None:
+        self.on_finish()
+
+    def on_finish(self) -> None:
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None

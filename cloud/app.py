@@ -18,8 +18,7 @@ import tornado.web
 
 from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
-from cloud.admin_http import AdminAPIHandler, AdminPageHandler
-from cloud.bundle_http import BundleDownloadHandler, BundleUploadHandler
+from cloud.admin_http import AdminAPIHandler, AdminPageHandler, BundleUploadHandler
 from cloud.bundles import BundleStore
 from cloud.cache import Cache
 from cloud.cluster import Cluster
@@ -27,6 +26,7 @@ from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
 from cloud.handlers import (
+    BundleDownloadHandler,
     ControlHandler,
     DataHandler,
     Generate204Handler,
