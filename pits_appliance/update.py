@@ -7,7 +7,8 @@ the signature against the box's own keyring, and the bundle's compatible and ver
 reads them) must be this box's and the offer's. After the restart, RAUC and the bootloader keep
 the new slot or fall back to the old one; the agent only reads which happened (`start`).
 
-Files in the state folder: `update/<bundle>.raucb.part` (a download, resumed from its size),
+The download itself is pits_appliance/download.py. Files in the state folder:
+`update/<bundle>.raucb.part` (a download, resumed from its size),
 `update.json` (written just before a restart: the version, the slot left and the slot
 entered), `update-report.json` (the last report, sent in each hello) and `update-handled.json`
 (the sha256 of local bundles already dealt with).
@@ -17,25 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import random
 import shlex
-import shutil
 import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import tornado.httpclient
-import tornado.iostream
-
+from pits_appliance.download import BundleDownload, Stop, bundles_url, sha256_file
 from pits_appliance.rauc import Rauc, RaucError, clean
-from wire.backoff import Backoff
 from wire.files import write_private
 from wire.messages import Offer, UpdateReport
 
@@ -52,37 +47,6 @@ NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
 OTHER = {"A": "B", "B": "A"}
 
 
-class _Retry(Exception):
-    """A request that may work when tried again (a cut, a 5xx, a 429)."""
-
-
-class _Stop(Exception):
-    """The update ends here; `state` is `failed` or `refused`, the message says why."""
-
-    def __init__(self, state: str, message: str):
-        super().__init__(message)
-        self.state = state
-        self.message = message
-
-
-def bundles_url(relay_url: str, bundle: str) -> str:
-    """`wss://relay.example/control` or `https://relay.example` -> its bundle's HTTPS address."""
-    parts = urlsplit(relay_url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    path = parts.path.rstrip("/")
-    if path.endswith("/control"):
-        path = path[: -len("/control")]
-    return urlunsplit((scheme, parts.netloc, f"{path}/pits-api/bundles/{bundle}", "", ""))
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(MIB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as f:
@@ -90,10 +54,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _mb(n: int) -> int:
-    return max(0, round(n / MIB))
 
 
 @dataclass(frozen=True)
@@ -356,8 +316,18 @@ class Updater:
 
     async def _take(self, offer: Offer) -> None:
         try:
-            path = await self._download(offer)
-        except _Stop as stop:
+            path = await BundleDownload(
+                url=bundles_url(self.relay_url(), offer.bundle or ""),
+                token=self.token,
+                tls=self.tls,
+                chunk=self.chunk,
+                attempts=self.attempts,
+                retry_base=self.retry_base,
+                rand=self.rand,
+                keep_free=self.keep_free,
+                progress=lambda done, force: self._progress(offer, done, force=force),
+            ).run(offer, self._file("update"))
+        except Stop as stop:
             if stop.state == "refused":
                 assert offer.bundle is not None
                 self._refused.add(offer.bundle)
@@ -365,149 +335,11 @@ class Updater:
             return
         await self._install(path, offered=offer.version, delete=True)
 
-    # -- download -------------------------------------------------------------------------------
-
-    async def _download(self, offer: Offer) -> Path:
-        assert offer.bundle is not None
-        folder = self._file("update")
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.iterdir():  # another bundle's download: the newer offer replaced it
-            if not old.name.startswith(offer.bundle + "."):
-                old.unlink(missing_ok=True)
-        final = folder / f"{offer.bundle}.raucb"
-        part = folder / f"{offer.bundle}.raucb.part"
-        final.unlink(missing_ok=True)
-        have = part.stat().st_size if part.exists() else 0
-        if have > offer.size:
-            part.unlink()
-            have = 0
-        free = shutil.disk_usage(folder).free
-        need = offer.size - have + self.keep_free
-        if free < need:
-            raise _Stop("failed", f"The update needs {_mb(need)} MB free, has {_mb(free)}.")
-        url = bundles_url(self.relay_url(), offer.bundle)
-        client = tornado.httpclient.AsyncHTTPClient(
-            force_instance=True, max_body_size=offer.size + 1, max_buffer_size=MIB
-        )
-        backoff = Backoff(base=self.retry_base, cap=60.0 * self.retry_base, rand=self.rand)
-        failures = 0
-        self._progress(offer, have, force=True)
-        try:
-            while have < offer.size:
-                end = min(offer.size, have + self.chunk) - 1
-                try:
-                    got = await self._get_range(client, url, part, have, end, offer)
-                    if got <= have:
-                        raise _Retry("the relay sent no bytes")
-                    have = got
-                except _Retry as exc:
-                    failures += 1
-                    have = part.stat().st_size if part.exists() else 0
-                    log.info("update download interrupted", extra={"error": str(exc)})
-                    if failures >= self.attempts:
-                        raise _Stop(
-                            "failed", f"The download failed {failures} times in a row: {exc}."
-                        ) from None
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                failures = 0
-                backoff.reset()
-                self._progress(offer, have)
-        finally:
-            client.close()
-        if await asyncio.to_thread(_sha256_file, part) != offer.sha256:
-            part.unlink(missing_ok=True)
-            raise _Stop("refused", "The download does not match the sha256 offered; deleted.")
-        part.rename(final)
-        self._progress(offer, have, force=True)
-        return final
-
     def _progress(self, offer: Offer, done: int, *, force: bool = False) -> None:
         now = self.now()
         if force or now - self._last_progress >= REPORT_EVERY:
             self._last_progress = now
             self._set("downloading", offer.version, done=done, total=offer.size, persist=False)
-
-    async def _get_range(
-        self,
-        client: tornado.httpclient.AsyncHTTPClient,
-        url: str,
-        part: Path,
-        start: int,
-        end: int,
-        offer: Offer,
-    ) -> int:
-        """Ask for bytes start..end and append them; returns the bytes now in the file."""
-        status: list[int] = []
-        pos = start
-
-        def on_header(line: str) -> None:
-            if not status and line.startswith("HTTP/"):
-                with contextlib.suppress(IndexError, ValueError):
-                    status.append(int(line.split()[1]))
-
-        with part.open("r+b" if part.exists() else "wb") as f:  # noqa: ASYNC240 (local, tiny)
-            f.truncate(start)
-            f.seek(start)
-
-            def on_chunk(data: bytes) -> None:
-                nonlocal pos
-                code = status[0] if status else 0
-                if code == 200 and pos == start and start > 0:
-                    pos = 0  # the whole bundle after all: start over
-                    f.seek(0)
-                    f.truncate(0)
-                if code not in (200, 206):
-                    return  # an error's body: not ours to keep
-                limit = offer.size if code == 200 else end + 1
-                data = data[: max(0, limit - pos)]
-                f.write(data)
-                pos += len(data)
-
-            request = tornado.httpclient.HTTPRequest(
-                url,
-                headers={
-                    "Authorization": f"Bearer {self.token()}",
-                    "Range": f"bytes={start}-{end}",
-                    "If-Range": f'"{offer.sha256}"',
-                },
-                header_callback=on_header,
-                streaming_callback=on_chunk,
-                connect_timeout=20.0,
-                request_timeout=300.0,
-                ssl_options=self.tls,
-                decompress_response=False,
-            )
-            try:
-                response = await client.fetch(request, raise_error=False)
-            except tornado.httpclient.HTTPClientError as exc:
-                raise _Retry(f"the relay did not answer ({exc})") from None
-            except (OSError, tornado.iostream.StreamClosedError) as exc:
-                raise _Retry(f"the link to the relay dropped ({exc})") from None
-        code = response.code
-        etag = response.headers.get("ETag")
-        # The relay's ETags name their hash ("sha256:<hex>", as for pits content).
-        if code in (200, 206) and etag is not None and etag != f'"sha256:{offer.sha256}"':
-            part.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
-            raise _Stop("refused", "The relay serves another bundle under this id.")
-        if code == 206:
-            expect = f"bytes {start}-"
-            if not response.headers.get("Content-Range", "").startswith(expect):
-                raise _Retry("the relay answered another range than asked")
-            return pos
-        if code == 200:
-            return pos
-        if code == 416:
-            part.unlink(missing_ok=True)  # noqa: ASYNC240 (on disk is not a start of this bundle)
-            # what is on disk is not a start of this bundle
-            raise _Retry("the relay refused the range asked (HTTP 416)")
-        if code == 429 or code >= 500 or code == 599:
-            raise _Retry(f"the relay answered HTTP {code}")
-        if code in (401, 403):
-            raise _Stop("failed", "The relay refused this box's token for the download.")
-        if code == 404:
-            raise _Stop("failed", "The relay no longer has this update.")
-        raise _Stop("failed", f"The relay answered HTTP {code} to the download.")
 
     # -- install --------------------------------------------------------------------------------
 
@@ -581,7 +413,7 @@ class Updater:
             key = (str(path), size, mtime)
             try:
                 cached = self._sha_cache.get(key)
-                sha = cached if cached else await asyncio.to_thread(_sha256_file, path)
+                sha = cached if cached else await asyncio.to_thread(sha256_file, path)
             except OSError:
                 continue
             self._sha_cache[key] = sha
