@@ -23,6 +23,7 @@ import logging
 import random
 import shlex
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -485,16 +486,21 @@ class Updater:
             f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
         )
         await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
+        # In a thread, not as an asyncio subprocess: the agent may be stopped (by this very
+        # restart) while the command runs, and a thread simply finishes, where a cancelled
+        # asyncio subprocess would leave its pipes behind.
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.reboot,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
+            done = await asyncio.to_thread(
+                subprocess.run,
+                self.reboot,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=60.0,
+                check=False,
             )
-            _, err = await asyncio.wait_for(proc.communicate(), 60.0)
-            code = proc.returncode
-        except (OSError, TimeoutError) as exc:
+            code, err = done.returncode, done.stderr[-4096:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
             code, err = -1, str(exc).encode()
         if code != 0:
             self.restarting = False
