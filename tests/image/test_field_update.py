@@ -406,6 +406,7 @@ def image_version(image: Path) -> str:
     return version
 
 
+@pytest.mark.timeout(1500)  # the image may be built first
 def test_the_build_writes_a_bundle_the_image_trusts() -> None:
     """dist/pitlink-amd64-VERSION.raucb: the image's own root filesystem, signed with the key
     the test images trust, and verified with the image's own keyring."""

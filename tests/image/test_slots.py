@@ -179,7 +179,7 @@ def started(fat: Path, serial: Path) -> str:
 
 
 @pytest.mark.image
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1500)  # the image may be built first
 def test_systemd_boot_starts_the_slot_the_script_says(esp: Path, tmp_path: Path) -> None:
     need(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is missing")
     need(OVMF.is_file(), f"{OVMF} is missing (apt-get install ovmf)")
