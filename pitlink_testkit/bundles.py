@@ -87,6 +87,20 @@ class FakeRauc:
     def reboot(self) -> str:
         return f"{self.command} reboot"
 
+    def box(self, *, slot: str, version: str) -> dict[str, Any]:
+        """The agent's update settings for a box booted from `slot` running `version` (its
+        command line and version file written beside the stand-in), with this stand-in as its
+        rauc and its restart, and no update folders."""
+        (self.folder / "cmdline").write_text(f"console=ttyS0 rauc.slot={slot} quiet\n")
+        (self.folder / "version").write_text(version + "\n")
+        return {
+            "update_cmdline": self.folder / "cmdline",
+            "update_version_file": self.folder / "version",
+            "update_rauc": self.command,
+            "update_reboot_command": self.reboot,
+            "update_dirs": (),
+        }
+
     def calls(self) -> list[list[str]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 

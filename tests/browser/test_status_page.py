@@ -415,8 +415,6 @@ async def test_an_installed_update_waits_for_install_now(
     from pitlink_testkit.bundles import FakeRauc
 
     rauc = FakeRauc(tmp_path)
-    (tmp_path / "cmdline").write_text("rauc.slot=B\n")
-    (tmp_path / "version").write_text("0.2.0+20261101T1200\n")
     state = tmp_path / "state"
     state.mkdir()
     new = "0.3.0+20261129T1612"
@@ -430,11 +428,7 @@ async def test_an_installed_update_waits_for_install_now(
         await s.start_relay(freshness=0.0, client_rate=None, pits_fetch_rate=None)
         await s.start_agent(
             state_dir=state,
-            update_cmdline=tmp_path / "cmdline",
-            update_version_file=tmp_path / "version",
-            update_rauc=rauc.command,
-            update_reboot_command=rauc.reboot,
-            update_dirs=(),
+            **rauc.box(slot="B", version="0.2.0+20261101T1200"),
         )
         await open_status(page, s)
         await expect_row(page, "update", "amber", f"Version {new} is ready", "slot A")

@@ -57,17 +57,11 @@ async def chain(tmp_path: Path, sim) -> AsyncIterator[Chain]:
     s = System(tmp_path, sim)
     await s.start_relay(bundle_dir=tmp_path / "bundles")
     rauc = FakeRauc(tmp_path)
-    (tmp_path / "cmdline").write_text("console=ttyS0 rauc.slot=A quiet\n")
-    (tmp_path / "version").write_text(OLD + "\n")
     state = tmp_path / "state"
     state.mkdir()
     agent = await s.start_agent(
         state_dir=state,
-        update_cmdline=tmp_path / "cmdline",
-        update_version_file=tmp_path / "version",
-        update_rauc=rauc.command,
-        update_reboot_command=rauc.reboot,
-        update_dirs=(),
+        **rauc.box(slot="A", version=OLD),
     )
     admin = {"Authorization": f"Bearer {s.keys.issue(sub='ops', role='admin', ttl=600)}"}
     try:

@@ -80,8 +80,6 @@ async def bench(tmp_path: Path, sim) -> AsyncIterator[Bench]:
     server.add_sockets(sockets)
     s.relay_port = sockets[0].getsockname()[1]
     rauc = FakeRauc(tmp_path)
-    (tmp_path / "cmdline").write_text("console=ttyS0 rauc.slot=A quiet\n")
-    (tmp_path / "version").write_text(OLD + "\n")
     state = tmp_path / "state"
     state.mkdir()
     # The last update, as a box that was updated before keeps it.
@@ -91,11 +89,7 @@ async def bench(tmp_path: Path, sim) -> AsyncIterator[Bench]:
     agent = await s.start_agent(
         wait=False,
         state_dir=state,
-        update_cmdline=tmp_path / "cmdline",
-        update_version_file=tmp_path / "version",
-        update_rauc=rauc.command,
-        update_reboot_command=rauc.reboot,
-        update_dirs=(),
+        **rauc.box(slot="A", version=OLD),
     )
     try:
         await wait_for(lambda: agent.state.ws_connected, what="the link")
