@@ -257,6 +257,20 @@ async def test_workers_share_the_port_and_the_pits(
         await s.start_agent(wait=False)
         await wait_for(lambda: s.agent.state.ws_connected, what="the agent")
         path = f"{s.url}/pits/{s.pits_id}/httpfiles/Channels.json"
+
+        async def served() -> bool:
+            for _ in range(4):  # new connections: either worker may answer each
+                http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
+                try:
+                    if (await http.fetch(path, raise_error=False)).code != 200:
+                        return False
+                finally:
+                    http.close()
+            return True
+
+        # The worker that holds the link announces it to the other through Redis: for a few
+        # milliseconds after the agent is linked, the other may not know yet (503, retried).
+        await wait_for(served, what="a fetch through whichever worker answers")
         for _ in range(20):
             http = tornado.httpclient.AsyncHTTPClient(force_instance=True)
             try:
@@ -269,8 +283,13 @@ async def test_workers_share_the_port_and_the_pits(
     finally:
         await s.stop_agent()
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            # SIGTERM: the first process stops its workers too (a SIGKILL would leave them).
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         s.http.close()
 
 
