@@ -6,6 +6,8 @@ answers) to a real relay.
 
 from __future__ import annotations
 
+import asyncio
+
 import tornado.httpclient
 import tornado.websocket
 
@@ -28,6 +30,16 @@ async def open_control(
     ws = await tornado.websocket.websocket_connect(request)
     OPENED.append(ws)
     return ws
+
+
+async def close_opened() -> None:
+    """Close every connection open_control opened, each read to its end, so that its socket
+    is closed here and not left to the collector."""
+    for ws in OPENED:
+        ws.close()
+        while await asyncio.wait_for(ws.read_message(), 5) is not None:
+            pass
+    OPENED.clear()
 
 
 async def handshake(ws: tornado.websocket.WebSocketClientConnection, pits_id: str) -> m.CloudHello:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from pitlink_testkit.control import OPENED, open_control
+from pitlink_testkit.control import close_opened, open_control
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from wire import messages as m
@@ -23,12 +22,7 @@ async def relay(tmp_path: Path, sim) -> AsyncIterator[System]:
     s = System(tmp_path, sim)
     await s.start_relay(bundle_dir=tmp_path / "bundles")
     yield s
-    for ws in OPENED:
-        ws.close()
-        # Read to the end, so that the socket is closed here and not left to the collector.
-        while await asyncio.wait_for(ws.read_message(), 5) is not None:
-            pass
-    OPENED.clear()
+    await close_opened()
     await s.close()
 
 
