@@ -60,15 +60,14 @@ chroot "$root" systemctl enable \
     pitlink-netconf.service pitlink-hostname.service pitlink-selftest.service \
     pitlink-clock.service
 
-if [ "$arch" = amd64 ]; then
-    say "updates: RAUC, two root slots, the trial boot"
-    # RAUC's settings are part of the read-only root, the same on every box: the slots are
-    # named by links pitlink-slot-links makes at boot, the boot loader is driven by
-    # pitlink-slots (systemd-boot's boot counting), and RAUC keeps what it knows of the slots
-    # on the state partition.
-    mkdir -p "$root/etc/rauc"
-    install -m 0644 "${PITLINK_KEYRING:?}" "$root/etc/rauc/keyring.pem"
-    cat >"$root/etc/rauc/system.conf" <<CONF
+say "updates: RAUC, two root slots, the trial boot"
+# RAUC's settings are part of the read-only root, the same on every box: the slots are
+# named by links pitlink-slot-links makes at boot, the boot loader is driven by
+# pitlink-slots (systemd-boot's boot counting on a PC, U-Boot's boot script on a Raspberry
+# Pi), and RAUC keeps what it knows of the slots on the state partition.
+mkdir -p "$root/etc/rauc"
+install -m 0644 "${PITLINK_KEYRING:?}" "$root/etc/rauc/keyring.pem"
+cat >"$root/etc/rauc/system.conf" <<CONF
 # RAUC on the Pitlink appliance: see "Updating boxes in the field" in the Pitlink README.
 [system]
 compatible=pitlink-$arch
@@ -93,21 +92,13 @@ device=/run/pitlink/slot-b
 type=ext4
 bootname=B
 CONF
-    chroot "$root" systemctl enable pitlink-slot-links.service pitlink-health.service \
-        pitlink-mark-good.service
-    # systemd's own blessing of a boot entry looks for the boot partition where this box does
-    # not mount it, and would rename the entry behind RAUC's back: pitlink-mark-good does it.
-    chroot "$root" systemctl mask systemd-bless-boot.service
-    # A USB stick with an update bundle on it (see the agent's update folders).
-    mkdir -p "$root/media/usb"
-else
-    # The Raspberry Pi image has one root slot: none of the update machinery.
-    rm -f "$root/usr/lib/systemd/system/pitlink-slot-links.service" \
-        "$root/usr/lib/systemd/system/pitlink-health.service" \
-        "$root/usr/lib/systemd/system/pitlink-mark-good.service" \
-        "$root/usr/lib/pitlink/pitlink-slots" "$root/usr/lib/pitlink/pitlink-slot-links" \
-        "$root/usr/lib/pitlink/pitlink-health" "$root/etc/udev/rules.d/80-pitlink-usb-bundle.rules"
-fi
+chroot "$root" systemctl enable pitlink-slot-links.service pitlink-health.service \
+    pitlink-mark-good.service
+# systemd's own blessing of a boot entry looks for the boot partition where this box does
+# not mount it, and would rename the entry behind RAUC's back: pitlink-mark-good does it.
+chroot "$root" systemctl mask systemd-bless-boot.service
+# A USB stick with an update bundle on it (see the agent's update folders).
+mkdir -p "$root/media/usb"
 # Debian's own wpa_supplicant service waits for a D-Bus client that never comes: the Wi-Fi
 # from pitlink.conf is pitlink-wifi@<interface>.service, started by udev.
 chroot "$root" systemctl disable wpa_supplicant.service
