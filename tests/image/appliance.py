@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -209,6 +211,57 @@ def fat_names(disk: Path) -> list[str]:
     return sorted(line.rsplit("/", 1)[-1] for line in listing.splitlines() if line.strip())
 
 
+# -- the root slots (pitlink-slots, on a folder standing for the boot partition) --------------
+
+SLOTS_SCRIPT = REPO / "image" / "rootfs" / "usr" / "lib" / "pitlink" / "pitlink-slots"
+# Questions pitlink-slots must refuse, and what it says: the boot partition stays as it was.
+WRONG_SLOT_QUESTIONS = [
+    (["get-state", "C"], "no slot named 'C'"),
+    (["set-state", "A", "maybe"], "good or bad"),
+    (["set-primary", "../../etc"], "no slot named"),
+    (["frobnicate"], "usage"),
+]
+
+
+def run_slots(esp: Path, *args: str, booted: str = "A") -> subprocess.CompletedProcess[str]:
+    """pitlink-slots with the boot partition at `esp` and `rauc.slot=<booted>` on the kernel's
+    command line (a file beside it)."""
+    cmdline = esp.parent / "cmdline"
+    cmdline.write_text(f"root=PARTUUID=x ro rauc.slot={booted} quiet\n")
+    env = {**os.environ, "PITLINK_ESP": str(esp), "PITLINK_CMDLINE": str(cmdline)}
+    return subprocess.run(
+        ["bash", str(SLOTS_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
+def slots_out(esp: Path, *args: str, booted: str = "A") -> str:
+    """What pitlink-slots says, which must succeed."""
+    done = run_slots(esp, *args, booted=booted)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def console_line(argv: list[str], serial: Path, prefix: str, *, timeout: float = 180) -> str:
+    """Run qemu (argv, its console written to `serial`) until a console line starts with
+    `prefix`, then stop it: the rest of that line."""
+    serial.unlink(missing_ok=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    text = ""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = serial.read_bytes().decode(errors="replace") if serial.exists() else ""
+            for line in text.splitlines():
+                if prefix in line:
+                    return line.split(prefix, 1)[1]
+            assert proc.poll() is None, text[-2000:]
+            time.sleep(0.2)
+        raise AssertionError(f"no {prefix!r} on the console: {text[-2000:]}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def copy_disk(image: Path, disk: Path, *, size: int | None = None) -> None:
     """A copy of the image to boot (sparse: the copy takes a second), grown to `size` bytes."""
     subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True, timeout=120)
@@ -238,18 +291,47 @@ def set_build_time(disk: Path, when: str) -> None:
 # -- the guest ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Plug:
+    """A device qemu adds once the console shows `after`: `command` for its monitor (HMP) on
+    the unix socket `monitor` (the guest's argv must open it there)."""
+
+    after: str
+    command: str
+    monitor: Path
+
+
 class Guest:
     """qemu booting a disk image, its serial console in a file; stop() always ends it."""
 
-    def __init__(self, argv: list[str], serial: Path):
+    def __init__(self, argv: list[str], serial: Path, plug: Plug | None = None):
         self.argv = argv
         self.serial = serial
+        self.plug = plug
+        self.plugged = ""  # what qemu's monitor answered the plug's command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
+        if self.plug is not None:
+            threading.Thread(target=self._plug, args=(self.proc, self.plug), daemon=True).start()
+
+    def _plug(self, proc: subprocess.Popen[bytes], plug: Plug) -> None:
+        while plug.after not in self.console():
+            if proc.poll() is not None:
+                return
+            time.sleep(0.2)
+        with socket.socket(socket.AF_UNIX) as monitor:
+            monitor.settimeout(30)
+            monitor.connect(str(plug.monitor))
+            monitor.recv(4096)  # the banner and prompt
+            monitor.sendall(plug.command.encode() + b"\n")
+            answer = b""
+            while b"(qemu)" not in answer.split(plug.command.encode())[-1]:
+                answer += monitor.recv(4096)
+        self.plugged = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", answer.decode(errors="replace"))
 
     def console(self) -> str:
         try:

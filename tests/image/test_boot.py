@@ -2,9 +2,10 @@
 
 Both images are booted the same way: dist/pitlink-amd64.img as a PC boots it from a USB stick
 (qemu-system-x86_64, UEFI firmware from Debian's ovmf), dist/pitlink-arm64.img in qemu's
-emulated Raspberry Pi 3 (`raspi3b`) with the kernel, initramfs, device tree and command line
-from its own FAT partition, the card as its SD card, its network a USB adapter (the Pi 3's own
-Ethernet is a USB chip qemu does not model). Each image is built by ./scripts/build-image when
+emulated Raspberry Pi 3 (`raspi3b`), which starts U-Boot and the device tree from the card's
+FAT partition as the Pi's firmware would; U-Boot runs the card's boot.scr, which starts slot
+A's kernel. The card is the Pi's SD card, its network a USB adapter (the Pi 3's own Ethernet is
+a USB chip qemu does not model). Each image is built by ./scripts/build-image when
 it is older than what it is made from (tests/image/appliance.py), copied, and given a
 pitlink.conf and the test's CA with mtools (no mounting).
 
@@ -62,14 +63,18 @@ from appliance import (
     SIM_IN_GUEST,
     Front,
     Guest,
+    Plug,
     Ports,
     amd64_guest,
     built_image,
     check_inside,
     console_tail,
     fat_get,
+    fat_put,
     need,
     netdev,
+    partition_table,
+    plain,
     prepare_disk,
     relay_front,
     reported,
@@ -94,42 +99,53 @@ WATCHDOG = {"amd64": "active", "arm64": "none"}
 
 
 def arm64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
-    """The card in qemu's emulated Raspberry Pi 3: what config.txt starts, with the Pi 3's
-    device tree, the card as its SD card, and a USB network adapter on its USB controller."""
+    """The card in qemu's emulated Raspberry Pi 3: what config.txt starts (U-Boot, which runs
+    the card's boot.scr, which starts slot A's kernel), with the Pi 3's device tree as the
+    firmware would pass it, the card as its SD card, and a USB network adapter on its USB
+    controller."""
     for tool in ("qemu-system-aarch64", "socat"):
         need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
     boot = disk.parent / "boot"
     boot.mkdir()
     config = fat_get(disk, "config.txt").decode()
     kernel = re.search(r"^kernel=(\S+)$", config, re.M)
-    initramfs = re.search(r"^initramfs (\S+)", config, re.M)
-    assert kernel is not None and initramfs is not None, config
-    for name in (kernel.group(1), initramfs.group(1), PI3_DTB):
+    assert kernel is not None, config
+    for name in (kernel.group(1), PI3_DTB):
         (boot / name).write_bytes(fat_get(disk, name))
     # qemu's emulated watchdog resets the board the moment the driver arms it, where the real
-    # one waits for its timeout: on the emulated board only, the driver stays unloaded.
+    # one waits for its timeout: on the emulated board only, the driver stays unloaded, through
+    # the boot script's place for more kernel options.
     # (tests/image/test_pi_files.py checks that the card enables it on every board.)
-    cmdline = fat_get(disk, "cmdline.txt").decode().strip() + " modprobe.blacklist=bcm2835_wdt"
+    states = fat_get(disk, "pitlink-boot.txt") + b"pitlink_args=modprobe.blacklist=bcm2835_wdt\n"
+    (boot / "pitlink-boot.txt").write_bytes(states)
+    fat_put(disk, boot / "pitlink-boot.txt", "pitlink-boot.txt")
     # qemu's SD card must be a power of two in size, as real cards nearly are.
     os.truncate(disk, 1 << (disk.stat().st_size - 1).bit_length())
+    # qemu's monitor on a socket, to plug the network adapter in (below).
+    monitor = disk.parent / "monitor.sock"
+    common = list(COMMON)
+    common[common.index("-monitor") + 1] = f"unix:{monitor},server=on,wait=off"
     argv = [
         "qemu-system-aarch64",
-        *COMMON,
+        *common,
         "-machine", "raspi3b",
+        # qemu stands in for the GPU firmware: it loads what config.txt names, and the device
+        # tree, and passes the latter's address as the firmware does.
         "-kernel", str(boot / kernel.group(1)),
-        "-initrd", str(boot / initramfs.group(1)),
         "-dtb", str(boot / PI3_DTB),
-        "-append", cmdline,
         "-drive", f"file={disk},format=raw,if=sd",
-        # The Pi 3's own Ethernet is a chip on its USB bus, which qemu does not model; a USB
-        # network adapter is what a Pi 3 A+ or Zero 2 W would use.
         "-netdev", netdev(ports),
-        "-device", "usb-net,netdev=net0",
         # The first serial port is the PL011 (Bluetooth's on a Pi 3), the second the mini UART
-        # on the GPIO header: cmdline.txt's console=ttyS1.
+        # on the GPIO header: U-Boot's console, and the kernel's console=ttyS1.
         "-serial", "null", "-serial", f"file:{serial}",
     ]  # fmt: skip
-    return Guest(argv, serial)
+    # The Pi 3's own Ethernet is a chip on its USB bus, which qemu does not model; a USB network
+    # adapter is what a Pi 3 A+ or Zero 2 W would use. It is plugged in once U-Boot has handed
+    # over to the kernel: U-Boot scans the USB bus at start and, after that, qemu's model of
+    # the Pi's USB controller never shows Linux a device that was there all along ("Not
+    # connected"), where a real Pi's controller is reset by Linux and finds it.
+    plug = Plug("Starting kernel", "device_add usb-net,netdev=net0,id=usbnet", monitor)
+    return Guest(argv, serial, plug)
 
 
 GUESTS: dict[str, Callable[[Path, Path, Ports], Guest]] = {
@@ -299,6 +315,11 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             rss = re.search(r"agent rss_kib=(\d+)", console)
             assert rss is not None, "the self-test hook prints the agent's memory use"
             check_inside(console, PITS_ID, watchdog=WATCHDOG[arch])
+            if arch == "arm64":
+                # The boot script picked slot A of this very card, as flashed.
+                root_a = partition_table(disk).partitions[1].uuid
+                started_a = f"Pitlink: starting slot A (a/vmlinuz, root PARTUUID={root_a};"
+                assert started_a in plain(console), console_tail(console)
             # The time is kept on the state partition for the next boot, and it is the
             # relay's (at least the certificate's first second), not the build's.
             saved = reported(console, "clock saved")

@@ -406,13 +406,14 @@ def image_version(image: Path) -> str:
     return version
 
 
-@pytest.mark.timeout(1500)  # the image may be built first
-def test_the_build_writes_a_bundle_the_image_trusts() -> None:
-    """dist/pitlink-amd64-VERSION.raucb: the image's own root filesystem, signed with the key
+@pytest.mark.timeout(4500)  # the image may be built first (arm64: up to 50 minutes)
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_the_build_writes_a_bundle_the_image_trusts(arch: str) -> None:
+    """dist/pitlink-ARCH-VERSION.raucb: the image's own root filesystem, signed with the key
     the test images trust, and verified with the image's own keyring."""
-    image = built_image("amd64")
+    image = built_image(arch)
     version = image_version(image)
-    made = REPO / "dist" / f"pitlink-amd64-{version}.raucb"
+    made = REPO / "dist" / f"pitlink-{arch}-{version}.raucb"
     assert made.is_file(), sorted(p.name for p in (REPO / "dist").iterdir())
     info = subprocess.run(
         ["rauc", "info", "--output-format=json", f"--keyring={signing_key(TEST_KEY_DIR).cert}",
@@ -420,6 +421,6 @@ def test_the_build_writes_a_bundle_the_image_trusts() -> None:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     manifest = json.loads(info.stdout)
-    assert manifest["compatible"] == "pitlink-amd64"
+    assert manifest["compatible"] == f"pitlink-{arch}"
     assert manifest["version"] == version
     assert shutil.which("rauc")

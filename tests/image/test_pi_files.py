@@ -3,13 +3,15 @@ every supported board.
 
 A Raspberry Pi boots from the card's first partition only if it is FAT in an MBR; its GPU
 firmware (bootcode.bin on a Pi 3 and Zero 2 W, start4.elf on a Pi 4) reads config.txt, loads
-the kernel, the initramfs and the board's device tree named as the mainline kernel names them
-(upstream_kernel=1), and hands the kernel cmdline.txt. These tests read all of that from the
-image with mtools and sfdisk, and the root filesystem with debugfs (nothing is mounted).
+the board's device tree named as the mainline kernel names them (upstream_kernel=1) and starts
+U-Boot, which runs boot.scr: it picks a root slot and starts that slot's kernel and initramfs.
+These tests read all of that from the image with mtools and sfdisk, and the root filesystem
+with debugfs (nothing is mounted).
 
-The card itself boots in qemu's emulated Raspberry Pi 3 in tests/image/test_boot.py. There the
-GPU firmware is not emulated (qemu loads the kernel, initramfs and device tree itself), and only
-the Pi 3 is: what the firmware would do, and the files of the other boards, are checked here.
+The card itself boots in qemu's emulated Raspberry Pi 3 in tests/image/test_boot.py, and its
+U-Boot picks slots in tests/image/test_pi_slots.py. There the GPU firmware is not emulated (qemu
+loads U-Boot and the device tree itself), and only the Pi 3 is: what the firmware would do, and
+the files of the other boards, are checked here.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from appliance import (
+    REPO,
     Partition,
     Table,
     built_image,
@@ -94,24 +97,35 @@ def debugfs(fs: Path, command: str) -> str:
 
 
 def test_the_card_is_an_mbr_whose_first_partition_the_pi_boots_from(table: Table) -> None:
-    # The Raspberry Pi 3's boot ROM reads an MBR only, and a FAT partition (type c: FAT32 LBA).
+    # The Raspberry Pi 3's boot ROM reads an MBR only, and a FAT partition (type c: FAT32 LBA);
+    # then two root slots of 1 GiB and the state partition: the four partitions an MBR holds.
     assert table.label == "dos"
-    boot, root, state = table.partitions
+    boot, root_a, root_b, state = table.partitions
     assert boot.type == "c" and boot.bootable
-    assert root.type == "83" and state.type == "83"
+    assert root_a.type == root_b.type == state.type == "83"
+    assert root_a.size == root_b.size == 1 << 30
+    assert state.size == 512 << 20
 
 
-def test_cmdline_and_fstab_name_the_partitions_of_this_very_card(
+def test_the_boot_script_and_fstab_name_the_partitions_of_this_very_card(
     image: Path, table: Table, root_fs: Path
 ) -> None:
-    boot, root, state = table.partitions
-    cmdline = fat_get(image, "cmdline.txt").decode()
-    assert cmdline.endswith("\n") and cmdline.count("\n") == 1, "cmdline.txt is one line"
-    words = cmdline.split()
-    assert f"root=PARTUUID={root.uuid}" in words
-    assert "ro" in words and "rootwait" in words
+    boot, *_, state = table.partitions
+    # boot.scr is image/uboot/boot.cmd behind mkimage's header: U-Boot reads the root slot's
+    # PARTUUID from this card when it starts it (`part uuid`), so no id is written into it.
+    script = fat_get(image, "boot.scr")
+    source = (REPO / "image" / "uboot" / "boot.cmd").read_bytes()
+    assert source in script
+    bootargs = re.search(rb'^setenv bootargs "(.*)"$', source, re.M)
+    assert bootargs is not None
+    words = bootargs.group(1).decode().split()
+    assert "root=PARTUUID=${pitlink_root}" in words
+    assert "ro" in words and "rootwait" in words and "rauc.slot=${pitlink_slot}" in words
     # The serial console on the GPIO header: the mini UART, ttyS1 with Debian's kernel.
     assert "console=ttyS1,115200" in words
+    # As flashed: slot A starts, slot B (empty) never.
+    states = fat_get(image, "pitlink-boot.txt").decode().split()
+    assert states == ["pitlink_primary=A", "pitlink_A=good", "pitlink_B=bad"]
 
     # fstab names the other partitions by their filesystems' labels (the same root filesystem
     # must serve any card), and the root not at all (the command line's root= and ro).
@@ -130,7 +144,7 @@ def test_cmdline_and_fstab_name_the_partitions_of_this_very_card(
     assert re.search(r"^Filesystem volume name:\s+pitlink-state$", state_fs, re.M), state_fs
 
 
-def test_config_txt_starts_the_64_bit_kernel_the_partition_holds(image: Path) -> None:
+def test_config_txt_starts_64_bit_u_boot_which_finds_slot_a_kernel(image: Path) -> None:
     names = fat_names(image)
     config = fat_get(image, "config.txt").decode()
     settings = dict(
@@ -139,11 +153,17 @@ def test_config_txt_starts_the_64_bit_kernel_the_partition_holds(image: Path) ->
     assert settings["arm_64bit"] == "1"
     assert settings["upstream_kernel"] == "1"
     assert settings["enable_uart"] == "1"
-    assert settings["kernel"] in names
-    initramfs = re.search(r"^initramfs (\S+) followkernel$", config, re.M)
-    assert initramfs is not None and initramfs.group(1) in names
-    for name in FIRMWARE:
-        assert name in names, f"{name} (Raspberry Pi firmware) is not on the boot partition"
+    assert settings["kernel"] == "u-boot.bin"
+    # U-Boot loads the kernel and the initramfs, not the firmware.
+    assert "initramfs" not in config
+    for name in ("u-boot.bin", "boot.scr", "pitlink-boot.txt", *FIRMWARE):
+        assert name in names, f"{name} is not on the boot partition"
+    uboot = fat_get(image, "u-boot.bin")
+    assert b"U-Boot 20" in uboot and b"uboot.env" in uboot
+    kernel = fat_get(image, "a/vmlinuz")
+    # An uncompressed arm64 Image (booti), with its "ARM\x64" magic at byte 56.
+    assert kernel[56:60] == b"ARM\x64"
+    assert len(fat_get(image, "a/initrd.img")) > 1 << 20
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))

@@ -12,13 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from appliance import OVMF, REPO, built_image, need, partition_table
-
-SCRIPT = REPO / "image" / "rootfs" / "usr" / "lib" / "pitlink" / "pitlink-slots"
+from appliance import (
+    OVMF,
+    SLOTS_SCRIPT,
+    WRONG_SLOT_QUESTIONS,
+    built_image,
+    console_line,
+    need,
+    partition_table,
+)
+from appliance import run_slots as slots
+from appliance import slots_out as out
 
 
 def entry(slot: str, sort_key: str) -> str:
@@ -36,21 +43,6 @@ def esp(tmp_path: Path) -> Path:
     (entries / "pitlink-a.conf").write_text(entry("A", "pitlink-1"))
     (entries / "pitlink-b+0.conf").write_text(entry("B", "pitlink-2"))
     return tmp_path / "esp"
-
-
-def slots(esp: Path, *args: str, booted: str = "A") -> subprocess.CompletedProcess[str]:
-    cmdline = esp.parent / "cmdline"
-    cmdline.write_text(f"root=PARTUUID=x ro rauc.slot={booted} quiet\n")
-    env = {**os.environ, "PITLINK_ESP": str(esp), "PITLINK_CMDLINE": str(cmdline)}
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30
-    )
-
-
-def out(esp: Path, *args: str, booted: str = "A") -> str:
-    done = slots(esp, *args, booted=booted)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def names(esp: Path) -> list[str]:
@@ -119,15 +111,7 @@ def test_a_power_cut_while_writing_leaves_the_old_slot_primary(esp: Path) -> Non
     assert out(esp, "get-primary", booted="B") == "B"
 
 
-@pytest.mark.parametrize(
-    "args, complaint",
-    [
-        (["get-state", "C"], "no slot named 'C'"),
-        (["set-state", "A", "maybe"], "good or bad"),
-        (["set-primary", "../../etc"], "no slot named"),
-        (["frobnicate"], "usage"),
-    ],
-)
+@pytest.mark.parametrize("args, complaint", WRONG_SLOT_QUESTIONS)
 def test_wrong_questions_get_a_clear_answer(esp: Path, args: list[str], complaint: str) -> None:
     done = slots(esp, *args)
     assert done.returncode != 0
@@ -143,7 +127,7 @@ def test_a_damaged_boot_partition_is_said_not_guessed(esp: Path) -> None:
     cmdline_less = slots(esp, "on-trial")
     (esp.parent / "cmdline").write_text("root=x ro\n")
     done = subprocess.run(
-        ["bash", str(SCRIPT), "booted"],
+        ["bash", str(SLOTS_SCRIPT), "booted"],
         env={**os.environ, "PITLINK_ESP": str(esp), "PITLINK_CMDLINE": str(esp.parent / "cmdline")},
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -156,26 +140,12 @@ def test_a_damaged_boot_partition_is_said_not_guessed(esp: Path) -> None:
 
 def started(fat: Path, serial: Path) -> str:
     """Boot the FAT image under qemu until the kernel prints its command line: which slot."""
-    serial.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-machine", "q35", "-m", "512", "-bios", str(OVMF),
-         "-drive", f"file={fat},format=raw,if=virtio", "-display", "none", "-monitor", "none",
-         "-nic", "none", "-no-reboot", "-serial", f"file:{serial}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            text = serial.read_bytes().decode(errors="replace") if serial.exists() else ""
-            for line in text.splitlines():
-                if "Command line:" in line and "rauc.slot=" in line:
-                    return line.split("rauc.slot=")[1].split()[0]
-            assert proc.poll() is None, text[-2000:]
-            time.sleep(0.2)
-        raise AssertionError(f"no kernel command line on the console: {text[-2000:]}")
-    finally:
-        proc.kill()
-        proc.wait()
+    argv = [
+        "qemu-system-x86_64", "-machine", "q35", "-m", "512", "-bios", str(OVMF),
+        "-drive", f"file={fat},format=raw,if=virtio", "-display", "none", "-monitor", "none",
+        "-nic", "none", "-no-reboot", "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    return console_line(argv, serial, " rauc.slot=", timeout=120).split()[0]
 
 
 @pytest.mark.image
