@@ -92,6 +92,7 @@ class Agent:
             state=self.state,
             metrics=self.metrics,
             reconnect=self.link.reconnect_now,
+            dial=self.link.dial_now,
             wall_clock=self.wall_clock,
             tls=self.tls,
         )
@@ -140,6 +141,9 @@ class Agent:
         )
 
     async def stop(self) -> None:
+        """Stop every task, then wait (a little, all at once) for what they leave running: the
+        last link's closing handshake, and the HTTP requests a cancelled task was waiting on
+        (a probe, an origin check, a bundle range; see pits_appliance.httpclient)."""
         self.systemd.stopping()
         self.link.stop()
         for task in self._tasks:
@@ -147,13 +151,12 @@ class Agent:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.link.settle()
-        await self.updater.close()
+        await asyncio.gather(
+            self.link.settle(), self.updater.close(), self.origin.close(), self.watchdog.close()
+        )
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
-        self.origin.close()
-        self.watchdog.close()
         self.systemd.close()
         log.info("agent stopped")
 

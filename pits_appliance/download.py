@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import tornado.httpclient
 import tornado.iostream
 
+from pits_appliance.httpclient import HTTPClient
 from wire.backoff import Backoff
 from wire.messages import Offer
 
@@ -96,9 +97,7 @@ class BundleDownload:
         need = offer.size - have + self.keep_free
         if free < need:
             raise Stop("failed", f"The update needs {_mb(need)} MB free, has {_mb(free)}.")
-        client = tornado.httpclient.AsyncHTTPClient(
-            force_instance=True, max_body_size=offer.size + 1, max_buffer_size=MIB
-        )
+        client = HTTPClient(max_body_size=offer.size + 1, max_buffer_size=MIB)
         backoff = Backoff(base=self.retry_base, cap=60.0 * self.retry_base, rand=self.rand)
         failures = 0
         self.progress(have, True)
@@ -124,7 +123,7 @@ class BundleDownload:
                 backoff.reset()
                 self.progress(have, False)
         finally:
-            client.close()
+            await client.close()  # a range still coming in (cancelled: withdrawn, or stop)
         if await asyncio.to_thread(sha256_file, part) != offer.sha256:
             part.unlink(missing_ok=True)
             raise Stop("refused", "The download does not match the sha256 offered; deleted.")
@@ -134,7 +133,7 @@ class BundleDownload:
 
     async def _get_range(
         self,
-        client: tornado.httpclient.AsyncHTTPClient,
+        client: HTTPClient,
         url: str,
         part: Path,
         start: int,

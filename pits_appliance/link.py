@@ -13,7 +13,8 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import tornado.httpclient
 import tornado.iostream
@@ -53,13 +54,6 @@ fetch_log = logging.getLogger("pitlink.pits.fetch")
 FEATURES = ("canonical-json-v1", "etag-sha256", "token-renewal")
 
 
-def _close_if_connected(
-    future: asyncio.Future[tornado.websocket.WebSocketClientConnection],
-) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
-
-
 # How long the box reads what still arrives after it closed the link (tornado gives up on the
 # closing handshake after 5 s).
 CLOSING_READ_S = 10.0
@@ -75,6 +69,20 @@ async def _until_closed(ws: tornado.websocket.WebSocketClientConnection) -> None
         async with asyncio.timeout(CLOSING_READ_S):
             while await ws.read_message() is not None:
                 pass
+
+
+async def _close_when_connected(
+    connecting: asyncio.Future[tornado.websocket.WebSocketClientConnection],
+) -> None:
+    """A dial the agent's stop interrupted: a connection that still comes up is closed, and
+    read to its end like any other (closing it alone would leave its socket open until the
+    closing handshake's end, which nothing would then wait for)."""
+    try:
+        ws = await connecting
+    except Exception:
+        return  # no connection: nothing to close
+    ws.close(CloseCode.NORMAL, "bye")
+    await _until_closed(ws)
 
 
 class CloudLink:
@@ -110,8 +118,9 @@ class CloudLink:
         self._live: Session | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self._dialing: asyncio.Future[tornado.websocket.WebSocketClientConnection] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._waiting = False  # between attempts
+        self._dial_soon = False  # no wait before the next attempt (dial_now)
+        self._closing: set[asyncio.Task[None]] = set()  # links the box closed, to their end
         self._tasks: set[asyncio.Task[None]] = set()
         self.sessions = 0
         # Several relays: move on to the next after a failure, as cloudflared does over edges.
@@ -130,6 +139,17 @@ class CloudLink:
         if self._ws is not None:
             self._ws.close(CloseCode.NORMAL, "reconnect requested")
 
+    def dial_now(self) -> None:
+        """Dial without waiting out the backoff: at once if the link is waiting, or as soon as
+        the attempt under way fails. Unlike reconnect_now, an attempt under way (dialing, or in
+        its handshake) is left to finish: dropping it would only cost a connection."""
+        if self.state.ws_connected:
+            return
+        self.backoff.reset()
+        self._dial_soon = True
+        if self._waiting:
+            self._wake.set()
+
     def stop(self) -> None:
         self._stopping = True
         self.reconnect_now()
@@ -138,10 +158,6 @@ class CloudLink:
         """After stop: wait (a little) for a dial the stop interrupted and for the last link's
         closing handshake, so that their sockets are closed while the loop still runs rather
         than left to the garbage collector."""
-        dialing, self._dialing = self._dialing, None
-        if dialing is not None and not dialing.done():
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(dialing), timeout)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=timeout)
 
@@ -151,13 +167,19 @@ class CloudLink:
             delay = await self._session()
             if self._stopping:
                 break
+            if self._dial_soon:
+                delay = 0.0
             self.state.next_attempt_in = delay
             log.debug("reconnecting", extra={"delay_s": round(delay, 2)})
+            self._waiting = True
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+            finally:
+                self._waiting = False
             self._wake.clear()
+            self._dial_soon = False
             self.state.next_attempt_in = None
             self.state.reconnects += 1
             self.metrics.reconnects.inc()
@@ -209,8 +231,7 @@ class CloudLink:
                 ws = await asyncio.shield(connecting)
             except asyncio.CancelledError:
                 # Stopped while dialing: a connection that still comes up must not be left open.
-                connecting.add_done_callback(_close_if_connected)
-                self._dialing = connecting
+                self._until_ended(_close_when_connected(connecting))
                 raise
         except tornado.httpclient.HTTPClientError as exc:
             body = exc.response.body if exc.response is not None else None
@@ -272,15 +293,19 @@ class CloudLink:
                 task.cancel()
             ws.close(CloseCode.NORMAL, "bye")
             if not ended:
-                closing = asyncio.ensure_future(_until_closed(ws))
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
+                self._until_ended(_until_closed(ws))
             was_connected = self.state.ws_connected
             self.state.set("ws_connected", False)
             self.metrics.ws_connected.set(0)
             if was_connected:
                 self.backoff.disconnected(self.clock())
         return self._after_close(ws.close_code, ws.close_reason, ours)
+
+    def _until_ended(self, closing: Coroutine[Any, Any, None]) -> None:
+        """Run `closing` (a link the box closed, read to its end) for settle to wait for."""
+        task = asyncio.create_task(closing)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _report(self, failure: DialFailure, url: str) -> None:
         """Show why the dial failed, and log it when the reason changes (or every 5 minutes)."""
@@ -356,6 +381,7 @@ class CloudLink:
         self.state.set("ws_connected", True, now)
         self.state.connected_since = now
         self._session_up = True
+        self._dial_soon = False
         self.state.set("cloud_error", None)
         self.state.cloud_failure = None
         self.failures.reset()

@@ -20,6 +20,7 @@ import tornado.netutil
 from tornado.httputil import HTTPInputError
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
+from pits_appliance.httpclient import HTTPClient
 from wire import ErrorCode, ProtocolError
 from wire.budget import Throttle
 from wire.paths import encode_path
@@ -113,8 +114,7 @@ class Origin:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(concurrency)
         self._log = Throttle(1.0)
-        self._client = tornado.httpclient.AsyncHTTPClient(
-            force_instance=True,
+        self._client = HTTPClient(
             resolver=LiteralResolver(),
             max_clients=max(concurrency, 1) * 4,
             # The cap is enforced by _SizeGuard as the body streams in, not by tornado,
@@ -198,5 +198,6 @@ class Origin:
             body=b"".join(guard.chunks),
         )
 
-    def close(self) -> None:
-        self._client.close()
+    async def close(self) -> None:
+        """Close the client, once the requests still running (a cancelled one too) end."""
+        await self._client.close()

@@ -36,6 +36,7 @@ from pits_appliance.connectivity import (
     combine,
     parse_captive_api,
 )
+from pits_appliance.httpclient import HTTPClient
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.recovery import RECONNECT, RERESOLVE, RESTART_NETWORK, Recovery
 from pits_appliance.state import AgentState
@@ -83,7 +84,7 @@ class _Cap(tornado.httputil.HTTPInputError):
 
 
 async def probe(
-    client: tornado.httpclient.AsyncHTTPClient,
+    client: HTTPClient,
     url: str,
     tls: ssl.SSLContext | None = None,
 ) -> Probe:
@@ -147,6 +148,7 @@ class Watchdog:
         state: AgentState,
         metrics: AgentMetrics,
         reconnect: Callable[[], None],
+        dial: Callable[[], None],
         wall_clock: WallClock | None = None,
         tls: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -156,12 +158,13 @@ class Watchdog:
         self.tls = tls
         self.state = state
         self.metrics = metrics
-        self.reconnect = reconnect
+        self.reconnect = reconnect  # drop the link, even one in its handshake, and dial again
+        self.dial = dial  # dial now if the link is waiting to
         self.clock = clock
         self.schedule = Schedule(self.config.check_interval)
         self.recovery = Recovery(allow_network_restart=self.config.allow_network_restart)
         self.http_url, self.https_url = probe_urls(self.config.cloud_url)
-        self.client = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=4)
+        self.client = HTTPClient(max_clients=4)
         self.checks = 0
         self._wake = asyncio.Event()
 
@@ -234,8 +237,10 @@ class Watchdog:
                 },
             )
             if verdict.state == "full" and not state.ws_connected:
-                # The way out is open again (a portal let us through): dial now.
-                self.reconnect()
+                # The way out is open again (a portal let us through): dial now. Not a
+                # reconnect: the link may be in its handshake (the first check often ends
+                # there, at start), and dropping that would only cost a connection.
+                self.dial()
 
     async def act(self, action: str) -> None:
         self.state.recovery_action = action
@@ -291,5 +296,6 @@ class Watchdog:
         """While the link is down, look at least this often so recovery steps come on time."""
         return min(10.0, self.config.check_interval)
 
-    def close(self) -> None:
-        self.client.close()
+    async def close(self) -> None:
+        """Close the client, once the probes still running (a cancelled check's too) end."""
+        await self.client.close()

@@ -38,7 +38,7 @@ async def sim() -> AsyncIterator[Simulator]:
 async def origin(sim: Simulator) -> AsyncIterator[Origin]:
     o = Origin(sim.url)
     yield o
-    o.close()
+    await o.close()
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ async def test_stopped_origin_is_unreachable_after_one_retry(
             ErrorCode.ORIGIN_UNREACHABLE
         )
     finally:
-        origin.close()
+        await origin.close()
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 1
 
@@ -203,7 +203,7 @@ async def test_a_connection_refused_twice_is_unreachable() -> None:
         )
         assert time.monotonic() - started < 3.0  # not a timeout in disguise
     finally:
-        origin.close()
+        await origin.close()
 
 
 async def _dropping_origin(read_request: bool) -> tuple[asyncio.Server, list[int]]:
@@ -230,7 +230,7 @@ async def test_a_connection_dropped_at_once_is_retried_once() -> None:
         )
         assert len(accepted) == 2
     finally:
-        origin.close()
+        await origin.close()
         server.close()
         await server.wait_closed()
 
@@ -244,7 +244,7 @@ async def test_a_request_dropped_without_an_answer_is_unreachable_not_timeout() 
             ErrorCode.ORIGIN_UNREACHABLE
         )
     finally:
-        origin.close()
+        await origin.close()
         server.close()
         await server.wait_closed()
 
@@ -272,7 +272,7 @@ async def test_body_over_the_cap_is_too_large(sim: Simulator, size: int) -> None
         assert await refused(Executor(origin, Allowlist()), get(path)) == ErrorCode.TOO_LARGE
         assert time.monotonic() - started < 2.0  # stopped at the cap, not read to the end
     finally:
-        origin.close()
+        await origin.close()
 
 
 async def test_body_at_the_cap_is_served(sim: Simulator) -> None:
@@ -285,7 +285,7 @@ async def test_body_at_the_cap_is_served(sim: Simulator) -> None:
         assert reply.body is not None and len(reply.body) == cap
         assert reply.etag == etag_of(reply.body)
     finally:
-        origin.close()
+        await origin.close()
 
 
 class _Hostile(tornado.web.RequestHandler):
@@ -321,7 +321,7 @@ async def test_origin_status_the_relay_cannot_serve_is_bad_content(
         assert caught.value.code == ErrorCode.BAD_CONTENT
         assert str(status) in caught.value.message
     finally:
-        origin.close()
+        await origin.close()
 
 
 async def test_content_type_follows_the_path_not_the_origin(hostile: str) -> None:
@@ -338,7 +338,7 @@ async def test_content_type_follows_the_path_not_the_origin(hostile: str) -> Non
         missing = await executor.execute(get("/httpfiles/404/gone.css"))
         assert (missing.status, missing.content_type) == (404, "text/css; charset=utf-8")
     finally:
-        origin.close()
+        await origin.close()
 
 
 async def test_identical_fetches_in_flight_share_one_origin_request(

@@ -17,6 +17,7 @@ import tornado.websocket
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
+from pits_appliance.connectivity import Verdict
 from pits_appliance.dialing import closed_by_box, closed_by_relay
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode
 from wire import messages as m
@@ -153,6 +154,45 @@ async def test_an_admins_reconnect_is_followed_at_once(run) -> None:
     async with run(close_4000, reconnect_base=30.0, reconnect_cap=60.0) as (agent, opened):
         await wait_for(lambda: len(opened) == 2, what="the second dial, at once")
         assert agent.state.close_code == CloseCode.RECONNECT
+
+
+def the_way_out_opens(agent: Agent) -> None:
+    """The watchdog finds the way out open again (a portal let the box through)."""
+    agent.watchdog.record(Verdict(state="none"))
+    agent.watchdog.record(Verdict(state="full"))
+
+
+async def test_the_way_out_opening_leaves_a_link_in_its_handshake_be(run) -> None:
+    """The watchdog's first check often ends while the first link is in its handshake: the
+    way out is open, so dial now, but not by dropping that link (it was dropped, and a box that
+    had just started counted a reconnect)."""
+    async with run(lambda relay: None) as (agent, opened):  # the relay's hello is sent below
+        await wait_for(lambda: agent.link.sessions == 1, what="the box in its handshake")
+        the_way_out_opens(agent)
+        opened[0].hello()
+        await wait_for(lambda: opened[0].received, timeout=5, what="the box's hello")
+        assert [f.type for f in opened[0].received] == ["hello"]
+        assert agent.state.ws_connected
+        assert (len(opened), agent.state.reconnects) == (1, 0)
+
+
+async def test_the_way_out_opening_ends_the_wait_for_the_next_dial(run) -> None:
+    async with run(lambda relay: relay.hello(version=2), reconnect_cap=60.0) as (agent, opened):
+        await wait_for(lambda: agent.state.next_attempt_in, what="the next attempt planned")
+        assert agent.state.next_attempt_in >= 30.0
+        the_way_out_opens(agent)
+        await wait_for(lambda: len(opened) == 2, what="the second dial, at once")
+
+
+async def test_a_dial_under_way_when_the_way_out_opens_is_tried_again_at_once(run) -> None:
+    """The dial under way may still have gone into the portal: if it fails, the next one
+    does not wait out the backoff."""
+    async with run(lambda relay: None, reconnect_cap=60.0) as (agent, opened):
+        await wait_for(lambda: agent.link.sessions == 1, what="the box in its handshake")
+        the_way_out_opens(agent)
+        opened[0].hello(version=2)  # refused: the box would wait 30 s or more
+        await wait_for(lambda: len(opened) == 2, what="the second dial, at once")
+        assert agent.state.close_code == CloseCode.VERSION_REFUSED
 
 
 async def test_links_the_relay_ends_leave_no_task_behind(run) -> None:
