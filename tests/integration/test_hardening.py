@@ -400,18 +400,19 @@ async def test_token_renewal_over_the_connection(tmp_path, sim) -> None:
         await s.close()
 
 
-async def _token_frames(ws, until) -> list[str]:
-    """Read frames (answering nothing) until `until()` holds; the tokens sent meanwhile."""
+async def _token_frames(ws, settled) -> list[str]:
+    """The tokens the relay sent on this connection, answering nothing: once `settled()` holds
+    (the relay is done renewing), close it and read all the relay sent to the end. The token
+    may still be on its way when the relay has recorded its renewal: reading until then
+    would miss it."""
+    await wait_for(settled, what="the relay done renewing")
+    ws.close(CloseCode.NORMAL, "bye")
     tokens: list[str] = []
-    while not until():
-        try:
-            text = await asyncio.wait_for(ws.read_message(), 0.2)
-        except TimeoutError:
-            continue
-        assert text is not None, "the relay closed the connection"
+    while (text := await asyncio.wait_for(ws.read_message(), 10.0)) is not None:
         frame = m.decode(text, sender="cloud")
         if isinstance(frame.message, m.Token):
             tokens.append(frame.message.token)
+    assert ws.close_code == CloseCode.NORMAL, "the relay closed the connection, not the test"
     return tokens
 
 
@@ -433,7 +434,6 @@ async def test_a_token_is_renewed_once_however_often_it_connects(tmp_path, sim, 
                 return conn.renewed and conn._renewing is not None and conn._renewing.done()
 
             renewals += await _token_frames(ws, settled)
-            ws.close()
             await wait_for(lambda: s.relay.registry.get("p9") is None, what="the close")
         assert len(renewals) == 1
         claims = KeySet.load(s.jwks).verify(renewals[0], role="pits")
