@@ -40,17 +40,22 @@ class HoldingServer:
         await self.server.wait_closed()
 
 
+async def cancel_a_fetch(client: HTTPClient, server: HoldingServer, url: str) -> None:
+    """A fetch the server holds, cancelled once the server has the request."""
+    fetching = asyncio.ensure_future(client.fetch(url, request_timeout=30.0))
+    await wait_for(lambda: server.requests == 1, what="the request at the server")
+    fetching.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetching
+
+
 async def test_a_cancelled_fetch_ends_without_an_error_and_close_waits_for_it(caplog) -> None:
     caplog.set_level(logging.DEBUG)
     server = HoldingServer()
     url = await server.start()
     client = HTTPClient()
     try:
-        fetching = asyncio.ensure_future(client.fetch(url, request_timeout=30.0))
-        await wait_for(lambda: server.requests == 1, what="the request at the server")
-        fetching.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fetching
+        await cancel_a_fetch(client, server, url)
         assert client.running == 1  # tornado cannot stop it: it goes on
 
         # The server then goes away without an answer: a plain AsyncHTTPClient logs
@@ -70,11 +75,7 @@ async def test_close_waits_no_longer_than_its_bound() -> None:
     url = await server.start()
     client = HTTPClient()
     try:
-        fetching = asyncio.ensure_future(client.fetch(url, request_timeout=30.0))
-        await wait_for(lambda: server.requests == 1, what="the request at the server")
-        fetching.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await fetching
+        await cancel_a_fetch(client, server, url)
         await asyncio.wait_for(client.close(timeout=0.1), 5.0)
         assert client.running == 1  # left to end on its own
         server.hang_up.set()
