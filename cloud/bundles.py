@@ -44,6 +44,7 @@ PITS_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FILE_NAME = re.compile(r"pitlink-(?P<arch>[a-z0-9]+)-(?P<version>[^/\\]+)\.raucb")
 MAX_FILE_NAME = 255
 MAX_OFFERED = 10_000  # pits ids in offers.json; a box fleet is far smaller
+MAX_OFFERS_BYTES = 4 * 1024 * 1024  # offers.json: room for MAX_OFFERED offers, several times
 OFFERS = "offers.json"
 CHUNK = 1024 * 1024
 
@@ -375,9 +376,16 @@ class BundleStore:
     @staticmethod
     def _read_offers(path: Path) -> dict[str, str]:
         try:
-            raw = json.loads(path.read_bytes())
-        except (OSError, ValueError):
-            log.error("offers file unreadable: no offers stand", extra={"path": str(path)})
+            with path.open("rb") as f:
+                data = f.read(MAX_OFFERS_BYTES + 1)
+            if len(data) > MAX_OFFERS_BYTES:
+                raise ValueError(f"over {MAX_OFFERS_BYTES} bytes")
+            raw = json.loads(data)
+        except (OSError, ValueError) as exc:
+            log.error(
+                "offers file unreadable: no offers stand",
+                extra={"path": str(path), "error": str(exc)[:200]},
+            )
             return {}
         if not isinstance(raw, dict):
             return {}

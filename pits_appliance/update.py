@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import random
@@ -42,6 +43,8 @@ CHUNK = 4 * MIB  # bytes asked for in one request: each is short, and a cut cost
 KEEP_FREE = 32 * MIB  # left free in the state folder after a download
 REPORT_EVERY = 1.0  # seconds between progress reports while a download runs
 MAX_HANDLED = 100  # local bundles remembered as dealt with
+MAX_LOCAL_LISTED = 1000  # names looked at in one update folder (a stick may hold anything)
+MAX_LOCAL_CHECKED = 8  # newest local bundles hashed in one scan (each is hundreds of MB)
 MAX_STATE_FILE = 16 * 1024
 NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two slots"
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
@@ -402,7 +405,7 @@ class Updater:
         found: list[tuple[float, Path, int]] = []
         for folder in self.bundle_dirs:
             try:
-                for path in folder.glob("*.raucb"):
+                for path in itertools.islice(folder.glob("*.raucb"), MAX_LOCAL_LISTED):
                     st = path.stat()
                     if path.is_file():
                         found.append((st.st_mtime, path, st.st_size))
@@ -410,7 +413,7 @@ class Updater:
                 continue
         handled = self._handled()
         chosen: Path | None = None
-        for mtime, path, size in sorted(found, reverse=True):
+        for mtime, path, size in sorted(found, reverse=True)[:MAX_LOCAL_CHECKED]:
             key = (str(path), size, mtime)
             try:
                 cached = self._sha_cache.get(key)

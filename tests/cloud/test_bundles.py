@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cloudfakes import frame, value
 
-from cloud.bundles import BundleError, BundleStore
+from cloud.bundles import MAX_OFFERS_BYTES, BundleError, BundleStore
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from cloud.updates import Updates, wants_offer
@@ -155,6 +155,11 @@ def test_a_hostile_offers_file_is_read_as_what_is_valid_in_it(
     assert store.offers() == {"p1": bundle.id}
     (store.root / "offers.json").write_text("[not json")
     os.utime(store.root / "offers.json", ns=(1, 1))
+    assert store.offers() == {}
+    # Past its bound (many times what a fleet's offers take) it is not read at all.
+    padded = json.dumps({"p1": bundle.id}) + " " * MAX_OFFERS_BYTES  # valid JSON, too big
+    (store.root / "offers.json").write_text(padded)
+    assert (store.root / "offers.json").stat().st_size > MAX_OFFERS_BYTES
     assert store.offers() == {}
 
 

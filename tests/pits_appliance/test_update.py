@@ -4,6 +4,7 @@ and a stand-in `rauc` program that records what it was asked."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pitlink_testkit.waiting import wait_for
 from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version, rauc_message
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
-from pits_appliance.update import Updater, bundles_url
+from pits_appliance.update import MAX_LOCAL_CHECKED, Updater, bundles_url
 from wire.messages import Offer, UpdateReport
 
 COMPAT = "pitlink-amd64"
@@ -397,6 +398,26 @@ async def test_a_bundle_on_a_stick_is_installed_once(tmp_path: Path) -> None:
         await wait_for(lambda: again._job is None or again._job.done(), what="the scan")
     assert rauc.verbs().count("install") == 1
     assert again.report is None
+
+
+async def test_a_stick_full_of_bundles_costs_a_few_hashes_and_installs_the_newest(
+    tmp_path: Path,
+) -> None:
+    """Each bundle is hashed to be known again: only the newest few are, whatever the stick
+    holds (a real bundle is hundreds of MB)."""
+    rauc = FakeRauc(tmp_path)
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    many = MAX_LOCAL_CHECKED + 4
+    for n in range(many):
+        path = stick / f"b{n:02d}.raucb"
+        make_bundle(path, compatible=COMPAT, version=f"0.2.{n}", size=1000)
+        os.utime(path, (1_700_000_000 + n, 1_700_000_000 + n))
+    updater, _ = make_updater(tmp_path, rauc, bundle_dirs=[stick])
+    await updater.scan_local()
+    await wait_for(final(updater, "installed", "failed", "refused"), what="the install")
+    assert rauc.calls()[-1] == ["install", str(stick / f"b{many - 1:02d}.raucb")]
+    assert len(updater._sha_cache) == MAX_LOCAL_CHECKED
 
 
 # -- the pieces --------------------------------------------------------------------------------
