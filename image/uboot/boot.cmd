@@ -33,7 +33,8 @@ setenv pitlink_fdt 0x04200000
 setenv pitlink_file 0x04300000
 setenv pitlink_initrd 0x04400000
 
-if load ${devtype} ${devnum}:${distro_bootpart} ${pitlink_file} pitlink-boot.txt; then
+# At most 4 KiB of it (as pitlink-slots reads it): a bigger file must not spill over memory.
+if load ${devtype} ${devnum}:${distro_bootpart} ${pitlink_file} pitlink-boot.txt 0x1000; then
     env import -t ${pitlink_file} ${filesize} pitlink_primary pitlink_A pitlink_B pitlink_args
 fi
 # What is missing or not understood (import drops the names the file lacks) is as flashed.
