@@ -241,6 +241,15 @@ def slots_out(esp: Path, *args: str, booted: str = "A") -> str:
     return done.stdout.strip()
 
 
+def check_fresh_image(esp: Path) -> None:
+    """What pitlink-slots says of a boot partition as flashed, whatever the boot loader."""
+    assert slots_out(esp, "get-primary") == "A"
+    assert slots_out(esp, "get-state", "A") == "good"
+    assert slots_out(esp, "get-state", "B") == "bad"
+    assert slots_out(esp, "booted") == "A"
+    assert run_slots(esp, "on-trial").returncode == 1  # A was never on trial
+
+
 def console_line(argv: list[str], serial: Path, prefix: str, *, timeout: float = 180) -> str:
     """Run qemu (argv, its console written to `serial`) until a console line starts with
     `prefix`, then stop it: the rest of that line."""

@@ -19,6 +19,7 @@ from pitlink_testkit.bundles import (
     report_states,
 )
 from pitlink_testkit.waiting import wait_for
+from pits_appliance import update as update_module
 from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version, rauc_message
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
@@ -418,6 +419,24 @@ async def test_a_stick_full_of_bundles_costs_a_few_hashes_and_installs_the_newes
     await wait_for(final(updater, "installed", "failed", "refused"), what="the install")
     assert rauc.calls()[-1] == ["install", str(stick / f"b{many - 1:02d}.raucb")]
     assert len(updater._sha_cache) == MAX_LOCAL_CHECKED
+
+
+async def test_an_update_folder_is_listed_no_further_than_its_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stick may hold any number of files: only so many names are looked at in one folder
+    (a bound of 3 here, 1,000 on the box), so only those can be hashed or installed."""
+    monkeypatch.setattr(update_module, "MAX_LOCAL_LISTED", 3)
+    rauc = FakeRauc(tmp_path)
+    stick = tmp_path / "usb"
+    stick.mkdir()
+    for n in range(6):
+        make_bundle(stick / f"b{n}.raucb", compatible=COMPAT, version=f"0.2.{n}", size=1000)
+    updater, _ = make_updater(tmp_path, rauc, bundle_dirs=[stick])
+    await updater.scan_local()
+    await wait_for(final(updater, "installed", "failed", "refused"), what="the install")
+    assert len(updater._sha_cache) == 3
+    assert rauc.verbs().count("install") == 1
 
 
 # -- the pieces --------------------------------------------------------------------------------
