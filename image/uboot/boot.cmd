@@ -34,8 +34,9 @@ setenv pitlink_file 0x04300000
 setenv pitlink_initrd 0x04400000
 
 # At most 4 KiB of it (as pitlink-slots reads it): a bigger file must not spill over memory.
+# -r: lines may end in CR LF, as Notepad writes them when someone mends the file by hand.
 if load ${devtype} ${devnum}:${distro_bootpart} ${pitlink_file} pitlink-boot.txt 0x1000; then
-    env import -t ${pitlink_file} ${filesize} pitlink_primary pitlink_A pitlink_B pitlink_args
+    env import -t -r ${pitlink_file} ${filesize} pitlink_primary pitlink_A pitlink_B pitlink_args
 fi
 # What is missing or not understood (import drops the names the file lacks) is as flashed.
 if test "${pitlink_A}" != trial && test "${pitlink_A}" != tried && test "${pitlink_A}" != bad; then

@@ -31,6 +31,8 @@ from appliance import slots_out as out
 
 FLASHED = "pitlink_primary=A\npitlink_A=good\npitlink_B=bad\n"
 # Both slots good, and B primary only on a line past the first 4 KiB.
+# Written by hand in Notepad: B primary and good, CR LF line ends.
+HAND_MADE = b"pitlink_primary=B\r\npitlink_A=good\r\npitlink_B=good\r\n"
 PAST_4_KIB = "pitlink_A=good\npitlink_B=good\n" + "#" * 5000 + "\npitlink_primary=B\n"
 
 
@@ -140,6 +142,12 @@ def test_a_damaged_file_means_what_the_boot_script_assumes(esp: Path, content: b
     assert out(esp, "get-primary") == "A"
 
 
+def test_a_file_mended_by_hand_on_windows_is_read(esp: Path) -> None:
+    (esp / "pitlink-boot.txt").write_bytes(HAND_MADE)
+    assert out(esp, "get-primary") == "B"
+    assert out(esp, "get-state", "B") == "good"
+
+
 def test_what_lies_past_4_kib_of_the_file_is_not_read(esp: Path) -> None:
     """As the boot script loads it (at most 4 KiB, so that a huge file cannot spill over the
     memory it loads the kernel into)."""
@@ -243,6 +251,10 @@ def test_u_boot_starts_the_slot_the_script_says(esp: Path, tmp_path: Path) -> No
     (esp / "pitlink-boot.txt").write_text(PAST_4_KIB)
     put()
     assert start() == out(esp, "get-primary") == "A"
+    # Mended by hand on Windows: CR LF line ends.
+    (esp / "pitlink-boot.txt").write_bytes(HAND_MADE)
+    put()
+    assert start() == out(esp, "get-primary") == "B"
     # A file that names B alone: A is good all the same (U-Boot's import drops what is missing).
     (esp / "pitlink-boot.txt").write_bytes(b"pitlink_primary=B\npitlink_B=bad\n")
     put()
