@@ -56,6 +56,9 @@ SERVER_HEADER = "Microsoft-HTTPAPI/2.0"
 # The only types the real server sets (by exact file extension); anything else gets none.
 CONTENT_TYPES = {".html": "text/html", ".htm": "text/html", ".json": "text/json"}
 HUGE_CHUNK_BYTES = 64 * 1024
+# HttpListener keeps connections open between requests (HTTP/1.1; FPVTrackside never turns
+# KeepAlive off) and http.sys closes one idle for 2 minutes (its IdleConnection timeout).
+IDLE_TIMEOUT_S = 120.0
 LOG_LIMIT = 10_000  # bound on request_log and traversals
 
 # The page FPVTrackside serves at `/`, and what it loads, in the same shape: scripts and styles
@@ -646,6 +649,20 @@ class _Handler(tornado.web.RequestHandler):
                     await self.finish()
 
 
+class _CountingServer(tornado.httpserver.HTTPServer):
+    """Tornado's HTTP server, counting the TCP connections it accepts."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.accepted = 0
+        self.streams: weakref.WeakSet[tornado.iostream.IOStream] = weakref.WeakSet()
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        self.accepted += 1
+        self.streams.add(stream)
+        super().handle_stream(stream, address)
+
+
 class Simulator:
     """A fake FPVTrackside origin on Tornado: one request at a time, quirks and fault switches.
 
@@ -653,6 +670,9 @@ class Simulator:
     ``hold`` (an Event every request waits for, holding the lock), ``half_written`` (URL paths
     served with half their bytes), ``huge`` (URL path -> a streamed body of that many bytes).
     Switches match the raw request path, e.g. ``/events/<id>/Event.json``.
+
+    Connections stay open between requests, as HttpListener's do, until idle for
+    ``idle_timeout`` seconds; ``connections_total`` and ``connections_open`` count them.
     """
 
     def __init__(
@@ -662,6 +682,7 @@ class Simulator:
         seed: int = 0,
         lap_interval: float | None = 2.0,
         pilots: int = 6,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         if lap_interval is not None and lap_interval <= 0:
             raise ValueError("lap_interval must be positive, or None to disable the live race")
@@ -677,6 +698,7 @@ class Simulator:
         self.request_log: list[tuple[str, str]] = []
         self.traversals: list[str] = []
         self.lap_interval = lap_interval
+        self.idle_timeout = idle_timeout
         self._live: LiveEvent | None = None
         self._cleanup: Callable[[], object] | None = None
         if root is None:
@@ -697,7 +719,8 @@ class Simulator:
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
-        self._server: tornado.httpserver.HTTPServer | None = None
+        self._server: _CountingServer | None = None
+        self._accepted_before = 0  # connections counted by a server already stopped
         self._task: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
 
@@ -708,6 +731,19 @@ class Simulator:
             raise RuntimeError("the simulator has not been started")
         host, port = self._address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def connections_total(self) -> int:
+        """TCP connections accepted so far."""
+        running = 0 if self._server is None else self._server.accepted
+        return self._accepted_before + running
+
+    @property
+    def connections_open(self) -> int:
+        """TCP connections open now (closed by either side, they no longer count)."""
+        if self._server is None:
+            return 0
+        return sum(1 for stream in self._server.streams if not stream.closed())
 
     @property
     def event_path(self) -> str:
@@ -740,7 +776,7 @@ class Simulator:
         if self._server is not None or self._closing.is_set():
             raise RuntimeError("a simulator starts once")
         sockets = tornado.netutil.bind_sockets(port, address=host)
-        self._server = tornado.httpserver.HTTPServer(self.make_app())
+        self._server = _CountingServer(self.make_app(), idle_connection_timeout=self.idle_timeout)
         self._server.add_sockets(sockets)
         self._address = (host, sockets[0].getsockname()[1])
         if self._live is not None and self.lap_interval is not None:
@@ -758,6 +794,7 @@ class Simulator:
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
+            self._accepted_before += self._server.accepted
             self._server = None
             log.info("stopped serving event %s", self.event_id)
         # Only now release requests waiting on hold or slow: their connections are closed, so

@@ -232,6 +232,23 @@ async def test_keep_alive_serves_several_requests_on_one_connection(sim: Simulat
             assert reply.header("connection") != "close"
 
 
+async def test_an_idle_connection_is_closed_after_the_idle_timeout(fixtures_root: Path) -> None:
+    sim = Simulator(root=fixtures_root, idle_timeout=0.2)
+    port = await sim.start()
+    try:
+        assert sim.idle_timeout == 0.2
+        assert Simulator(root=fixtures_root).idle_timeout == 120.0  # http.sys's IdleConnection
+        async with connection(port) as (reader, writer):
+            writer.write(request(port, "/httpfiles/Channels.json"))
+            assert (await asyncio.wait_for(read_reply(reader), timeout=5)).status == 200
+            assert (sim.connections_total, sim.connections_open) == (1, 1)
+            assert await asyncio.wait_for(reader.read(), timeout=5) == b""  # closed by the sim
+        await wait_for(lambda: sim.connections_open == 0, what="the connection to close")
+        assert sim.connections_total == 1
+    finally:
+        await sim.stop()
+
+
 async def test_json_is_indented_crlf_with_fpvtrackside_dates(sim: Simulator) -> None:
     for _ in range(20):  # past the end of the first race, so Results.json exists too
         sim.advance()
