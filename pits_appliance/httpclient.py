@@ -22,10 +22,19 @@ SETTLE_S = 2.0
 
 
 class HTTPClient:
-    """A tornado AsyncHTTPClient of its own (settings as for it) whose fetches may be cancelled."""
+    """A tornado AsyncHTTPClient of its own (settings as for it) whose fetches may be cancelled.
 
-    def __init__(self, **settings: Any):
-        self._client = tornado.httpclient.AsyncHTTPClient(force_instance=True, **settings)
+    `client_class` picks the implementation: tornado's simple client by default (a new
+    connection per request), or a subclass such as the origin's keep-alive curl client.
+    """
+
+    def __init__(
+        self,
+        client_class: type[tornado.httpclient.AsyncHTTPClient] | None = None,
+        **settings: Any,
+    ):
+        cls = client_class or tornado.httpclient.AsyncHTTPClient
+        self._client = cls(force_instance=True, **settings)
         self._running: set[asyncio.Future[tornado.httpclient.HTTPResponse]] = set()
 
     async def fetch(

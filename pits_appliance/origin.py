@@ -1,24 +1,23 @@
-"""Requests to FPVTrackside: a fresh GET every time, bounded in time, size and concurrency.
+"""Requests to FPVTrackside over connections kept open, bounded in time, size and concurrency.
 
 FPVTrackside answers one request at a time, so the agent never sends it more than
-`concurrency` at once, and it reads at most `max_body_bytes` of any body.
+`concurrency` at once, over at most that many connections, and it reads at most
+`max_body_bytes` of any body. The requests go through libcurl (tornado's curl client over
+pycurl): tornado's own client opens a new connection for every request, curl keeps them open
+and opens a fresh one when FPVTrackside has closed an idle one or restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import pycurl
 import tornado.httpclient
-import tornado.iostream
-import tornado.netutil
-from tornado.httputil import HTTPInputError
-from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
+from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
 
 from pits_appliance.httpclient import HTTPClient
 from wire import ErrorCode, ProtocolError
@@ -27,13 +26,18 @@ from wire.paths import encode_path
 
 log = logging.getLogger("pitlink.pits.origin")
 
-# Failures of the connection itself, before FPVTrackside said anything: worth one retry.
-_CONNECT_ERRORS = (
-    ConnectionRefusedError,
-    ConnectionResetError,
-    tornado.iostream.StreamClosedError,
-    HTTPStreamClosedError,
-)
+# curl's failures of the connection itself, before FPVTrackside said anything: worth one retry.
+# (curl already sends a request again, once, on a fresh connection when a kept one turns out
+# to be dead; these are what a fresh connection fails with.)
+_CONNECT_FAILED = {
+    pycurl.E_COULDNT_CONNECT: "connection refused",
+    pycurl.E_GOT_NOTHING: "connection closed without an answer",
+    pycurl.E_SEND_ERROR: "connection reset while sending",
+    pycurl.E_RECV_ERROR: "connection reset",
+}
+# curl stopped reading: Content-Length over MAXFILESIZE, or the body over the client's
+# max_body_size (tornado's write callback refuses the chunk).
+_TOO_LARGE = {pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR}
 
 
 @dataclass(frozen=True)
@@ -45,57 +49,37 @@ class OriginReply:
     body: bytes
 
 
-class _TooLarge(HTTPInputError):
-    """Raised inside tornado's callbacks to stop reading; tornado closes the connection."""
+class _ConnectFailed(Exception):
+    """The connection failed before any answer: the caller tries once more."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
 
 
-class _SizeGuard:
-    """Collects a body and stops the read as soon as it passes the cap: never more in memory."""
+class _KeptAliveClient(CurlAsyncHTTPClient):
+    """Tornado's curl client, keeping no more idle connections than it runs requests at once."""
 
-    def __init__(self, cap: int):
-        self.cap = cap
-        self.size = 0
-        self.chunks: list[bytes] = []
-        self.over = False
-        self.started = False
+    def initialize(  # type: ignore[override]
+        self, max_clients: int = 2, **settings: Any
+    ) -> None:
+        super().initialize(max_clients=max_clients, **settings)
+        # One easy handle per request at once already bounds the connections in use; these
+        # bound the idle ones kept, and every connection at all, to the same number.
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_clients)
+        self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_clients)
 
-    def on_header(self, line: str) -> None:
-        self.started = True
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            if int(value) > self.cap:
-                self.over = True
-                raise _TooLarge("Content-Length over the cap")
-
-    def on_chunk(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.cap:
-            self.over = True
-            self.chunks.clear()
-            raise _TooLarge("body over the cap")
-        self.chunks.append(chunk)
-
-
-class LiteralResolver(tornado.netutil.DefaultLoopResolver):
-    """Answers an IP address given as the host at once; looks up names as tornado does.
-
-    The origin is almost always given as an address (`http://192.168.1.20:8080`). Tornado's
-    resolver sends even an address to getaddrinfo on a worker thread, which costs every fetch a
-    thread hop and keeps worker threads (each with its own malloc arena) alive in a small box.
-    """
-
-    async def resolve(
-        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
-    ) -> list[tuple[int, Any]]:
-        try:
-            address = ipaddress.ip_address(host)  # tornado has taken off any [ ]
-        except ValueError:
-            return await super().resolve(host, port, family)
-        if address.version == 6 and family in (socket.AF_UNSPEC, socket.AF_INET6):
-            return [(socket.AF_INET6, (str(address), port, 0, 0))]
-        if address.version == 4 and family in (socket.AF_UNSPEC, socket.AF_INET):
-            return [(socket.AF_INET, (str(address), port))]
-        raise OSError(f"{host} is not an address of family {family.name}")
+    def close(self) -> None:
+        super().close()
+        # Closing, curl may have asked for a timer or changed its sockets: leave nothing of
+        # this client in the loop (a timer would find no curl; a descriptor number reused
+        # later must not reach a handler of this client).
+        if self._timeout is not None:
+            self.io_loop.remove_timeout(self._timeout)
+            self._timeout = None
+        for fd in list(self._fds):
+            self.io_loop.remove_handler(fd)
+        self._fds.clear()
 
 
 class Origin:
@@ -115,11 +99,12 @@ class Origin:
         self._slots = asyncio.Semaphore(concurrency)
         self._log = Throttle(1.0)
         self._client = HTTPClient(
-            resolver=LiteralResolver(),
-            max_clients=max(concurrency, 1) * 4,
-            # The cap is enforced by _SizeGuard as the body streams in, not by tornado,
-            # so that going over it is told apart from a dropped connection.
-            max_body_size=1 << 40,
+            _KeptAliveClient,
+            # The semaphore lets `concurrency` requests through: one curl handle (and one
+            # connection) each.
+            max_clients=max(concurrency, 1),
+            # The body is counted as it is decompressed, and the read stopped past the cap.
+            max_body_size=max_body_bytes,
         )
 
     async def get(self, path: str, timeout: float) -> OriginReply:
@@ -132,13 +117,13 @@ class Origin:
                     break
                 try:
                     return await self._get_once(path, remaining)
-                except _CONNECT_ERRORS as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:200]
+                except _ConnectFailed as exc:
+                    error = f"{exc.reason}: {exc}"[:200]
                     if attempt == 2:
                         self._warn("FPVTrackside failed again after a retry", path, error)
                         raise ProtocolError(
                             ErrorCode.ORIGIN_UNREACHABLE,
-                            f"FPVTrackside at {self.base_url} is not answering ({type(exc).__name__})",
+                            f"FPVTrackside at {self.base_url} is not answering ({exc.reason})",
                         ) from None
                     self._warn("FPVTrackside connection failed, retrying once", path, error)
                 except ProtocolError as exc:
@@ -161,8 +146,15 @@ class Origin:
                 },
             )
 
+    def _prepare(self, curl: pycurl.Curl) -> None:
+        # A Content-Length over the cap ends the request before any of the body is read.
+        curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_body_bytes)
+        # No signals from libcurl inside the agent's process (tornado sets this only when
+        # Python has threads running).
+        curl.setopt(pycurl.NOSIGNAL, 1)
+
     async def _get_once(self, path: str, timeout: float) -> OriginReply:
-        guard = _SizeGuard(self.max_body_bytes)
+        heard: list[str] = []  # header lines: once there is one, a cut is no connect failure
         request = tornado.httpclient.HTTPRequest(
             self.base_url + encode_path(path),
             method="GET",
@@ -170,24 +162,31 @@ class Origin:
             request_timeout=timeout,
             follow_redirects=False,
             decompress_response=True,
+            user_agent="pitlink-agent",
             headers={"Accept": "*/*", "Cache-Control": "no-cache"},
-            header_callback=guard.on_header,
-            streaming_callback=guard.on_chunk,
+            header_callback=heard.append,
+            prepare_curl_callback=self._prepare,
         )
         try:
             response = await self._client.fetch(request, raise_error=False)
-        except HTTPTimeoutError:
-            raise ProtocolError(
-                ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
-            ) from None
-        except (tornado.httpclient.HTTPClientError, OSError) as exc:
-            if guard.over:
+        except CurlError as exc:
+            if exc.errno in _TOO_LARGE:
                 raise ProtocolError(
                     ErrorCode.TOO_LARGE,
                     f"FPVTrackside sent more than the {self.max_body_bytes} byte cap for {path}",
                 ) from None
-            if isinstance(exc, _CONNECT_ERRORS) and not guard.started:
-                raise  # the caller retries this once
+            if exc.errno == pycurl.E_OPERATION_TIMEDOUT:
+                raise ProtocolError(
+                    ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
+                ) from None
+            reason = _CONNECT_FAILED.get(exc.errno)
+            if reason is not None and not heard:
+                raise _ConnectFailed(reason, exc.message or "") from None  # retried once
+            raise ProtocolError(
+                ErrorCode.ORIGIN_UNREACHABLE,
+                f"FPVTrackside at {self.base_url} failed: {exc.message}",
+            ) from None
+        except (tornado.httpclient.HTTPClientError, OSError, ValueError) as exc:
             raise ProtocolError(
                 ErrorCode.ORIGIN_UNREACHABLE,
                 f"FPVTrackside at {self.base_url} failed: {type(exc).__name__}: {exc}",
@@ -195,9 +194,10 @@ class Origin:
         return OriginReply(
             status=response.code,
             content_type=response.headers.get("Content-Type"),
-            body=b"".join(guard.chunks),
+            body=response.body or b"",
         )
 
     async def close(self) -> None:
-        """Close the client, once the requests still running (a cancelled one too) end."""
+        """Close the client and its connections, once the requests still running (a
+        cancelled one too) end."""
         await self._client.close()

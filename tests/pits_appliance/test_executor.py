@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -16,7 +15,7 @@ from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port, serving
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.executor import Executor
-from pits_appliance.origin import LiteralResolver, Origin
+from pits_appliance.origin import Origin
 from wire import ErrorCode, ProtocolError
 from wire.canonical import canonical_json, etag_of
 from wire.mediatypes import JSON
@@ -352,29 +351,3 @@ async def test_identical_fetches_in_flight_share_one_origin_request(
     replies = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert {r.etag for r in replies} == {etag_of(canonical_file(sim, path))}
     assert sim.requests_total == 1
-
-
-async def test_an_address_is_resolved_without_a_worker_thread() -> None:
-    resolver = LiteralResolver()
-    loop = asyncio.get_running_loop()
-    handed_off: list[object] = []
-    real = loop.run_in_executor
-
-    def spy(executor: object, func: object, *args: object) -> asyncio.Future[object]:
-        handed_off.append(func)
-        return real(executor, func, *args)  # type: ignore[arg-type]
-
-    loop.run_in_executor = spy  # type: ignore[method-assign]
-    try:
-        assert await resolver.resolve("192.168.1.20", 8080) == [
-            (socket.AF_INET, ("192.168.1.20", 8080))
-        ]
-        assert await resolver.resolve("::1", 8080) == [(socket.AF_INET6, ("::1", 8080, 0, 0))]
-        assert handed_off == []
-        named = await resolver.resolve("localhost", 8080, socket.AF_INET)
-        assert (socket.AF_INET, ("127.0.0.1", 8080)) in named
-        assert handed_off  # a name still goes to getaddrinfo, off the event loop
-    finally:
-        del loop.run_in_executor
-    with pytest.raises(OSError, match="not an address of family"):
-        await resolver.resolve("192.168.1.20", 8080, socket.AF_INET6)
