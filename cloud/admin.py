@@ -26,6 +26,8 @@ from wire.paths import Allowlist, normalize_path
 
 audit = logging.getLogger("pitlink.cloud.admin")
 
+# Paths whose allowlist answer is remembered, at most (then forgotten all at once).
+MAX_REMEMBERED = 4096
 UPDATES_OFF = "updates are off on this relay: start it with --bundle-dir"
 
 
@@ -36,15 +38,23 @@ class PublicAllowlist:
         self.entries: dict[str, bool] = {p: True for p in patterns}
         Allowlist(self.entries)  # refuse a bad pattern at start
         self._compiled = Allowlist(self.entries)
+        # Answers already given: every public request asks, mostly for the same few paths.
+        self._answers: dict[str, bool] = {}
 
     def allows(self, path: str) -> bool:
-        return self._compiled.allows(path)
+        answer = self._answers.get(path)
+        if answer is None:
+            if len(self._answers) >= MAX_REMEMBERED:
+                self._answers.clear()
+            answer = self._answers[path] = self._compiled.allows(path)
+        return answer
 
     def set(self, pattern: str, enabled: bool) -> None:
         if pattern not in self.entries:
             raise ProtocolError(ErrorCode.BAD_REQUEST, f"no allowlist entry {pattern[:100]!r}")
         self.entries[pattern] = enabled
         self._compiled = Allowlist(p for p, on in self.entries.items() if on)
+        self._answers = {}
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"pattern": p, "enabled": on} for p, on in self.entries.items()]

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tornado
 import tornado.httpserver
+import tornado.httputil
 import tornado.ioloop
 import tornado.netutil
 import tornado.web
@@ -31,11 +33,13 @@ from cloud.handlers import (
     DataHandler,
     Generate204Handler,
     HealthHandler,
+    HitFirst,
     IndexHandler,
     MetricsHandler,
     ReadyHandler,
     log_request,
 )
+from cloud.hits import Hits
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, SharedLimiter, parse_networks
@@ -148,6 +152,19 @@ class CloudRelay:
             },
         )
         self.app = self.make_app()
+        self.hits = Hits(
+            serving=self.serving,
+            route=self.route,
+            drain=self.drain,
+            client_limits=self.client_limits,
+            trusted_proxies=self.trusted_proxies,
+            metrics=self.metrics,
+            server=f"TornadoServer/{tornado.version}",
+            # The admin's own host answers only the admin (see make_app).
+            admin_host=config.admin_host if config.admin_port is None else None,
+            max_prepared=config.cache_max_entries,
+            wall=time.time,
+        )
         self.server: tornado.httpserver.HTTPServer | None = None
         self.admin_server: tornado.httpserver.HTTPServer | None = None
         self.port: int | None = None
@@ -302,7 +319,7 @@ class CloudRelay:
             sockets = _bind(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
-        self.server = self._http_server(self.app)
+        self.server = self._http_server(HitFirst(self.hits, self.app))
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         if self.config.admin_port is not None:
@@ -323,7 +340,9 @@ class CloudRelay:
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port
 
-    def _http_server(self, app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
+    def _http_server(
+        self, app: tornado.httputil.HTTPServerConnectionDelegate
+    ) -> tornado.httpserver.HTTPServer:
         """An HTTP server that lets no client hold a connection open for long with nothing sent."""
         return tornado.httpserver.HTTPServer(
             app,

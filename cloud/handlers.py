@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import jwt
+import tornado.httputil
 import tornado.web
 import tornado.websocket
 import ujson
@@ -20,6 +21,7 @@ from cloud.admin import Admin
 from cloud.cache import Cache, Served
 from cloud.control import PitsConnection, Transport
 from cloud.drain import Drain
+from cloud.hits import DATA_HEADERS, EXPOSED, Hit, Hits
 from cloud.metrics import Metrics
 from cloud.ratelimit import Network, RateLimited, SharedLimiter, client_ip
 from cloud.registry import Registry
@@ -79,16 +81,7 @@ def verify_pits_token(relay: RelayParts, token: str) -> dict[str, Any]:
 
 log = logging.getLogger("pitlink.cloud.http")
 
-EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
 RETRY_AFTER = {ErrorCode.BUSY: 1, ErrorCode.UNAVAILABLE: 5}
-# Pits content is served under the relay's name: it may never be sniffed into something else,
-# and it runs in an opaque origin that can read nothing of the relay's (the admin's token, its
-# cookies). Scripts still run, so FPVTrackside's own page works; its requests are cross-origin
-# and every answer here allows any origin.
-DATA_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "sandbox allow-scripts",
-}
 
 
 access_log = logging.getLogger("tornado.access")
@@ -512,3 +505,74 @@ class BundleDownloadHandler(BaseHandler, tornado.web.StaticFileHandler):
 
 def _error(code: ErrorCode, message: str) -> str:
     return ujson.dumps({"error": {"code": str(code), "message": message}})
+
+
+class HitFirst(tornado.httputil.HTTPServerConnectionDelegate):
+    """The public listener: fresh cache hits are answered here (cloud.hits), the rest by `app`.
+
+    Below RequestHandler on purpose: a hit needs no handler, route or access line, only its
+    prepared response. Everything Hits declines goes to the application unchanged.
+    """
+
+    def __init__(self, hits: Hits, app: tornado.web.Application):
+        self.hits = hits
+        self.app = app
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        return _HitOrApp(self, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class _HitOrApp(tornado.httputil.HTTPMessageDelegate):
+    def __init__(
+        self, parent: HitFirst, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ):
+        self.parent = parent
+        self.server_conn = server_conn
+        self.request_conn = request_conn
+        self.hit: Hit | None = None
+        self.app: tornado.httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Any:
+        assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        remote_ip = getattr(self.request_conn, "context", None)
+        self.hit = self.parent.hits.answer(
+            start_line.method,
+            start_line.path,
+            start_line.version,
+            headers,
+            getattr(remote_ip, "remote_ip", ""),
+        )
+        if self.hit is not None:
+            return None
+        self.app = self.parent.app.start_request(self.server_conn, self.request_conn)
+        return self.app.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        if self.app is not None:
+            return self.app.data_received(chunk)
+        return None
+
+    def finish(self) -> None:
+        # Written only once the request has been read, as RequestHandler does: a response
+        # finished before that would make Tornado close the connection after it.
+        if self.app is not None:
+            self.app.finish()
+            return
+        assert self.hit is not None
+        # One pre-encoded block, which HTTP1Connection.write takes in place of write_headers
+        # (documented, and what a hit needs: the constant headers were formatted once).
+        self.request_conn.write(self.hit.data)
+        self.request_conn.finish()
+
+    def on_connection_close(self) -> None:
+        if self.app is not None:
+            self.app.on_connection_close()

@@ -107,6 +107,14 @@ class SharedLimiter:
         self.clock = clock
         self.remote: RemoteLimits | None = None
 
+    def check_here(self, key: str) -> float | None:
+        """As `wait`, decided without waiting: None when only Redis can say (replicas share it)."""
+        if self.local.rate is None:
+            return 0.0
+        if self.remote is not None:
+            return None
+        return self.local.check(key, self.clock())
+
     async def wait(self, key: str) -> float:
         """0.0 if allowed, else the seconds to wait (for Retry-After)."""
         rate = self.local.rate

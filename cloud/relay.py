@@ -113,6 +113,18 @@ class Relay:
         """Keys with a revalidation in flight."""
         return len(self._flights)
 
+    def fresh(self, pits_id: str, path: str) -> tuple[Entry, float, float] | None:
+        """(entry, freshness window, now) when the cache holds `path` fresh, else None.
+
+        The fast path of a hit (cloud.hits) asks this; it counts the hit itself.
+        """
+        ttl = self.freshness.ttl(path)
+        now = self.clock()
+        entry = self.cache.get((pits_id, "GET", path))
+        if entry is not None and entry.age(now) < ttl:
+            return entry, ttl, now
+        return None
+
     async def get(
         self,
         pits_id: str,

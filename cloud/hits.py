@@ -1,0 +1,228 @@
+"""The fast path of a cache hit: a fresh entry's response prepared once, answered without a handler.
+
+Most public requests ask for a path the relay already holds fresh. For those, a Tornado
+RequestHandler (its setup, routing, default headers, the access line at INFO, a uuid4) costs
+more than the answer. `Hits.answer` decides from the request line and headers alone whether a
+request is such a hit and, if it is, gives the status, headers and body to write; anything else
+(a miss, a stale copy, an error, a limit, a request with a body, the admin's host, a replica
+leaving) returns None and goes to the application as before, so every rule is still decided in
+one place. The headers are exactly those the handler writes for a hit (tests compare both).
+
+Per entry, not per request: the content type, the ETag and the constant headers. Per request:
+`Age`, `Cache-Control` (both follow the entry's age), `Date` (per second) and `X-Request-Id`
+(a per-process random prefix and a counter: unique, the same 32 hex digits as before, with no
+call for random bytes per request). Hits are counted in `pitlink_cache_hits_total`, not logged:
+the audit line is per fetch from a pits.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from tornado.httputil import split_host_and_port
+
+from cloud.cache import Entry
+from cloud.drain import Drain
+from cloud.metrics import Metrics
+from cloud.ratelimit import Network, SharedLimiter, client_ip
+from cloud.relay import Relay
+from wire import ProtocolError
+from wire.canonical import etag_matches
+from wire.mediatypes import content_type_for_path
+from wire.paths import normalize_path
+
+EXPOSED = "ETag, Age, X-Pitlink-Cache, X-Pitlink-Stale, Warning, X-Request-Id"
+# Pits content is served under the relay's name: it may never be sniffed into something else,
+# and it runs in an opaque origin that can read nothing of the relay's (the admin's token, its
+# cookies). Scripts still run, so FPVTrackside's own page works; its requests are cross-origin
+# and every answer here allows any origin.
+DATA_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox allow-scripts",
+}
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": EXPOSED,
+}
+# The public paths the application serves from the cache (its DataHandler's routes).
+DATA_PATH = re.compile(r"/pits/|/(?:events|httpfiles)(?:/|$)")
+# Bodies on a GET are refused by nobody, but a request that has one goes the long way.
+BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
+
+# Raw paths whose normalized form is remembered, at most (then forgotten all at once).
+MAX_PATHS = 4096
+# What a relay may put in a header line it writes itself: an ETag is one the relay computed.
+ETAG = re.compile(r'"sha256:[0-9a-f]{64}"')
+
+
+class RequestIds:
+    """Request ids as 32 hex digits: a random prefix per process and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A whole response to write: status line, headers, blank line and body (if any)."""
+
+    status: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The part of a hit's response that is the same for every request of one entry."""
+
+    entry: Entry
+    ok: bytes  # status line and the constant headers of a 200
+    not_modified: bytes  # the same for a 304: no Content-Type, no Content-Length
+
+
+def _lines(headers: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1")
+
+
+class _Dates:
+    """The `Date` header, formatted once a second."""
+
+    def __init__(self, wall: Callable[[], float]):
+        self.wall = wall
+        self._second = -1
+        self._text = ""
+
+    def now(self) -> str:
+        second = int(self.wall())
+        if second != self._second:
+            self._second = second
+            self._text = email.utils.formatdate(second, usegmt=True)
+        return self._text
+
+
+class Hits:
+    """Answers fresh cache hits; None for everything the application must decide."""
+
+    def __init__(
+        self,
+        *,
+        serving: Relay,
+        route: Callable[[str], tuple[str, str]],
+        drain: Drain,
+        client_limits: SharedLimiter,
+        trusted_proxies: tuple[Network, ...],
+        metrics: Metrics,
+        server: str,
+        admin_host: str | None = None,
+        wall: Callable[[], float],
+        max_prepared: int = 10_000,
+    ):
+        self.serving = serving
+        self.route = route
+        self.drain = drain
+        self.client_limits = client_limits
+        self.trusted_proxies = trusted_proxies
+        self.metrics = metrics
+        self.server = server
+        self.admin_host = admin_host
+        self.max_prepared = max_prepared
+        self.ids = RequestIds()
+        self._dates = _Dates(wall)
+        self._prepared: dict[tuple[str, str], Prepared] = {}
+        self._paths: dict[str, str] = {}
+
+    def answer(
+        self, method: str, uri: str, version: str, headers: Mapping[str, str], remote_ip: str
+    ) -> Hit | None:
+        """The response to a fresh hit, or None: the application answers the request."""
+        if (method != "GET" and method != "HEAD") or version != "HTTP/1.1":
+            return None
+        raw_path = uri.partition("?")[0]
+        if not DATA_PATH.match(raw_path) or self.drain.draining:
+            return None
+        if any(name in headers for name in BODY_HEADERS):
+            return None
+        if self.admin_host is not None and _host_name(headers.get("Host")) == self.admin_host:
+            # The application serves only the admin there (a host rule of its own).
+            return None
+        try:
+            pits_id, path = self.route(self._normalized(raw_path))
+        except ProtocolError:
+            return None
+        found = self.serving.fresh(pits_id, path)
+        if found is None:
+            return None
+        entry, ttl, now = found
+        prepared = self._prepare(pits_id, path, entry)
+        if prepared is None:
+            return None
+        ip = client_ip(remote_ip, headers.get("X-Forwarded-For"), self.trusted_proxies)
+        if self.client_limits.check_here(ip) != 0.0:
+            return None  # refused, or Redis must be asked: the application does it
+        self.metrics.cache_hits.inc()
+        age = max(0.0, now - entry.fetched_at)
+        close = "Connection: close\r\n" if headers.get("Connection", "").lower() == "close" else ""
+        middle = (
+            f"Date: {self._dates.now()}\r\n"
+            f"X-Request-Id: {self.ids.next()}\r\n"
+            f"Age: {int(age)}\r\n"
+            f"Cache-Control: public, max-age={max(0, math.ceil(ttl - age))}\r\n"
+            f"{close}\r\n"
+        ).encode("latin-1")
+        if etag_matches(headers.get("If-None-Match"), entry.etag):
+            return Hit(304, prepared.not_modified + middle)
+        if method == "HEAD":
+            return Hit(200, prepared.ok + middle)
+        return Hit(200, b"".join((prepared.ok, middle, entry.body)))
+
+    def _normalized(self, raw_path: str) -> str:
+        """normalize_path, remembered for the paths seen (it is a pure function of the path)."""
+        path = self._paths.get(raw_path)
+        if path is None:
+            path = normalize_path(raw_path)  # raises for a malformed one: not remembered
+            if len(self._paths) >= MAX_PATHS:
+                self._paths.clear()
+            self._paths[raw_path] = path
+        return path
+
+    def _prepare(self, pits_id: str, path: str, entry: Entry) -> Prepared | None:
+        key = (pits_id, path)
+        prepared = self._prepared.get(key)
+        if prepared is not None and prepared.entry is entry:
+            return prepared
+        if not ETAG.fullmatch(entry.etag):
+            return None  # (never so: the relay computes them) the application's checks apply
+        if len(self._prepared) >= self.max_prepared:
+            self._prepared.clear()  # entries evicted from the cache leave theirs here
+        common = [("Server", self.server), *CORS_HEADERS.items(), *DATA_HEADERS.items()]
+        # "Etag": the spelling Tornado's headers give the handler's answer (names are
+        # case-insensitive, but the two paths send the same bytes).
+        described = [("X-Pitlink-Cache", "HIT"), ("Etag", entry.etag)]
+        prepared = self._prepared[key] = Prepared(
+            entry=entry,
+            ok=b"HTTP/1.1 200 OK\r\n"
+            + _lines(
+                [
+                    *common,
+                    ("Content-Type", content_type_for_path(path)),
+                    *described,
+                    ("Content-Length", str(len(entry.body))),
+                ]
+            ),
+            not_modified=b"HTTP/1.1 304 Not Modified\r\n" + _lines([*common, *described]),
+        )
+        return prepared
+
+
+def _host_name(host: str | None) -> str:
+    """The host name as Tornado matches its host rules (`HTTPServerRequest.host_name`)."""
+    return split_host_and_port((host or "127.0.0.1").lower())[0]
