@@ -8,7 +8,9 @@ refused (BAD_CONTENT) instead of replacing good data anywhere.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections import OrderedDict
 
 from pits_appliance.origin import Origin, OriginReply
 from wire import ErrorCode, ProtocolError
@@ -21,6 +23,42 @@ from wire.paths import Allowlist, check_method, normalize_path
 log = logging.getLogger("pitlink.pits.fetch")
 
 
+class KnownBodies:
+    """The ETag of the last body FPVTrackside sent for each JSON path, by a digest of its bytes.
+
+    Most fetches are revalidations of a file that has not changed. Decoding and re-encoding it
+    canonically only to find the ETag the relay already holds is most of the agent's work on
+    such a fetch (about 0.15 ms for 13 KB here, several times that on a Pi); the same bytes
+    give the same ETag, so a digest of them is enough to answer 304. Bounded: the least
+    recently used paths are forgotten first.
+    """
+
+    def __init__(self, max_paths: int = 1024):
+        self.max_paths = max_paths
+        self._known: OrderedDict[str, tuple[bytes, str]] = OrderedDict()
+
+    @staticmethod
+    def digest(raw: bytes) -> bytes:
+        return hashlib.blake2b(raw, digest_size=16).digest()
+
+    def etag(self, path: str, digest: bytes) -> str | None:
+        """The ETag of `path`'s body if its bytes are the ones seen last, else None."""
+        known = self._known.get(path)
+        if known is None or known[0] != digest:
+            return None
+        self._known.move_to_end(path)
+        return known[1]
+
+    def remember(self, path: str, digest: bytes, etag: str) -> None:
+        self._known[path] = (digest, etag)
+        self._known.move_to_end(path)
+        while len(self._known) > self.max_paths:
+            self._known.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 class Executor:
     """Turns a Fetch into a Response, or raises ProtocolError."""
 
@@ -28,6 +66,7 @@ class Executor:
         self.origin = origin
         self.allowlist = allowlist
         self.fetch_timeout = fetch_timeout
+        self.known = KnownBodies()
         self._flights: Flights[str, asyncio.Future[OriginReply]] = Flights()
 
     async def _origin_get(self, path: str, timeout: float) -> OriginReply:
@@ -65,6 +104,12 @@ class Executor:
                 "FPVTrackside answered a JSON path with an HTML page",
                 extra={"path": path, "origin_type": reply.content_type},
             )
+        digest = None
+        if is_json_path(path):
+            digest = self.known.digest(reply.body)
+            known = self.known.etag(path, digest)
+            if known is not None and etag_matches(fetch.if_none_match, known):
+                return Response(status=304, etag=known)
         try:
             body, etag = prepare_body(path, reply.body)
         except ProtocolError as exc:
@@ -73,6 +118,8 @@ class Executor:
                 extra={"path": path, "code": str(exc.code), "origin_type": reply.content_type},
             )
             raise
+        if digest is not None:
+            self.known.remember(path, digest, etag)
         if etag_matches(fetch.if_none_match, etag):
             return Response(status=304, etag=etag)
         return Response(

@@ -351,3 +351,77 @@ async def test_identical_fetches_in_flight_share_one_origin_request(
     replies = await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert {r.etag for r in replies} == {etag_of(canonical_file(sim, path))}
     assert sim.requests_total == 1
+
+
+# -- unchanged bodies: the ETag from a digest of the bytes, without decoding them again ---------
+
+
+def count_prepares(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    from pits_appliance import executor as executor_module
+
+    calls: list[str] = []
+    real = executor_module.prepare_body
+
+    def counting(path: str, body: bytes) -> tuple[bytes, str]:
+        calls.append(path)
+        return real(path, body)
+
+    monkeypatch.setattr(executor_module, "prepare_body", counting)
+    return calls
+
+
+async def test_an_unchanged_file_is_revalidated_without_decoding_it(
+    executor: Executor, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_prepares(monkeypatch)
+    path = f"{sim.event_path}/Pilots.json"
+    etag = (await executor.execute(get(path))).etag
+    for _ in range(3):
+        assert await executor.execute(get(path, etag=etag)) == Response(status=304, etag=etag)
+    assert calls == [path]
+    # The relay without a copy (another ETag, or none) gets the whole body, decoded anew.
+    full = await executor.execute(get(path, etag=etag_of(b"[]")))
+    assert (full.status, full.etag, full.body) == (200, etag, canonical_file(sim, path))
+    assert calls == [path, path]
+
+
+async def test_a_rewritten_file_is_decoded_again_and_keeps_its_etag_if_the_data_did(
+    executor: Executor, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_prepares(monkeypatch)
+    path = "/httpfiles/Channels.json"
+    etag = (await executor.execute(get(path))).etag
+    file = sim.root / path.lstrip("/")
+    data = json.loads(file.read_bytes())
+    file.write_bytes(json.dumps(data).encode())  # other whitespace, same data
+    assert await executor.execute(get(path, etag=etag)) == Response(status=304, etag=etag)
+    assert len(calls) == 2
+    data[0]["Frequency"] = 1234  # new data
+    file.write_bytes(json.dumps(data).encode())
+    changed = await executor.execute(get(path, etag=etag))
+    assert changed.status == 200 and changed.etag != etag
+    assert changed.body == canonical_json(data)
+    assert len(calls) == 3
+
+
+async def test_a_half_written_file_is_never_remembered(executor: Executor, sim: Simulator) -> None:
+    path = "/httpfiles/Channels.json"
+    file = sim.root / path.lstrip("/")
+    good = file.read_bytes()
+    file.write_bytes(good[: len(good) // 2])
+    assert await refused(executor, get(path)) is ErrorCode.BAD_CONTENT
+    assert len(executor.known) == 0
+    file.write_bytes(good)
+    assert (await executor.execute(get(path))).status == 200
+
+
+def test_known_bodies_are_bounded() -> None:
+    from pits_appliance.executor import KnownBodies
+
+    known = KnownBodies(max_paths=3)
+    for n in range(5):
+        known.remember(f"/p{n}.json", KnownBodies.digest(b"%d" % n), f'"e{n}"')
+        assert len(known) <= 3
+    assert known.etag("/p0.json", KnownBodies.digest(b"0")) is None  # forgotten first
+    assert known.etag("/p4.json", KnownBodies.digest(b"4")) == '"e4"'
+    assert known.etag("/p4.json", KnownBodies.digest(b"other")) is None
