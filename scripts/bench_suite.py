@@ -30,6 +30,7 @@ from benchlib.stack import ROOT, Settings, Skip, load_average
 
 COMPARISONS: dict[str, Callable[[Settings], Outcome]] = {
     "hit": compare_http.hit,
+    "profile": compare_http.profile,
     "cdn": compare_http.cdn,
     "latency": compare_http.latency,
     "fanin": compare_pits.fanin,

@@ -299,10 +299,15 @@ def start_relay(
     name: str,
     *flags: str,
     nofile: int | None = None,
+    profile: Path | None = None,
 ) -> Relay:
+    """A relay process; with `profile`, run under cProfile, which writes there when it stops."""
     port = free_port()
+    program = [str(BIN / "cloud-relay")]
+    if profile is not None:
+        program = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "cloud"]
     cmd = [
-        str(BIN / "cloud-relay"),
+        *program,
         "serve",
         "--port",
         str(port),
