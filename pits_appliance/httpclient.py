@@ -1,5 +1,6 @@
-"""Tornado's HTTP client, made safe to cancel: the agent's HTTP requests (probes, FPVTrackside,
-update bundles) all go through it; the WebSocket's dial is CloudLink's own to settle.
+"""Tornado's HTTP client, made safe to cancel: the agent's HTTP requests to the Internet (probes,
+update bundles) go through it; the WebSocket's dial is CloudLink's own to settle, and requests
+to FPVTrackside are the origin's own (pits_appliance.keepalive, which closes its sockets itself).
 
 A tornado fetch cannot be cancelled. Cancelling the task that awaits it (the agent's stop, a
 withdrawn update) cancels only its future: the request runs on, and when it then fails (the
@@ -22,19 +23,10 @@ SETTLE_S = 2.0
 
 
 class HTTPClient:
-    """A tornado AsyncHTTPClient of its own (settings as for it) whose fetches may be cancelled.
+    """A tornado AsyncHTTPClient of its own (settings as for it) whose fetches may be cancelled."""
 
-    `client_class` picks the implementation: tornado's simple client by default (a new
-    connection per request), or a subclass such as the origin's keep-alive curl client.
-    """
-
-    def __init__(
-        self,
-        client_class: type[tornado.httpclient.AsyncHTTPClient] | None = None,
-        **settings: Any,
-    ):
-        cls = client_class or tornado.httpclient.AsyncHTTPClient
-        self._client = cls(force_instance=True, **settings)
+    def __init__(self, **settings: Any):
+        self._client = tornado.httpclient.AsyncHTTPClient(force_instance=True, **settings)
         self._running: set[asyncio.Future[tornado.httpclient.HTTPResponse]] = set()
 
     async def fetch(

@@ -1,10 +1,8 @@
 """Requests to FPVTrackside over connections kept open, bounded in time, size and concurrency.
 
 FPVTrackside answers one request at a time, so the agent never sends it more than
-`concurrency` at once, over at most that many connections, and it reads at most
-`max_body_bytes` of any body. The requests go through libcurl (tornado's curl client over
-pycurl): tornado's own client opens a new connection for every request, curl keeps them open
-and opens a fresh one when FPVTrackside has closed an idle one or restarted.
+`concurrency` at once, over at most that many connections (pits_appliance.keepalive: tornado's
+own HTTP/1.1 code, no native library), and it reads at most `max_body_bytes` of any body.
 """
 
 from __future__ import annotations
@@ -13,31 +11,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
-import pycurl
-import tornado.httpclient
-from tornado.curl_httpclient import CurlAsyncHTTPClient, CurlError
-
-from pits_appliance.httpclient import HTTPClient
+from pits_appliance.keepalive import ConnectFailed, ConnectionPool, PoolError, Timeout, TooLarge
 from wire import ErrorCode, ProtocolError
 from wire.budget import Throttle
 from wire.paths import encode_path
 
 log = logging.getLogger("pitlink.pits.origin")
-
-# curl's failures of the connection itself, before FPVTrackside said anything: worth one retry.
-# (curl already sends a request again, once, on a fresh connection when a kept one turns out
-# to be dead; these are what a fresh connection fails with.)
-_CONNECT_FAILED = {
-    pycurl.E_COULDNT_CONNECT: "connection refused",
-    pycurl.E_GOT_NOTHING: "connection closed without an answer",
-    pycurl.E_SEND_ERROR: "connection reset while sending",
-    pycurl.E_RECV_ERROR: "connection reset",
-}
-# curl stopped reading: Content-Length over MAXFILESIZE, or the body over the client's
-# max_body_size (tornado's write callback refuses the chunk).
-_TOO_LARGE = {pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR}
 
 
 @dataclass(frozen=True)
@@ -47,39 +27,6 @@ class OriginReply:
     status: int
     content_type: str | None
     body: bytes
-
-
-class _ConnectFailed(Exception):
-    """The connection failed before any answer: the caller tries once more."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-
-
-class _KeptAliveClient(CurlAsyncHTTPClient):
-    """Tornado's curl client, keeping no more idle connections than it runs requests at once."""
-
-    def initialize(  # type: ignore[override]
-        self, max_clients: int = 2, **settings: Any
-    ) -> None:
-        super().initialize(max_clients=max_clients, **settings)
-        # One easy handle per request at once already bounds the connections in use; these
-        # bound the idle ones kept, and every connection at all, to the same number.
-        self._multi.setopt(pycurl.M_MAXCONNECTS, max_clients)
-        self._multi.setopt(pycurl.M_MAX_HOST_CONNECTIONS, max_clients)
-
-    def close(self) -> None:
-        super().close()
-        # Closing, curl may have asked for a timer or changed its sockets: leave nothing of
-        # this client in the loop (a timer would find no curl; a descriptor number reused
-        # later must not reach a handler of this client).
-        if self._timeout is not None:
-            self.io_loop.remove_timeout(self._timeout)
-            self._timeout = None
-        for fd in list(self._fds):
-            self.io_loop.remove_handler(fd)
-        self._fds.clear()
 
 
 class Origin:
@@ -98,27 +45,31 @@ class Origin:
         self.connect_timeout = connect_timeout
         self._slots = asyncio.Semaphore(concurrency)
         self._log = Throttle(1.0)
-        self._client = HTTPClient(
-            _KeptAliveClient,
-            # The semaphore lets `concurrency` requests through: one curl handle (and one
-            # connection) each.
-            max_clients=max(concurrency, 1),
-            # The body is counted as it is decompressed, and the read stopped past the cap.
-            max_body_size=max_body_bytes,
+        # The semaphore lets `concurrency` requests through: one kept connection each.
+        self._pool = ConnectionPool(
+            self.base_url,
+            size=concurrency,
+            max_body_bytes=max_body_bytes,
+            connect_timeout=connect_timeout,
         )
+
+    @property
+    def connections(self) -> int:
+        """Connections to FPVTrackside open now."""
+        return self._pool.connections
 
     async def get(self, path: str, timeout: float) -> OriginReply:
         """GET one normalized path; raises ProtocolError with the protocol's codes."""
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         async with self._slots:
             for attempt in (1, 2):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if deadline - loop.time() <= 0:
                     break
                 try:
-                    return await self._get_once(path, remaining)
-                except _ConnectFailed as exc:
-                    error = f"{exc.reason}: {exc}"[:200]
+                    return await self._get_once(path, timeout, deadline)
+                except ConnectFailed as exc:
+                    error = str(exc)[:200]
                     if attempt == 2:
                         self._warn("FPVTrackside failed again after a retry", path, error)
                         raise ProtocolError(
@@ -146,58 +97,30 @@ class Origin:
                 },
             )
 
-    def _prepare(self, curl: pycurl.Curl) -> None:
-        # A Content-Length over the cap ends the request before any of the body is read.
-        curl.setopt(pycurl.MAXFILESIZE_LARGE, self.max_body_bytes)
-        # No signals from libcurl inside the agent's process (tornado sets this only when
-        # Python has threads running).
-        curl.setopt(pycurl.NOSIGNAL, 1)
-
-    async def _get_once(self, path: str, timeout: float) -> OriginReply:
-        heard: list[str] = []  # header lines: once there is one, a cut is no connect failure
-        request = tornado.httpclient.HTTPRequest(
-            self.base_url + encode_path(path),
-            method="GET",
-            connect_timeout=min(self.connect_timeout, timeout),
-            request_timeout=timeout,
-            follow_redirects=False,
-            decompress_response=True,
-            user_agent="pitlink-agent",
-            headers={"Accept": "*/*", "Cache-Control": "no-cache"},
-            header_callback=heard.append,
-            prepare_curl_callback=self._prepare,
-        )
+    async def _get_once(self, path: str, timeout: float, deadline: float) -> OriginReply:
         try:
-            response = await self._client.fetch(request, raise_error=False)
-        except CurlError as exc:
-            if exc.errno in _TOO_LARGE:
-                raise ProtocolError(
-                    ErrorCode.TOO_LARGE,
-                    f"FPVTrackside sent more than the {self.max_body_bytes} byte cap for {path}",
-                ) from None
-            if exc.errno == pycurl.E_OPERATION_TIMEDOUT:
-                raise ProtocolError(
-                    ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
-                ) from None
-            reason = _CONNECT_FAILED.get(exc.errno)
-            if reason is not None and not heard:
-                raise _ConnectFailed(reason, exc.message or "") from None  # retried once
+            reply = await self._pool.get(encode_path(path), deadline)
+        except TooLarge:
             raise ProtocolError(
-                ErrorCode.ORIGIN_UNREACHABLE,
-                f"FPVTrackside at {self.base_url} failed: {exc.message}",
+                ErrorCode.TOO_LARGE,
+                f"FPVTrackside sent more than the {self.max_body_bytes} byte cap for {path}",
             ) from None
-        except (tornado.httpclient.HTTPClientError, OSError, ValueError) as exc:
+        except Timeout:
             raise ProtocolError(
-                ErrorCode.ORIGIN_UNREACHABLE,
-                f"FPVTrackside at {self.base_url} failed: {type(exc).__name__}: {exc}",
+                ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
+            ) from None
+        except ConnectFailed:
+            raise  # the caller retries this once
+        except PoolError as exc:
+            raise ProtocolError(
+                ErrorCode.ORIGIN_UNREACHABLE, f"FPVTrackside at {self.base_url} failed: {exc}"
             ) from None
         return OriginReply(
-            status=response.code,
-            content_type=response.headers.get("Content-Type"),
-            body=response.body or b"",
+            status=reply.status,
+            content_type=reply.headers.get("Content-Type"),
+            body=reply.body,
         )
 
     async def close(self) -> None:
-        """Close the client and its connections, once the requests still running (a
-        cancelled one too) end."""
-        await self._client.close()
+        """Close every connection to FPVTrackside; a request still on one fails at once."""
+        self._pool.close()
