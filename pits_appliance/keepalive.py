@@ -335,6 +335,8 @@ class ConnectionPool:
                 if reader.start_line is None and why is not None:
                     raise _NoAnswer(why) from None
                 raise PoolError(f"answer cut short ({why or exc.real_error})") from None
+            except (OSError, ValueError) as exc:  # what tornado did not turn into the above
+                raise PoolError(f"{type(exc).__name__}: {exc}") from None
             if reader.over:
                 raise TooLarge("body over the cap")
             if reader.start_line is None or not reader.finished:
