@@ -18,6 +18,8 @@ from benchlib.stack import (
     PITS_ID,
     ROOT,
     BenchError,
+    Keys,
+    Relay,
     Settings,
     Stack,
     event_sim,
@@ -74,27 +76,36 @@ def _throughput_chart(title: str, runs: dict[str, Any], target: float | None = N
     )
 
 
+def _caching_relay(
+    stack: Stack, keys: Keys, profile: Path | None = None
+) -> tuple[Relay, str, bytes]:
+    """A relay that keeps everything an hour, its agent and the event: (relay, the event's
+    largest path, its body as the relay serves it), the body already in the relay's cache."""
+    sim = event_sim(stack)
+    relay = start_relay(
+        stack,
+        keys,
+        "relay",
+        "--freshness",
+        "3600",
+        "--client-rate",
+        "0",
+        "--client-miss-rate",
+        "0",
+        profile=profile,
+    )
+    start_agent(stack, keys, relay.url, sim)
+    path = sim.biggest()
+    return relay, path, wait_data(stack, relay.data(path))
+
+
 def hit(settings: Settings) -> Outcome:
     """1. Cache hits of the relay vs a bare Tornado handler vs nginx serving the same bytes."""
     need("wrk", "nginx")
     out = Outcome("hit")
     keys = make_keys(settings.tmp)
     with Stack(settings.tmp) as stack:
-        sim = event_sim(stack)
-        relay = start_relay(
-            stack,
-            keys,
-            "relay",
-            "--freshness",
-            "3600",
-            "--client-rate",
-            "0",
-            "--client-miss-rate",
-            "0",
-        )
-        start_agent(stack, keys, relay.url, sim)
-        path = sim.biggest()
-        body = wait_data(stack, relay.data(path))
+        relay, path, body = _caching_relay(stack, keys)
         _, headers, _ = http_get(relay.data(path))
         if headers.get("X-Pitlink-Cache") != "HIT":
             raise BenchError(f"the relay did not serve {path} from its cache: {headers}")
@@ -157,22 +168,7 @@ def profile(settings: Settings) -> Outcome:
     keys = make_keys(settings.tmp)
     stats_file = settings.tmp / "relay.prof"
     with Stack(settings.tmp) as stack:
-        sim = event_sim(stack)
-        relay = start_relay(
-            stack,
-            keys,
-            "relay",
-            "--freshness",
-            "3600",
-            "--client-rate",
-            "0",
-            "--client-miss-rate",
-            "0",
-            profile=stats_file,
-        )
-        start_agent(stack, keys, relay.url, sim)
-        path = sim.biggest()
-        wait_data(stack, relay.data(path))
+        relay, path, _ = _caching_relay(stack, keys, profile=stats_file)
         run = wrk(relay.data(path), settings.wrk_seconds * 2)
         stack.stop_one(relay.proc, timeout=30)  # SIGTERM: the relay leaves, cProfile writes
     if not stats_file.exists():

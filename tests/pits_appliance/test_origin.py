@@ -92,14 +92,17 @@ async def test_a_restarted_fpvtrackside_is_reached_on_a_fresh_connection(
     assert retries(caplog) == []
 
 
-class _HangsUpOnSecondRequest:
-    """An HTTP/1.1 server that answers the first request on each connection and closes the
-    connection, unanswered, on the second: FPVTrackside closing an idle connection at the very
-    moment the agent sends on it, which the agent cannot see coming."""
+class RawOrigin:
+    """An HTTP/1.1 server on plain sockets that answers each request with the next of `answers`:
+    (bytes, then), `then` being "keep" (wait for another request), "close" (hang up) or "hold"
+    (wait for the client to hang up). With `drop_new`, new connections are closed unread."""
 
-    def __init__(self) -> None:
+    def __init__(self, answers: list[tuple[bytes, str]]) -> None:
+        self.answers = list(answers)
         self.accepted = 0
-        self.answered = 0
+        self.requests: list[bytes] = []
+        self.open = 0
+        self.drop_new = False
         self.server: asyncio.Server | None = None
         self.serving: set[asyncio.Task[object]] = set()
 
@@ -109,20 +112,33 @@ class _HangsUpOnSecondRequest:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.open += 1
         task = asyncio.current_task()
         assert task is not None
         self.serving.add(task)
         try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
-            await writer.drain()
-            self.answered += 1
-            await reader.readuntil(b"\r\n\r\n")  # the second request: no answer
-        except (asyncio.IncompleteReadError, ConnectionError):
+            await self._converse(reader, writer)
+        except ConnectionError:
             pass
         finally:
             writer.close()
+            self.open -= 1
             self.serving.discard(task)
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not self.drop_new:
+            try:
+                self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break  # the client hung up
+            data, then = self.answers.pop(0)
+            writer.write(data)
+            await writer.drain()
+            if then == "close":
+                break
+            if then == "hold":
+                await reader.read()  # until the client hangs up
+                break
 
     async def stop(self) -> None:
         """Stop listening; wait for the connections to end (the client has hung up)."""
@@ -130,6 +146,26 @@ class _HangsUpOnSecondRequest:
         self.server.close()
         await self.server.wait_closed()
         await wait_for(lambda: not self.serving, what="the connections to end", timeout=5.0)
+
+
+class _HangsUpOnSecondRequest(RawOrigin):
+    """An HTTP/1.1 server that answers the first request on each connection and closes the
+    connection, unanswered, on the second: FPVTrackside closing an idle connection at the very
+    moment the agent sends on it, which the agent cannot see coming."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.answered = 0
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]")
+            await writer.drain()
+            self.answered += 1
+            await reader.readuntil(b"\r\n\r\n")  # the second request: no answer
+        except asyncio.IncompleteReadError:
+            pass
 
 
 async def test_a_request_on_a_connection_closed_under_it_is_sent_again(
@@ -168,58 +204,6 @@ async def test_no_more_connections_than_the_concurrency(fixture_sim: Simulator) 
     finally:
         fixture_sim.hold.set()
         await origin.close()
-
-
-class RawOrigin:
-    """An HTTP/1.1 server on plain sockets that answers each request with the next of `answers`:
-    (bytes, then), `then` being "keep" (wait for another request), "close" (hang up) or "hold"
-    (wait for the client to hang up). With `drop_new`, new connections are closed unread."""
-
-    def __init__(self, answers: list[tuple[bytes, str]]) -> None:
-        self.answers = list(answers)
-        self.accepted = 0
-        self.requests: list[bytes] = []
-        self.open = 0
-        self.drop_new = False
-        self.server: asyncio.Server | None = None
-        self.serving: set[asyncio.Task[object]] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self.open += 1
-        task = asyncio.current_task()
-        assert task is not None
-        self.serving.add(task)
-        try:
-            while not self.drop_new:
-                try:
-                    self.requests.append(await reader.readuntil(b"\r\n\r\n"))
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break  # the client hung up
-                data, then = self.answers.pop(0)
-                writer.write(data)
-                await writer.drain()
-                if then == "close":
-                    break
-                if then == "hold":
-                    await reader.read()  # until the client hangs up
-                    break
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            self.open -= 1
-            self.serving.discard(task)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        await wait_for(lambda: not self.serving, what="the connections to end", timeout=5.0)
 
 
 def ok(body: bytes, *headers: str) -> bytes:
