@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 
 import pytest
 
@@ -148,3 +149,15 @@ async def test_cache_control_rounds_the_window_up(tmp_path, sim) -> None:
         assert got.headers["Cache-Control"] == "public, max-age=1"
     finally:
         await s.close()
+
+
+async def test_both_ends_of_the_link_send_frames_at_once(system: System) -> None:
+    """TCP_NODELAY on the WebSocket at both ends: a frame is never held back by Nagle's
+    algorithm waiting for the other end's (delayed) acknowledgement of the one before."""
+    ws = system.agent.link._ws
+    assert ws is not None and ws.protocol is not None
+    box_end = ws.protocol.stream.socket
+    assert box_end.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    conn = system.relay.registry.get(system.pits_id)
+    relay_end = conn.transport.ws_connection.stream.socket  # type: ignore[attr-defined]
+    assert relay_end.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
