@@ -1,0 +1,117 @@
+"""Upstream drift: the endpoints' schemas against the real event, simulated races, and changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloud.drift import Schemas, endpoint_of
+from pitlink_testkit.fpvtrackside import LiveEvent
+from wire.canonical import canonical_json
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "fpvtrackside"
+
+
+@pytest.fixture(scope="module")
+def schemas() -> Schemas:
+    return Schemas()
+
+
+def web_paths(root: Path) -> list[tuple[str, bytes]]:
+    """(FPVTrackside path, the body the agent sends for it) for every file with a schema."""
+    found = []
+    for file in sorted(root.rglob("*.json")):
+        path = "/" + file.relative_to(root).as_posix()
+        if endpoint_of(path) is not None:
+            data = json.loads(file.read_bytes().decode("utf-8-sig") or "[]")
+            found.append((path, canonical_json(data)))
+    return found
+
+
+def test_every_endpoint_has_a_schema(schemas: Schemas) -> None:
+    assert schemas.endpoints == ["Channels", "Event", "Pilots", "Race", "Results", "Rounds"]
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/events/e1/Event.json", "Event"),
+        ("/events/e1/Results.json", "Results"),
+        ("/events/e1/r1/Race.json", "Race"),
+        ("/httpfiles/Channels.json", "Channels"),
+        ("/events/e1/r1/Event.json", None),
+        ("/httpfiles/index.html", None),
+        ("/", None),
+    ],
+)
+def test_which_paths_have_a_schema(path: str, endpoint: str | None) -> None:
+    assert endpoint_of(path) == endpoint
+
+
+def test_the_real_event_fits(schemas: Schemas) -> None:
+    checked = web_paths(FIXTURE)
+    assert len(checked) >= 18  # Event, Pilots, Rounds, 14 races, Channels
+    assert [(p, schemas.check(p, body)) for p, body in checked if schemas.check(p, body)] == []
+
+
+def test_a_simulated_event_fits_as_it_runs(schemas: Schemas, tmp_path: Path) -> None:
+    live = LiveEvent(tmp_path, seed=11, pilots=8)
+    for step in range(300):
+        live.step()
+        if step % 25 == 0:
+            for path, body in web_paths(tmp_path):
+                assert schemas.check(path, body) is None, (step, path)
+    assert any(endpoint_of(p) == "Results" for p, _ in web_paths(tmp_path))
+
+
+def test_an_empty_file_fits(schemas: Schemas) -> None:
+    """FPVTrackside's 200 with an empty body for an event file not written yet is `[]`."""
+    assert schemas.check("/events/e1/Results.json", b"") is None
+    assert schemas.check("/events/e1/Results.json", b"[]") is None
+
+
+def race(tmp_path: Path) -> tuple[str, list[dict[str, object]]]:
+    path, body = next((p, b) for p, b in web_paths(FIXTURE) if endpoint_of(p) == "Race")
+    return path, json.loads(body)
+
+
+def test_a_field_of_another_type_is_named_with_its_pointer(schemas: Schemas, tmp_path) -> None:
+    path, data = race(tmp_path)
+    data[0]["RaceNumber"] = "seven"
+    found = schemas.check(path, canonical_json(data))
+    assert found is not None
+    assert (found.endpoint, found.pointer, found.kind, found.expected) == (
+        "Race.json",
+        "/0/RaceNumber",
+        "type",
+        "integer",
+    )
+
+
+def test_a_missing_field_and_a_bad_id_are_named(schemas: Schemas, tmp_path) -> None:
+    path, data = race(tmp_path)
+    del data[0]["Round"]
+    found = schemas.check(path, canonical_json(data))
+    assert found is not None and (found.pointer, found.kind) == ("/0", "required")
+    assert "Round" in found.message
+    path, data = race(tmp_path)
+    data[0]["ID"] = "42"
+    found = schemas.check(path, canonical_json(data))
+    assert found is not None and (found.pointer, found.kind) == ("/0/ID", "pattern")
+
+
+def test_an_added_field_is_not_drift(schemas: Schemas, tmp_path) -> None:
+    path, data = race(tmp_path)
+    data[0]["NewInNextVersion"] = {"x": 1}
+    assert schemas.check(path, canonical_json(data)) is None
+
+
+def test_what_is_shown_is_bounded(schemas: Schemas, tmp_path) -> None:
+    path, data = race(tmp_path)
+    data[0]["x" * 5000] = 1
+    data[0]["ID"] = "y" * 5000
+    found = schemas.check(path, canonical_json(data))
+    assert found is not None
+    assert all(len(v) <= 120 for v in (found.pointer, found.expected, found.message))
