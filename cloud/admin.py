@@ -17,6 +17,7 @@ from cloud.bundles import Bundle, BundleError, BundleStore
 from cloud.cache import Cache
 from cloud.cluster import Cluster
 from cloud.control import PitsConnection
+from cloud.drift import Seen
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from cloud.replica_messages import Action
@@ -60,6 +61,19 @@ class PublicAllowlist:
         return [{"pattern": p, "enabled": on} for p, on in self.entries.items()]
 
 
+def _mismatch(seen: Seen) -> dict[str, Any]:
+    """The first place this pits' FPVTrackside data differs from its schema, for the page."""
+    m = seen.mismatch
+    return {
+        "at": seen.at,
+        "endpoint": m.endpoint,
+        "pointer": m.pointer,
+        "kind": m.kind,
+        "expected": m.expected,
+        "message": m.message,
+    }
+
+
 class Admin:
     """The admin API's verbs; `who` is the admin token's subject, for the audit line.
 
@@ -80,8 +94,10 @@ class Admin:
         ready: Callable[[], bool],
         updates: Updates | None = None,
         cluster: Cluster | None = None,
+        drift: Callable[[str], Seen | None] | None = None,
     ):
         self.registry = registry
+        self.drift = drift
         self.cache = cache
         self.metrics = metrics
         self.public_allowlist = allowlist
@@ -107,6 +123,8 @@ class Admin:
             row = conn.describe()
             row["lastSeenS"] = round(max(0.0, conn.clock() - conn.last_rx), 1)
             row["node"] = here
+            seen = None if self.drift is None else self.drift(conn.pits_id)
+            row["schemaMismatch"] = None if seen is None else _mismatch(seen)
             rows.append(row)
         if self.cluster is not None:
             others = await self.cluster.all_connections() or []
@@ -120,6 +138,7 @@ class Admin:
             )
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
+            row.setdefault("schemaMismatch", None)
             row["active"] = row["pitsId"] == self.active_pits.pits_id
         return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
 

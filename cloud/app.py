@@ -27,6 +27,7 @@ from cloud.cluster import Cluster
 from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
+from cloud.drift import DriftWatch, Schemas
 from cloud.handlers import (
     BundleDownloadHandler,
     ControlHandler,
@@ -88,6 +89,15 @@ class CloudRelay:
             pits_limiter=RateLimiter(config.pits_fetch_rate, config.pits_fetch_burst),
             miss_limiter=RateLimiter(config.client_miss_rate, config.client_miss_burst),
             clock=clock,
+            drift=DriftWatch(
+                Schemas(),
+                mismatches=self.metrics.schema_mismatches,
+                last_mismatch=self.metrics.schema_mismatch_last,
+                unchecked=self.metrics.schema_unchecked,
+                log=logging.getLogger("pitlink.cloud.drift"),
+                wall=time.time,
+                monotonic=clock,
+            ),
         )
         self.active = ActivePits(config.active_pits)
         self.registry.on_register.append(self._offer_active)
@@ -136,6 +146,7 @@ class CloudRelay:
             ready=self.ready,
             updates=self.updates,
             cluster=self.cluster,
+            drift=self.serving.drift.first if self.serving.drift is not None else None,
         )
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,

@@ -14,7 +14,10 @@ a body that fails, to name the first place it differs (its JSON pointer and what
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 import ujson
+
+from wire.budget import Throttle
 
 SCHEMAS = Path(__file__).parent / "schemas"
 ENDPOINTS = (
@@ -98,3 +103,89 @@ class Schemas:
             expected=shown[:MAX_SHOWN],
             message=error.message[:MAX_SHOWN],
         )
+
+
+# Bodies larger than this are not checked (counted as unchecked): a pits sending a new 8 MiB
+# body again and again must not keep the relay's loop busy validating it.
+MAX_CHECKED_BYTES = 2 * 1024 * 1024
+LOG_INTERVAL_S = 300.0  # one line per endpoint and kind of mismatch every 5 minutes at most
+MAX_PITS_SHOWN = 1000  # pits whose last mismatches are kept for the admin page
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A mismatch as the admin page shows it: which pits, when (wall clock), where."""
+
+    pits_id: str
+    at: float
+    mismatch: Mismatch
+
+
+class DriftWatch:
+    """What the relay does with a new body: check it, count, log (rate-limited), remember.
+
+    Time is passed in (`wall`, `now`), so the rate limit is tested without sleeping.
+    """
+
+    def __init__(
+        self,
+        schemas: Schemas,
+        *,
+        mismatches: Any,  # a prometheus Counter labelled by endpoint
+        last_mismatch: Any,  # a prometheus Gauge: wall-clock time of the last one
+        unchecked: Any,  # a prometheus Counter: bodies over MAX_CHECKED_BYTES
+        log: logging.Logger,
+        wall: Callable[[], float],
+        monotonic: Callable[[], float],
+    ):
+        self.schemas = schemas
+        self.mismatches = mismatches
+        self.last_mismatch = last_mismatch
+        self.unchecked = unchecked
+        self.log = log
+        self.wall = wall
+        self.monotonic = monotonic
+        self._throttle = Throttle(LOG_INTERVAL_S)
+        self._latest: OrderedDict[str, dict[str, Seen]] = OrderedDict()
+
+    def seen(self, pits_id: str, path: str, body: bytes) -> Mismatch | None:
+        """Check one new body from `pits_id`; the mismatch, if any (it is still served)."""
+        if endpoint_of(path) is None:
+            return None
+        if len(body) > MAX_CHECKED_BYTES:
+            self.unchecked.inc()
+            return None
+        found = self.schemas.check(path, body)
+        latest = self._latest.get(pits_id)
+        if found is None:
+            if latest is not None:
+                latest.pop(f"{endpoint_of(path)}.json", None)
+            return None
+        now = self.wall()
+        self.mismatches.labels(found.endpoint).inc()
+        self.last_mismatch.set(now)
+        if latest is None:
+            latest = self._latest[pits_id] = {}
+            while len(self._latest) > MAX_PITS_SHOWN:
+                self._latest.popitem(last=False)
+        latest[found.endpoint] = Seen(pits_id, now, found)
+        held = self._throttle.allow(f"{found.endpoint} {found.kind}", self.monotonic())
+        if held is not None:
+            self.log.warning(
+                "FPVTrackside data differs from its schema (still served)",
+                extra={
+                    "pits_id": pits_id,
+                    "endpoint": found.endpoint,
+                    "pointer": found.pointer,
+                    "kind": found.kind,
+                    "expected": found.expected,
+                    "detail": found.message,
+                    "suppressed": held,
+                },
+            )
+        return found
+
+    def first(self, pits_id: str) -> Seen | None:
+        """The earliest mismatch still standing for `pits_id` (for the admin page)."""
+        latest = self._latest.get(pits_id)
+        return min(latest.values(), key=lambda s: s.at) if latest else None

@@ -69,6 +69,22 @@ class Metrics:
         self.errors = Counter(
             P + "errors", "Public requests answered with an error", ["code"], registry=r
         )
+        self.schema_mismatches = Counter(
+            P + "schema_mismatches",
+            "New bodies from FPVTrackside that differ from their endpoint's schema (still served)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.schema_mismatch_last = Gauge(
+            P + "schema_mismatch_last_timestamp_seconds",
+            "When a body last differed from its schema (Unix time; 0: never)",
+            registry=r,
+        )
+        self.schema_unchecked = Counter(
+            P + "schema_unchecked",
+            "New bodies too large to check against their schema",
+            registry=r,
+        )
         self.frames_dropped = Counter(
             P + "frames_dropped",
             "Frames from pits dropped (malformed, unknown or expired id)",

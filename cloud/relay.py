@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from cloud.cache import Cache, CacheKey, Entry, Served
 from cloud.cluster import Cluster
 from cloud.control import PitsConnection
+from cloud.drift import DriftWatch
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimited, RateLimiter, SharedLimiter
 from cloud.registry import Registry
@@ -84,8 +85,10 @@ class Relay:
         pits_limiter: RateLimiter | None = None,
         miss_limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        drift: DriftWatch | None = None,
     ):
         self.registry = registry
+        self.drift = drift
         self.cache = cache
         self.metrics = metrics
         self.freshness = freshness
@@ -310,6 +313,8 @@ class Relay:
         if is_json_path(path):
             # Judged from the body itself, once per new body: a label from the pits proves nothing.
             check_json(body)
+            if self.drift is not None:
+                self.drift.seen(pits_id, path, body)  # a warning at most: it is still served
         fresh = Entry(body=body, etag=etag, fetched_at=now)
         self.cache.put(key, fresh)
         if self.cluster is not None:

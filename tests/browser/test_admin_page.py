@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,30 @@ async def test_readable_on_a_phone(browser: Browser, system: System, tmp_path: P
         await page.screenshot(path=str(tmp_path / "admin-phone.png"), full_page=True)
     finally:
         await context.close()
+
+
+async def test_drift_upstream_is_a_warning_with_the_pits_endpoint_and_place(
+    page: Page, system: System
+) -> None:
+    """A field of another type in FPVTrackside's Event.json: the page says where; the data
+    is still served. A pointer from the pits' data is shown as text, never as markup."""
+    file = system.sim.root / system.sim.event_path.lstrip("/") / "Event.json"
+    event = json.loads(file.read_bytes().decode("utf-8-sig"))
+    event[0]["Laps"] = "<img src=x onerror=alert(1)>"
+    file.write_text(json.dumps(event))
+    got = await system.get(f"/pits/{system.pits_id}{system.sim.event_path}/Event.json")
+    assert got.code == 200
+    await sign_in(page, system)
+    warning = page.locator("#drift")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text(f"FPVTrackside data from {system.pits_id}")
+    await expect(warning).to_contain_text("Event.json at /0/Laps (type: expected integer)")
+    assert await page.locator("#drift img").count() == 0
+    assert page.errors == []
+
+
+async def test_no_drift_no_warning(page: Page, system: System) -> None:
+    await system.get(f"/pits/{system.pits_id}{system.sim.event_path}/Event.json")
+    await sign_in(page, system)
+    await expect(page.locator(f'#connections tr[data-pits="{system.pits_id}"]')).to_be_visible()
+    await expect(page.locator("#drift")).to_be_hidden()
