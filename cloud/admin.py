@@ -27,8 +27,10 @@ from wire.paths import Allowlist, normalize_path
 
 audit = logging.getLogger("pitlink.cloud.admin")
 
-# Paths whose allowlist answer is remembered, at most (then forgotten all at once).
+# Paths whose allowlist answer is remembered, at most (then forgotten all at once), and the
+# longest remembered (a path may be as long as a 16 KiB request line).
 MAX_REMEMBERED = 4096
+MAX_REMEMBERED_LENGTH = 512
 UPDATES_OFF = "updates are off on this relay: start it with --bundle-dir"
 
 
@@ -45,9 +47,11 @@ class PublicAllowlist:
     def allows(self, path: str) -> bool:
         answer = self._answers.get(path)
         if answer is None:
-            if len(self._answers) >= MAX_REMEMBERED:
-                self._answers.clear()
-            answer = self._answers[path] = self._compiled.allows(path)
+            answer = self._compiled.allows(path)
+            if len(path) <= MAX_REMEMBERED_LENGTH:
+                if len(self._answers) >= MAX_REMEMBERED:
+                    self._answers.clear()
+                self._answers[path] = answer
         return answer
 
     def set(self, pattern: str, enabled: bool) -> None:

@@ -543,13 +543,13 @@ class _HitOrApp(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Any:
         assert isinstance(start_line, tornado.httputil.RequestStartLine)
-        remote_ip = getattr(self.request_conn, "context", None)
+        context = getattr(self.request_conn, "context", None)  # HTTP1Connection's: the peer
         self.hit = self.parent.hits.answer(
             start_line.method,
             start_line.path,
             start_line.version,
             headers,
-            getattr(remote_ip, "remote_ip", ""),
+            getattr(context, "remote_ip", ""),
         )
         if self.hit is not None:
             return None

@@ -55,8 +55,10 @@ DATA_PATH = re.compile(r"/pits/|/(?:events|httpfiles)(?:/|$)")
 # Bodies on a GET are refused by nobody, but a request that has one goes the long way.
 BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
 
-# Raw paths whose normalized form is remembered, at most (then forgotten all at once).
+# Raw paths whose normalized form is remembered, at most (then forgotten all at once), and
+# the longest remembered: a request line may be 16 KiB, and 4,096 of those would be 64 MiB.
 MAX_PATHS = 4096
+MAX_REMEMBERED_LENGTH = 512
 # What a relay may put in a header line it writes itself: an ETag is one the relay computed.
 ETAG = re.compile(r'"sha256:[0-9a-f]{64}"')
 
@@ -84,7 +86,7 @@ class Hit:
 class Prepared:
     """The part of a hit's response that is the same for every request of one entry."""
 
-    entry: Entry
+    etag: str  # of the entry it was made for: the same ETag, the same bytes and headers
     ok: bytes  # status line and the constant headers of a 200
     not_modified: bytes  # the same for a 304: no Content-Type, no Content-Length
 
@@ -189,15 +191,16 @@ class Hits:
         path = self._paths.get(raw_path)
         if path is None:
             path = normalize_path(raw_path)  # raises for a malformed one: not remembered
-            if len(self._paths) >= MAX_PATHS:
-                self._paths.clear()
-            self._paths[raw_path] = path
+            if len(raw_path) <= MAX_REMEMBERED_LENGTH:
+                if len(self._paths) >= MAX_PATHS:
+                    self._paths.clear()
+                self._paths[raw_path] = path
         return path
 
     def _prepare(self, pits_id: str, path: str, entry: Entry) -> Prepared | None:
         key = (pits_id, path)
         prepared = self._prepared.get(key)
-        if prepared is not None and prepared.entry is entry:
+        if prepared is not None and prepared.etag == entry.etag:
             return prepared
         if not ETAG.fullmatch(entry.etag):
             return None  # (never so: the relay computes them) the application's checks apply
@@ -208,7 +211,7 @@ class Hits:
         # case-insensitive, but the two paths send the same bytes).
         described = [("X-Pitlink-Cache", "HIT"), ("Etag", entry.etag)]
         prepared = self._prepared[key] = Prepared(
-            entry=entry,
+            etag=entry.etag,
             ok=b"HTTP/1.1 200 OK\r\n"
             + _lines(
                 [

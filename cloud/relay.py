@@ -121,12 +121,14 @@ class Relay:
 
         The fast path of a hit (cloud.hits) asks this; it counts the hit itself.
         """
-        ttl = self.freshness.ttl(path)
-        now = self.clock()
-        entry = self.cache.get((pits_id, "GET", path))
+        entry, ttl, now = self._lookup((pits_id, "GET", path))
         if entry is not None and entry.age(now) < ttl:
             return entry, ttl, now
         return None
+
+    def _lookup(self, key: CacheKey) -> tuple[Entry | None, float, float]:
+        """(the cached entry or None, the path's freshness window, now)."""
+        return self.cache.get(key), self.freshness.ttl(key[2]), self.clock()
 
     async def get(
         self,
@@ -143,9 +145,7 @@ class Relay:
         `client`: who asks, charged for a request that starts a fetch (the miss budget).
         """
         key: CacheKey = (pits_id, "GET", path)
-        ttl = self.freshness.ttl(path)
-        now = self.clock()
-        entry = self.cache.get(key)
+        entry, ttl, now = self._lookup(key)
         if entry is not None and entry.age(now) < ttl:
             self.metrics.cache_hits.inc()
             return _served(entry, "HIT", ttl)

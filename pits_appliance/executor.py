@@ -102,7 +102,7 @@ class Executor:
         if is_json_path(path) and (reply.content_type or "").lower().startswith("text/html"):
             log.warning(
                 "FPVTrackside answered a JSON path with an HTML page",
-                extra={"path": path, "origin_type": reply.content_type},
+                extra={"path": path, "origin_type": (reply.content_type or "")[:200]},
             )
         digest = None
         if is_json_path(path):
@@ -115,7 +115,11 @@ class Executor:
         except ProtocolError as exc:
             log.warning(
                 "origin body refused",
-                extra={"path": path, "code": str(exc.code), "origin_type": reply.content_type},
+                extra={
+                    "path": path,
+                    "code": str(exc.code),
+                    "origin_type": (reply.content_type or "")[:200],
+                },
             )
             raise
         if digest is not None:

@@ -76,6 +76,10 @@ def _throughput_chart(title: str, runs: dict[str, Any], target: float | None = N
     )
 
 
+# A relay that keeps what it fetched for an hour and limits no client: every repeat is a hit.
+CACHING = ("--freshness", "3600", "--client-rate", "0", "--client-miss-rate", "0")
+
+
 def _caching_relay(
     stack: Stack, keys: Keys, profile: Path | None = None
 ) -> tuple[Relay, str, bytes]:
@@ -86,12 +90,7 @@ def _caching_relay(
         stack,
         keys,
         "relay",
-        "--freshness",
-        "3600",
-        "--client-rate",
-        "0",
-        "--client-miss-rate",
-        "0",
+        *CACHING,
         profile=profile,
     )
     start_agent(stack, keys, relay.url, sim)
@@ -421,12 +420,7 @@ def latency(settings: Settings) -> Outcome:
             stack,
             keys,
             "hit",
-            "--freshness",
-            "3600",
-            "--client-rate",
-            "0",
-            "--client-miss-rate",
-            "0",
+            *CACHING,
         )
         agent = start_agent(stack, keys, miss.url, sim, "agent-miss")
         start_agent(stack, keys, hit_relay.url, sim, "agent-hit")
@@ -562,7 +556,7 @@ def workers(settings: Settings) -> Outcome:
     need("wrk", "redis-server")
     out = Outcome("workers")
     keys = make_keys(settings.tmp)
-    flags = ("--freshness", "3600", "--client-rate", "0", "--client-miss-rate", "0")
+    flags = CACHING
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
         # A Redis each: the two relays must not see each other's pits as one cluster.

@@ -300,3 +300,24 @@ def test_the_date_moves_with_the_wall_clock(parts: Parts) -> None:
     assert parse(parts.ask().data)[1]["Date"] == first  # type: ignore[union-attr]
     parts.wall.now += 1
     assert parse(parts.ask().data)[1]["Date"] == "Fri, 15 Jan 2027 08:00:01 GMT"  # type: ignore[union-attr]
+
+
+def test_long_paths_are_answered_but_not_remembered(parts: Parts) -> None:
+    """A request line may be 16 KiB: 4,096 remembered ones would be 64 MiB."""
+    long_path = "/httpfiles/" + "a" * 600 + ".json"
+    parts.store(long_path)
+    parts.store()
+    assert parts.ask("/pits/p1" + long_path) is not None
+    assert parts.hits._paths == {}
+    assert len(parts.allowlist._answers) == 0
+    assert parts.ask() is not None
+    assert list(parts.hits._paths) == [URI]
+
+
+def test_a_prepared_response_holds_no_body(parts: Parts) -> None:
+    """Bodies stay in the cache alone, whose byte bound then holds: an entry evicted from it is
+    not kept alive by its prepared headers."""
+    parts.store()
+    parts.ask()
+    (prepared,) = parts.hits._prepared.values()
+    assert BODY not in prepared.ok and not hasattr(prepared, "entry")

@@ -297,7 +297,10 @@ class _Hostile(tornado.web.RequestHandler):
         parts = self.request.path.split("/")
         status = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else 200
         self.set_status(status)
-        self.set_header("Content-Type", "text/html")
+        # `/httpfiles/longtype/...`: a Content-Type of 10,000 characters.
+        self.set_header(
+            "Content-Type", "text/html" + ("; x=" + "y" * 10_000) * ("longtype" in parts)
+        )
         if status not in (204, 304):
             self.write("<script>alert(document.domain)</script>")
         self.finish()
@@ -338,6 +341,21 @@ async def test_content_type_follows_the_path_not_the_origin(hostile: str) -> Non
         assert (missing.status, missing.content_type) == (404, "text/css; charset=utf-8")
     finally:
         await origin.close()
+
+
+async def test_the_origins_content_type_in_a_log_line_is_bounded(
+    hostile: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pitlink.pits.fetch")
+    origin = Origin(hostile)
+    try:
+        code = await refused(Executor(origin, Allowlist()), get("/httpfiles/longtype/x.json"))
+        assert code is ErrorCode.BAD_CONTENT
+    finally:
+        await origin.close()
+    logged = [r.origin_type for r in caplog.records if hasattr(r, "origin_type")]
+    assert len(logged) == 2 and all(t.startswith("text/html") for t in logged)
+    assert max(len(t) for t in logged) <= 200
 
 
 async def test_identical_fetches_in_flight_share_one_origin_request(

@@ -15,6 +15,7 @@ import pytest
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.waiting import wait_for
+from pits_appliance import keepalive
 from pits_appliance.keepalive import LiteralResolver
 from pits_appliance.origin import Origin
 from wire import ErrorCode, ProtocolError
@@ -406,3 +407,34 @@ async def test_an_address_is_resolved_without_a_worker_thread() -> None:
         del loop.run_in_executor
     with pytest.raises(OSError, match="not an address of family"):
         await resolver.resolve("192.168.1.20", 8080, socket.AF_INET6)
+
+
+async def test_a_connection_idle_past_the_agents_limit_is_not_reused(
+    fixture_sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent drops a connection idle for IDLE_LIMIT_S (100 s, under Windows' 120 s) rather
+    than send on one FPVTrackside may be closing; the limit set to 0 here to cross it."""
+    monkeypatch.setattr(keepalive, "IDLE_LIMIT_S", 0.0)
+    origin = Origin(fixture_sim.url)
+    try:
+        for _ in range(3):
+            assert (await origin.get(CHANNELS, 5.0)).status == 200
+        assert fixture_sim.connections_total == 3
+    finally:
+        await origin.close()
+    await wait_for(lambda: fixture_sim.connections_open == 0, what="the agent to hang up")
+
+
+async def test_headers_over_the_bound_fail_the_fetch_and_close_the_connection() -> None:
+    big = "X-Filler: " + "y" * (keepalive.HEADER_LIMIT + 1024)
+    server = RawOrigin([(ok(b"[]", big), "keep"), (ok(b"[]"), "keep")])
+    origin = Origin(await server.start())
+    try:
+        with pytest.raises(ProtocolError) as caught:
+            await origin.get("/httpfiles/x.json", 5.0)
+        assert caught.value.code == ErrorCode.ORIGIN_UNREACHABLE
+        await wait_for(lambda: server.open == 0, what="the agent to close the connection")
+        assert (await origin.get("/httpfiles/x.json", 5.0)).body == b"[]"  # a fresh one works
+    finally:
+        await origin.close()
+        await server.stop()
