@@ -306,6 +306,13 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             assert row is not None
             return row["update"]
 
+        def reports(state: str) -> float:
+            """How many reports in `state` the relay has had from boxes."""
+            got = relay.metrics.registry.get_sample_value(
+                "pitlink_update_reports_total", {"state": state}
+            )
+            return got or 0.0
+
         async def install_now() -> None:
             got = await http.fetch(
                 status + "/api/install", method="POST", body=b"", raise_error=False,
@@ -359,8 +366,23 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             times["back after the power cut"] = time.monotonic() - started
 
             # -- a bundle whose agent never starts: tried once, then back to B ----------------------
+            # The relay offered the bad bundle again when the box came back, and the box may be
+            # downloading it: withdrawing makes the box report "failed" for 9.1.0-bad, and that
+            # report may reach the relay after the new offer is sent. So the new attempt's
+            # state is read only once the box has said "offered" again (or, had it already
+            # been writing the bundle, which a withdrawal does not stop, is still at it).
             await api("bundles/withdraw", {"pitsIds": [PITS_ID]})
+            offered = reports("offered")
             await api(f"bundles/{ids['bad']}/offer", {"pitsIds": [PITS_ID]})
+
+            def taken() -> bool:
+                report = (box() or {}).get("update") or {}
+                going = report.get("state") in ("installing", "installed")
+                return reports("offered") > offered or (
+                    going and report.get("version") == "9.1.0-bad"
+                )
+
+            await wait_for(taken, timeout=120, interval=0.5, what="the box to take the new offer")
             report = await update_state("9.1.0-bad", "installed", "failed", "refused")
             assert report["state"] == "installed", report
             before = relay.registry.get(PITS_ID)
