@@ -38,6 +38,9 @@ MAX_TOKEN = 8192
 MAX_SLOT = 16
 MAX_BUNDLE_ID = 64
 MAX_BUNDLE_SIZE = 4 * 1024**3  # a whole root filesystem, compressed; far above any real one
+MAX_SERVER = 64  # FPVTrackside's Server header, as the agent saw it
+MAX_UPSTREAM_VERSION = 32
+MAX_TRAITS = 8
 
 # The statuses a `response` may carry: 200, 304 to a conditional fetch, and the origin's own
 # errors. Anything else (1xx, 204, a redirect) is not something the relay can serve as data.
@@ -49,6 +52,7 @@ _MEDIA_TYPE = re.compile(
     rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*"
 )
 _ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 def new_id() -> str:
@@ -87,6 +91,26 @@ def _scalar(value: Any) -> bool:
     )
 
 
+def _features(p: dict[str, Any], key: str) -> tuple[str, ...]:
+    features = _get(p, key, list, optional=True, max_len=MAX_FEATURES) or []
+    if not all(isinstance(f, str) and len(f) <= MAX_FEATURE for f in features):
+        raise _bad(f"{key} must be strings of at most {MAX_FEATURE} characters")
+    return tuple(features)
+
+
+def _printable(p: dict[str, Any], key: str, max_len: int) -> str | None:
+    value = _get(p, key, str, optional=True, max_len=max_len)
+    if value is not None and not _PRINTABLE.fullmatch(value):
+        raise _bad(f"payload field {key} must be printable ASCII")
+    return value  # type: ignore[no-any-return]
+
+
+# What a relay takes beyond protocol version 1 as first published, named in its hello's
+# `features`: an agent sends such frames only to a relay that names them (an older relay
+# closes the link on a frame type it does not know).
+FEATURE_FPVTRACKSIDE = "fpvtrackside"  # `fpvtrackside` frames, when what the agent sees changes
+
+
 @dataclass(frozen=True, kw_only=True)
 class CloudHello:
     """The cloud's first frame after the upgrade."""
@@ -94,12 +118,14 @@ class CloudHello:
     protocol_version: int
     server_time_ms: int
     limits: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
 
     def payload(self) -> dict[str, Any]:
         return {
             "protocolVersion": self.protocol_version,
             "serverTimeMs": self.server_time_ms,
             "limits": self.limits,
+            "features": list(self.features),
         }
 
     @classmethod
@@ -111,6 +137,41 @@ class CloudHello:
             protocol_version=_get(p, "protocolVersion", int),
             server_time_ms=_get(p, "serverTimeMs", int),
             limits=limits,
+            features=_features(p, "features"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FpvTrackside:
+    """Pits to cloud: what the agent can tell of the FPVTrackside it talks to, in its hello and
+    in an `fpvtrackside` frame each time that changes.
+
+    FPVTrackside's web server names no version of its own; `version` is what its answers show
+    (for example "2.76 or later": it answers GET /current), and `server` its Server header
+    (Microsoft-HTTPAPI/2.0 on Windows). `traits` name what the version was told from.
+    """
+
+    version: str | None = None
+    server: str | None = None
+    traits: tuple[str, ...] = ()
+
+    def payload(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"traits": list(self.traits)}
+        if self.version is not None:
+            p["version"] = self.version
+        if self.server is not None:
+            p["server"] = self.server
+        return p
+
+    @classmethod
+    def parse(cls, p: dict[str, Any]) -> FpvTrackside:
+        traits = _get(p, "traits", list, optional=True, max_len=MAX_TRAITS) or []
+        if not all(isinstance(t, str) and len(t) <= MAX_FEATURE for t in traits):
+            raise _bad(f"traits must be strings of at most {MAX_FEATURE} characters")
+        return cls(
+            version=_printable(p, "version", MAX_UPSTREAM_VERSION),
+            server=_printable(p, "server", MAX_SERVER),
+            traits=tuple(traits),
         )
 
 
@@ -126,6 +187,8 @@ class PitsHello:
     # last update (see UpdateReport). Both absent for an agent run by hand.
     slot: str | None = None
     update: UpdateReport | None = None
+    # What the agent has seen of FPVTrackside so far; absent before its first answer.
+    fpvtrackside: FpvTrackside | None = None
 
     def payload(self) -> dict[str, Any]:
         p: dict[str, Any] = {
@@ -138,21 +201,22 @@ class PitsHello:
             p["slot"] = self.slot
         if self.update is not None:
             p["update"] = self.update.payload()
+        if self.fpvtrackside is not None:
+            p["fpvtrackside"] = self.fpvtrackside.payload()
         return p
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> PitsHello:
-        features = _get(p, "features", list, optional=True, max_len=MAX_FEATURES) or []
-        if not all(isinstance(f, str) and len(f) <= MAX_FEATURE for f in features):
-            raise _bad(f"features must be strings of at most {MAX_FEATURE} characters")
         update = _get(p, "update", dict, optional=True, max_len=MAX_DETAILS)
+        upstream = _get(p, "fpvtrackside", dict, optional=True, max_len=MAX_DETAILS)
         return cls(
             protocol_version=_get(p, "protocolVersion", int),
             pits_id=_get(p, "pitsId", str, max_len=MAX_PITS_ID),
             sw_version=_get(p, "swVersion", str, max_len=MAX_SW_VERSION),
-            features=tuple(features),
+            features=_features(p, "features"),
             slot=_get(p, "slot", str, optional=True, max_len=MAX_SLOT),
             update=UpdateReport.parse(update) if update is not None else None,
+            fpvtrackside=FpvTrackside.parse(upstream) if upstream is not None else None,
         )
 
 
@@ -414,7 +478,17 @@ class UpdateReport:
 
 
 Message = (
-    CloudHello | PitsHello | Fetch | Response | Error | Ping | Pong | Token | Offer | UpdateReport
+    CloudHello
+    | PitsHello
+    | Fetch
+    | Response
+    | Error
+    | Ping
+    | Pong
+    | Token
+    | Offer
+    | UpdateReport
+    | FpvTrackside
 )
 
 _TYPE_OF: dict[type, str] = {
@@ -428,6 +502,7 @@ _TYPE_OF: dict[type, str] = {
     Token: "token",
     Offer: "offer",
     UpdateReport: "update",
+    FpvTrackside: "fpvtrackside",
 }
 
 # What each side may send.
@@ -448,6 +523,7 @@ _PARSERS: dict[Sender, dict[str, Any]] = {
         "ping": Ping,
         "pong": Pong,
         "update": UpdateReport,
+        "fpvtrackside": FpvTrackside,
     },
 }
 

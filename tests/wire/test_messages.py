@@ -127,7 +127,12 @@ def test_pits_round_trip(message: Message, kind: str) -> None:
 
 def test_cloud_hello_payload() -> None:
     hello = CloudHello(protocol_version=1, server_time_ms=NOW_MS, limits={"a": 1})
-    assert hello.payload() == {"protocolVersion": 1, "serverTimeMs": NOW_MS, "limits": {"a": 1}}
+    assert hello.payload() == {
+        "protocolVersion": 1,
+        "serverTimeMs": NOW_MS,
+        "limits": {"a": 1},
+        "features": [],
+    }
 
 
 def test_pits_hello_payload() -> None:
