@@ -60,6 +60,8 @@ HUGE_CHUNK_BYTES = 64 * 1024
 # KeepAlive off) and http.sys closes one idle for 2 minutes (its IdleConnection timeout).
 IDLE_TIMEOUT_S = 120.0
 LOG_LIMIT = 10_000  # bound on request_log and traversals
+# The FPVTrackside versions whose web servers differ in what Pitlink sees (see Simulator).
+VERSIONS = ("2.70", "2.71", "2.76")
 
 # The page FPVTrackside serves at `/`, and what it loads, in the same shape: scripts and styles
 # by absolute `/httpfiles/...` paths, data relative to the page (`%eventDirectory%/...`), the
@@ -620,6 +622,7 @@ class _Handler(tornado.web.RequestHandler):
             await self._send(method, raw_path, self.sim.reply(raw_path))
 
     async def _send(self, method: str, raw_path: str, reply: Reply) -> None:
+        self.set_header("Server", self.sim.server)
         self.set_header("Access-Control-Allow-Origin", "*")
         if method == "OPTIONS":
             self.set_header(
@@ -673,6 +676,11 @@ class Simulator:
 
     Connections stay open between requests, as HttpListener's do, until idle for
     ``idle_timeout`` seconds; ``connections_total`` and ``connections_open`` count them.
+
+    ``version`` is which FPVTrackside to answer as, in what its web server shows (tests may
+    change it at runtime, as an upgrade at the venue would): "2.70" as the fixture's (event
+    files with no Content-Type), "2.71" (event files as ``application/json``), "2.76" (also
+    ``GET /current``). ``server`` is its Server header (Windows' http.sys by default).
     """
 
     def __init__(
@@ -683,9 +691,14 @@ class Simulator:
         lap_interval: float | None = 2.0,
         pilots: int = 6,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        version: str = "2.70",
     ) -> None:
         if lap_interval is not None and lap_interval <= 0:
             raise ValueError("lap_interval must be positive, or None to disable the live race")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+        self.version = version
+        self.server = SERVER_HEADER
         self.slow: float = 0.0
         self.hold: asyncio.Event | None = None
         self.half_written: set[str] = set()
@@ -822,7 +835,17 @@ class Simulator:
 
     def reply(self, raw_path: str) -> Reply:
         """The reply to ``raw_path``, with traversals recorded and ``half_written`` applied."""
+        built = tuple(int(part) for part in self.version.split("."))
+        segments = [s for s in raw_path.split("/") if s]
+        if built >= (2, 76) and segments[:1] == ["current"]:
+            race = None if self._live is None else self._live.current_race
+            running = race["ID"] if race is not None and race["End"] == NULL_DATE else None
+            body = json.dumps({"CurrentRace": running}).encode()
+            return Reply(body, "application/json", False)
         reply = resolve(self.root, self.event_id, raw_path)
+        if built >= (2, 71) and segments[:1] == ["events"] and raw_path.endswith(".json"):
+            if reply.body:  # as 2.71 does: only for a file that exists
+                reply = dataclasses.replace(reply, content_type="application/json")
         if reply.escapes_root:
             log.warning("request path %r leaves the web root", raw_path)
             _remember(self.traversals, raw_path)
@@ -901,6 +924,13 @@ def _parser() -> argparse.ArgumentParser:
         "--lap-interval", type=float, default=2.0, help="seconds per detection; 0 disables"
     )
     parser.add_argument("--slow", type=float, default=0.0, help="seconds to hold each request")
+    parser.add_argument(
+        "--fpvtrackside-version",
+        choices=VERSIONS,
+        default="2.70",
+        help="answer as this FPVTrackside: 2.70 (event files untyped), 2.71 (typed as JSON), "
+        "2.76 (also GET /current)",
+    )
     return parser
 
 
@@ -910,6 +940,7 @@ async def _serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         lap_interval=args.lap_interval or None,
         pilots=args.pilots,
+        version=args.fpvtrackside_version,
     )
     sim.slow = args.slow
     try:

@@ -146,6 +146,9 @@ def main() -> None:
             str(sim_port),
             "--lap-interval",
             str(args.lap_interval),
+            # As the newest FPVTrackside answers: the status and admin pages say which it is.
+            "--fpvtrackside-version",
+            "2.76",
         ],
     )
     start(
