@@ -26,6 +26,7 @@ from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
 from pits_appliance.tokens import TokenStore, pits_id_from_token, token_claims, validity
 from pits_appliance.update import Updater
+from pits_appliance.upstream import UpstreamWatch
 from pits_appliance.watchdog import Watchdog
 from wire import ErrorCode, ProtocolError
 from wire.event import event_id_from_page, event_name
@@ -55,6 +56,7 @@ class Agent:
         self.executor = Executor(
             self.origin, Allowlist(config.allowlist), fetch_timeout=config.fetch_timeout
         )
+        self.upstream = UpstreamWatch(self.origin, timeout=config.fetch_timeout)
         self.tokens = TokenStore(config.token_file, configured=config.token)
         self.tls = relay_tls(config.cloud_ca)
         self.updater = Updater(
@@ -183,6 +185,7 @@ class Agent:
                     f"FPVTrackside at {url} answered HTTP {reply.status}",
                 )
         except ProtocolError as exc:
+            self.upstream.lost()
             self.state.set("origin_reachable", False)
             self.state.origin_error = exc.message
             held = self._origin_failures.should_log(
@@ -207,7 +210,17 @@ class Agent:
                     extra={"event": event, "event_name": self.state.origin_event_name},
                 )
             self.state.set("origin_event", event)
+            await self._which_fpvtrackside(event, reply.server)
         self.state.origin_checked = time.time()
+
+    async def _which_fpvtrackside(self, event: str | None, server: str | None) -> None:
+        """Look again at which FPVTrackside answers when it is time; tell the relay of a change."""
+        now = time.monotonic()
+        if not self.upstream.due(now, event=event, server=server):
+            return
+        if await self.upstream.look(now, event=event, server=server):
+            self.state.fpvtrackside = self.upstream.seen
+            self.link.send_fpvtrackside()
 
     async def _event_name(self, event: str | None) -> str | None:
         if event is None:

@@ -283,6 +283,7 @@ class CloudLink:
                 ),
                 slot=self.updater.slot if self.updater else None,
                 update=self.updater.report if self.updater else None,
+                fpvtrackside=self.state.fpvtrackside,
             ),
         )
         self._live = session
@@ -415,6 +416,9 @@ class CloudLink:
         for event in events:
             if isinstance(event, Opened):
                 self._up()
+                hello = session.hello
+                if isinstance(hello, m.PitsHello) and hello.fpvtrackside != self.state.fpvtrackside:
+                    self.send_fpvtrackside()  # seen while the hello was on its way
             elif isinstance(event, Received):
                 self._on_message(ws, session, event.frame_id, event.message)
             elif isinstance(event, Dropped):
@@ -476,6 +480,18 @@ class CloudLink:
         ws, session = self._ws, self._live
         if ws is not None and session is not None and self.state.ws_connected:
             session.send(report)
+            self._flush(ws, session)
+
+    def send_fpvtrackside(self) -> None:
+        """Tell the relay which FPVTrackside the box sees now, if the link is up and the relay
+        takes `fpvtrackside` frames (an older one would close the link on one; it learns at the
+        next hello)."""
+        ws, session, seen = self._ws, self._live, self.state.fpvtrackside
+        if ws is None or session is None or seen is None or not self.state.ws_connected:
+            return
+        relay = session.peer_hello
+        if isinstance(relay, m.CloudHello) and m.FEATURE_FPVTRACKSIDE in relay.features:
+            session.send(seen)
             self._flush(ws, session)
 
     def _store_token(self, token: str) -> None:

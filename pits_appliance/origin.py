@@ -27,6 +27,7 @@ class OriginReply:
     status: int
     content_type: str | None
     body: bytes
+    server: str | None = None  # its Server header, as sent (pits_appliance.upstream cleans it)
 
 
 class Origin:
@@ -119,6 +120,7 @@ class Origin:
             status=reply.status,
             content_type=reply.headers.get("Content-Type"),
             body=reply.body,
+            server=reply.headers.get("Server"),
         )
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pits_appliance.connectivity import portal_link
+from wire import messages as m
 
 
 @dataclass
@@ -23,6 +24,7 @@ class AgentState:
     origin_event: str | None = None
     origin_event_name: str | None = None
     origin_error: str | None = None
+    fpvtrackside: m.FpvTrackside | None = None  # which FPVTrackside (pits_appliance.upstream)
     cloud_error: str | None = None
     cloud_failure: str | None = None  # the kind of the last failed dial (pits_appliance.dialing)
     close_code: int | None = None
@@ -68,6 +70,7 @@ class AgentState:
             "originReachable": self.origin_reachable,
             "originEvent": self.origin_event,
             "originError": self.origin_error,
+            "fpvtrackside": None if self.fpvtrackside is None else self.fpvtrackside.payload(),
             "cloudError": self.cloud_error,
             "reconnects": self.reconnects,
             "connectivity": self.connectivity,

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from pits_appliance.state import AgentState
+from pits_appliance.upstream import in_words
 from wire import PROTOCOL_VERSION
 
 GREEN, AMBER, RED = "green", "amber", "red"
@@ -54,21 +55,26 @@ def fpvtrackside_row(s: AgentState) -> dict[str, Any]:
             "enabled and the laptop is on this network.",
             since,
         )
+    which = in_words(s.fpvtrackside)
+    which = f" {which}." if which else ""
     if not s.origin_event:
         return _row(
             "fpvtrackside",
             AMBER,
             "FPVTrackside answers, but no event is open",
-            "Open the event in FPVTrackside; spectators see it as soon as it is open.",
+            "Open the event in FPVTrackside; spectators see it as soon as it is open." + which,
             since,
         )
     return _row(
         "fpvtrackside",
         GREEN,
         "FPVTrackside is answering",
-        f"Event “{s.origin_event_name}” is open."
-        if s.origin_event_name
-        else f"Event {s.origin_event} is open.",
+        (
+            f"Event “{s.origin_event_name}” is open."
+            if s.origin_event_name
+            else f"Event {s.origin_event} is open."
+        )
+        + which,
         since,
     )
 

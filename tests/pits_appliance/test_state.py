@@ -62,6 +62,7 @@ def test_health_keys_and_values() -> None:
         "originReachable",
         "originEvent",
         "originError",
+        "fpvtrackside",
         "cloudError",
         "reconnects",
         "connectivity",
