@@ -77,6 +77,13 @@ Renewer = Callable[[dict[str, Any]], Awaitable[str | None]]
 # Told of each `update` frame a pits sends (cloud.updates counts and logs them).
 UpdateListener = Callable[["PitsConnection", m.UpdateReport], None]
 
+# What this relay takes beyond protocol version 1 as first published (wire.messages).
+FEATURES = (m.FEATURE_FPVTRACKSIDE,)
+
+
+def _version_of(seen: m.FpvTrackside | None) -> str | None:
+    return None if seen is None else seen.version
+
 
 class PitsConnection:
     """One pits WebSocket: the shell around its protocol session, and the fetches awaiting replies.
@@ -118,6 +125,7 @@ class PitsConnection:
                 protocol_version=PROTOCOL_VERSION,
                 server_time_ms=int(wall() * 1000),
                 limits=settings.limits,
+                features=FEATURES,
             ),
             expect_pits_id=pits_id,
             wall=wall,
@@ -136,6 +144,8 @@ class PitsConnection:
         # Where this box's update stands: its last `update` frame, else its hello's.
         self._update: m.UpdateReport | None = None
         self.offered: str | None = None  # the bundle id last offered over this connection
+        # Which FPVTrackside the box sees: its last `fpvtrackside` frame, else its hello's.
+        self._fpvtrackside: m.FpvTrackside | None = None
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         # Ids of fetches that timed out here: a late reply to one is no fault of the pits.
@@ -158,6 +168,12 @@ class PitsConnection:
         if self._update is not None:
             return self._update
         return self.hello.update if self.hello else None
+
+    @property
+    def fpvtrackside(self) -> m.FpvTrackside | None:
+        if self._fpvtrackside is not None:
+            return self._fpvtrackside
+        return self.hello.fpvtrackside if self.hello else None
 
     @property
     def slot(self) -> str | None:
@@ -200,6 +216,7 @@ class PitsConnection:
                     extra={
                         "pits_id": self.pits_id,
                         "sw_version": self.hello and self.hello.sw_version,
+                        "fpvtrackside": _version_of(self.fpvtrackside),
                     },
                 )
             elif isinstance(event, Received):
@@ -323,8 +340,23 @@ class PitsConnection:
             if self._on_update is not None:
                 self._on_update(self, msg)
             return
+        if isinstance(msg, m.FpvTrackside):
+            before, self._fpvtrackside = self.fpvtrackside, msg
+            if before != msg:
+                # An upgrade at the venue shows here first; a schema mismatch after it is
+                # likely its doing (cloud.drift).
+                log.info(
+                    "pits FPVTrackside seen" if before is None else "pits FPVTrackside changed",
+                    extra={
+                        "pits_id": self.pits_id,
+                        "fpvtrackside": _version_of(msg),
+                        "before": _version_of(before),
+                        "server": msg.server,
+                    },
+                )
+            return
         if not isinstance(msg, m.Response | m.Error):
-            return  # past the session, a pits sends only replies and update reports
+            return  # past the session, a pits sends only replies and reports
         future = self._pending.get(frame_id)
         if future is None or future.done():
             now = self.clock()
@@ -442,4 +474,5 @@ class PitsConnection:
             "arch": arch_of(self.hello),
             "slot": self.slot,
             "update": self.update.payload() if self.update else None,
+            "fpvtrackside": self.fpvtrackside.payload() if self.fpvtrackside else None,
         }

@@ -120,7 +120,28 @@ async def test_drift_upstream_is_a_warning_with_the_pits_endpoint_and_place(
     await expect(warning).to_be_visible()
     await expect(warning).to_contain_text(f"FPVTrackside data from {system.pits_id}")
     await expect(warning).to_contain_text("Event.json at /0/Laps (type: expected integer)")
+    # Tied to what the pits sees of FPVTrackside, as an upgrade at the venue would show.
+    await expect(warning).to_contain_text("The pits sees FPVTrackside before 2.71.")
     assert await page.locator("#drift img").count() == 0
+    assert page.errors == []
+
+
+async def test_which_fpvtrackside_each_pits_talks_to(page: Page, system: System) -> None:
+    """Its version as its answers show it, and its Server header: from the venue LAN, so
+    shown as text, never as markup."""
+    await system.stop_agent()
+    system.sim.version = "2.76"
+    system.sim.server = "<img src=x onerror=alert(1)>"
+    await system.start_agent()
+    await wait_for(
+        lambda: system.relay.registry.get(system.pits_id).fpvtrackside is not None,
+        what="the relay to know",
+    )
+    await sign_in(page, system)
+    cell = page.locator(f'#connections tr[data-pits="{system.pits_id}"] td.fpvtrackside')
+    await expect(cell).to_have_text("2.76 or later · <img src=x onerror=alert(1)>")
+    await expect(cell).to_have_attribute("title", "Told from: current, json-typed")
+    assert await page.locator("#connections img").count() == 0
     assert page.errors == []
 
 

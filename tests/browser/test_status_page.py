@@ -78,6 +78,7 @@ async def test_all_green_when_all_is_well(page: Page, system: System, tmp_path: 
     name = event_name(event_json.read_bytes())
     assert name
     await expect_row(page, "fpvtrackside", "green", "FPVTrackside is answering", f"Event “{name}”")
+    await expect_row(page, "fpvtrackside", "green", "FPVTrackside before 2.71, on Windows.")
     await expect_row(page, "internet", "green", "The Internet is reachable")
     await expect_row(page, "portal", "green", "No captive portal")
     await expect_row(page, "cloud", "green", "Connected to the relay", "no fetch yet")

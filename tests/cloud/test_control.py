@@ -36,7 +36,10 @@ def test_start_sends_the_cloud_hello(connect) -> None:
     [hello] = transport.frames()
     assert hello.type == "hello"
     assert hello.message == m.CloudHello(
-        protocol_version=PROTOCOL_VERSION, server_time_ms=WALL_MS, limits={"maxBodyBytes": 1234}
+        protocol_version=PROTOCOL_VERSION,
+        server_time_ms=WALL_MS,
+        limits={"maxBodyBytes": 1234},
+        features=("fpvtrackside",),
     )
     assert hello.ts == WALL_MS
     assert conn.state == "handshake"
