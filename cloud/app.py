@@ -89,7 +89,9 @@ class CloudRelay:
             pits_limiter=RateLimiter(config.pits_fetch_rate, config.pits_fetch_burst),
             miss_limiter=RateLimiter(config.client_miss_rate, config.client_miss_burst),
             clock=clock,
-            drift=DriftWatch(
+            drift=None
+            if config.no_schema_check
+            else DriftWatch(
                 Schemas(),
                 mismatches=self.metrics.schema_mismatches,
                 last_mismatch=self.metrics.schema_mismatch_last,

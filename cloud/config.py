@@ -87,6 +87,11 @@ class CloudConfig:
     freshness: float = setting(
         1.0, "seconds a cached copy is served without asking the pits", non_negative_float
     )
+    no_schema_check: bool = setting(
+        False,
+        "do not check new bodies from pits against FPVTrackside's JSON Schemas (upstream drift)",
+        switch=True,
+    )
     ttl: tuple[tuple[str, float], ...] = setting(
         (),
         "freshness for matching paths (`*` one segment, `**` any depth); repeatable",

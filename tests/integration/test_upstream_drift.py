@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.system import System
 
 
@@ -56,3 +58,27 @@ async def test_a_changed_field_type_is_counted_logged_and_still_served(
     file.write_text(json.dumps(event, indent=2))
     assert (await system.get(path)).code == 200
     assert system.relay.serving.drift.first(system.pits_id) is None  # type: ignore[union-attr]
+
+
+async def test_a_relay_told_not_to_check_serves_the_same_and_counts_nothing(
+    tmp_path: Path, sim: Simulator, caplog
+) -> None:
+    """`--no-schema-check`: for the bench's side-by-side, or a relay that must not spend the
+    time; the data is served as before."""
+    caplog.set_level(logging.INFO)
+    s = System(tmp_path, sim)
+    relay = await s.start_relay(freshness=0.0, no_schema_check=True)
+    try:
+        await s.start_agent()
+        path = f"/pits/{s.pits_id}{sim.event_path}/Event.json"
+        file = sim.root / sim.event_path.lstrip("/") / "Event.json"
+        event = json.loads(file.read_bytes().decode("utf-8-sig"))
+        event[0]["Laps"] = "three"
+        file.write_text(json.dumps(event, indent=2))
+        got = await s.get(path)
+        assert got.code == 200 and json.loads(got.body)[0]["Laps"] == "three"
+        assert relay.serving.drift is None
+        assert relay.metrics.schema_mismatches.labels("Event.json")._value.get() == 0
+        assert drift_lines(caplog) == []
+    finally:
+        await s.close()
