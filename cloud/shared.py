@@ -60,7 +60,11 @@ class SharedRedis:
         if not self.up:
             return default
         try:
-            return await asyncio.wait_for(make(), self.op_timeout * 2)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result of an
+            # operation that finished just as its task was cancelled, and the cancellation is
+            # lost, so a replica's heartbeat loop went on after stop() and stop() never ended.
+            async with asyncio.timeout(self.op_timeout * 2):
+                return await make()
         except (RedisError, OSError, TimeoutError) as exc:
             log.info("redis call failed", extra={"error": f"{type(exc).__name__}: {exc}"})
             self.set_up(False)
@@ -79,7 +83,8 @@ class SharedRedis:
 
     async def ping(self) -> bool:
         try:
-            await asyncio.wait_for(self.client.ping(), self.op_timeout * 2)
+            async with asyncio.timeout(self.op_timeout * 2):  # see call()
+                await self.client.ping()
         except (RedisError, OSError, TimeoutError):
             return False
         return True
