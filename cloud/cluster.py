@@ -156,8 +156,12 @@ class Cluster:
         for conn in self.registry.live():
             await self.holders.release(conn.pits_id)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+            # Cancelled again until it ends: a cancellation that lands as a Redis call
+            # returns can be lost (on Python 3.11, inside the client library too), and the
+            # loop would go on with stop() waiting for it.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.forwarding.stop()
