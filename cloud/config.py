@@ -7,6 +7,7 @@ wire.settings makes the flags, the PITLINK_* environment, `--help` and the docs'
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,20 @@ def _proxy(text: str) -> str:
 
 def _host_name(text: str) -> str | None:
     return text.strip().lower() or None
+
+
+_DOMAIN = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
+def _domain(text: str) -> str | None:
+    name = text.strip().lower().rstrip(".")
+    if not name:
+        return None
+    if len(name) > 200 or not _DOMAIN.fullmatch(name):
+        raise ValueError(f"{text[:80]!r} is not a domain name")
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +177,12 @@ class CloudConfig:
     )
     admin_port: int | None = setting(
         None, "serve the admin page and API on a listener of their own, on this port", tcp_port
+    )
+    pits_domain: str | None = setting(
+        None,
+        "serve pits ID at ID.DOMAIN as FPVTrackside serves its own root (a wildcard DNS name); "
+        "the admin then answers only on DOMAIN itself or --admin-host",
+        _domain,
     )
     admin_address: str | None = setting(
         None, "address of that listener", text_or_none, shown="`--host`"

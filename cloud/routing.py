@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from cloud.active import ActivePits
 from cloud.admin import PublicAllowlist
+from cloud.hosts import HostRouting
 from wire import ErrorCode
 from wire.errors import PathError
 
@@ -14,10 +15,12 @@ PITS_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class Router:
-    """`/pits/<id>/<path>` names its pits; `/events/**` and `/httpfiles/**` mean the active one.
+    """`/pits/<id>/<path>` names its pits; `/events/**` and `/httpfiles/**` mean the active one;
+    with `hosts` (`--pits-domain`), a pits' own host name names it, and its path is
+    FPVTrackside's (cloud.hosts).
 
     The path is normalized before it gets here; the public allowlist is checked on the
-    FPVTrackside path, so `/pits/<id>/` cannot reach more than the root can.
+    FPVTrackside path, so neither `/pits/<id>/` nor a pits' host reaches more than the root.
     """
 
     def __init__(
@@ -26,14 +29,19 @@ class Router:
         active: ActivePits,
         allowlist: PublicAllowlist,
         live: Callable[[], list[str]],
+        hosts: HostRouting | None = None,
     ):
         self.active = active
         self.allowlist = allowlist
         self.live = live
+        self.hosts = hosts
 
-    def route(self, path: str) -> tuple[str, str]:
+    def route(self, path: str, host: str | None = None) -> tuple[str, str]:
         """(pits id, FPVTrackside path), or ProtocolError (400, 403, or 503 for no active)."""
-        if path == "/pits" or path.startswith("/pits/"):
+        on_host = None if self.hosts is None else self.hosts.pits_of(host)
+        if on_host is not None:
+            pits_id, target = on_host, self.hosts.fpvtrackside_path(path)  # type: ignore[union-attr]
+        elif path == "/pits" or path.startswith("/pits/"):
             _, _, rest = path.partition("/pits/")
             pits_id, slash, tail = rest.partition("/")
             if not PITS_ID.match(pits_id):
