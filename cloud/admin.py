@@ -99,9 +99,11 @@ class Admin:
         updates: Updates | None = None,
         cluster: Cluster | None = None,
         drift: Callable[[str], Seen | None] | None = None,
+        pits_host: Callable[[str], str | None] | None = None,
     ):
         self.registry = registry
         self.drift = drift
+        self.pits_host = pits_host  # `--pits-domain`: each pits' own host name
         self.cache = cache
         self.metrics = metrics
         self.public_allowlist = allowlist
@@ -143,6 +145,7 @@ class Admin:
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
             row.setdefault("schemaMismatch", None)
+            row["host"] = None if self.pits_host is None else self.pits_host(row["pitsId"])
             row["active"] = row["pitsId"] == self.active_pits.pits_id
         return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
 

@@ -37,10 +37,12 @@ from cloud.handlers import (
     HitFirst,
     IndexHandler,
     MetricsHandler,
+    PitsHostRedirect,
     ReadyHandler,
     log_request,
 )
 from cloud.hits import Hits
+from cloud.hosts import DNS_LABEL, HostRouting
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, SharedLimiter, parse_networks
@@ -111,8 +113,16 @@ class CloudRelay:
         self.updates = Updates(bundles, self.registry, self.metrics)
         self.registry.on_register.append(self.updates.connected)
         self.public_allowlist = PublicAllowlist(config.public_allowlist)
+        self.hosts = (
+            None
+            if config.pits_domain is None
+            else HostRouting(config.pits_domain, config.admin_host)
+        )
         self.router = Router(
-            active=self.active, allowlist=self.public_allowlist, live=self._live_ids
+            active=self.active,
+            allowlist=self.public_allowlist,
+            live=self._live_ids,
+            hosts=self.hosts,
         )
         self.drain = Drain()
         self._background: set[asyncio.Task[None]] = set()
@@ -149,6 +159,7 @@ class CloudRelay:
             updates=self.updates,
             cluster=self.cluster,
             drift=self.serving.drift.first if self.serving.drift is not None else None,
+            pits_host=None if self.hosts is None else self.hosts.host_of,
         )
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,
@@ -163,6 +174,7 @@ class CloudRelay:
                 "maxInFlight": config.per_conn_concurrency,
                 "fetchTimeoutMs": int(config.fetch_timeout * 1000),
             },
+            dns_label_ids=config.pits_domain is not None,
         )
         self.app = self.make_app()
         self.hits = Hits(
@@ -175,6 +187,8 @@ class CloudRelay:
             server=f"TornadoServer/{tornado.version}",
             # The admin's own host answers only the admin (see make_app).
             admin_host=config.admin_host if config.admin_port is None else None,
+            hosts=self.hosts,
+            pits_moved=self.pits_moved,
             max_prepared=config.cache_max_entries,
             wall=time.time,
         )
@@ -203,7 +217,11 @@ class CloudRelay:
             (r"/metrics", MetricsHandler, args),
             (r"/", IndexHandler, args),
         ]
-        own_origin = self.config.admin_host is not None or self.config.admin_port is not None
+        own_origin = (
+            self.config.admin_host is not None
+            or self.config.admin_port is not None
+            or self.config.pits_domain is not None
+        )
         app = tornado.web.Application(
             public if own_origin else public + self._admin_rules(),
             # A frame carries a base64 body (4/3 of its size) plus the envelope.
@@ -214,6 +232,8 @@ class CloudRelay:
         )
         if self.config.admin_host is not None and self.config.admin_port is None:
             self._admin_on_host(app)
+        if self.hosts is not None:
+            self._pits_on_hosts(app, public)
         return app
 
     def make_admin_app(self) -> tornado.web.Application:
@@ -242,6 +262,30 @@ class CloudRelay:
             (r"/admin/api/bundles/upload", BundleUploadHandler, args),
             (r"/admin/api/(.*)", AdminAPIHandler, args),
         ]
+
+    def _pits_on_hosts(self, app: tornado.web.Application, public: list[Any]) -> None:
+        """`--pits-domain`: each pits at its own host, served as FPVTrackside serves its root;
+        the relay's own name keeps its own routes and the admin (unless it has an origin of
+        its own), and sends pits paths on to the pits' host."""
+        assert self.hosts is not None
+        args: dict[str, Any] = {"relay": self}
+        domain = re.escape(self.hosts.pits_domain)
+        catch_all = (r".*", _NotFound, args)
+        app.add_handlers(
+            DNS_LABEL.pattern + r"\." + domain,
+            [
+                (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
+                (r"/[^/]*/?", DataHandler, args),  # the page, and where pushState left it
+                catch_all,
+            ],
+        )
+        if self.pits_moved:
+            moved = [
+                (r"/pits/.*", PitsHostRedirect, args),
+                (r"/(?:events|httpfiles)(?:/.*)?", PitsHostRedirect, args),
+            ]
+            own = [rule for rule in public if rule[1] is not DataHandler]
+            app.add_handlers(domain, [*moved, *own, *self._admin_rules(), catch_all])
 
     def _admin_on_host(self, app: tornado.web.Application) -> None:
         """The admin's routes on `--admin-host` only; every other path there is a 404."""
@@ -300,9 +344,20 @@ class CloudRelay:
         self.registry.add(conn)
         return conn
 
-    def route(self, path: str) -> tuple[str, str]:
-        """Map a normalized public path to (pits id, FPVTrackside path), or raise."""
-        return self.router.route(path)
+    def route(self, path: str, host: str | None = None) -> tuple[str, str]:
+        """Map a normalized public path (on `host`) to (pits id, FPVTrackside path), or raise."""
+        return self.router.route(path, host)
+
+    def pits_address(self, pits_id: str, request_host: str | None) -> str | None:
+        """A pits' own address (`--pits-domain`), scheme-relative; None without the flag."""
+        return None if self.hosts is None else self.hosts.address(pits_id, request_host)
+
+    @property
+    def pits_moved(self) -> bool:
+        """Pits content lives on each pits' host, and the admin on the relay's own name: there,
+        a pits path is sent on to the pits' host (never served on the admin's origin)."""
+        c = self.config
+        return c.pits_domain is not None and c.admin_host is None and c.admin_port is None
 
     def active_pits_id(self) -> str | None:
         """The active pits, or None when there is none."""
@@ -342,7 +397,7 @@ class CloudRelay:
             self.admin_server.add_sockets(admin_sockets)
             self.admin_port = admin_sockets[0].getsockname()[1]
             log.info("admin listening", extra={"host": address, "port": self.admin_port})
-        elif self.config.admin_host is None:
+        elif self.config.admin_host is None and self.config.pits_domain is None:
             log.warning(
                 "the admin page shares its origin with pits content: give it one of its own "
                 "with --admin-host or --admin-port"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloud.bundles import arch_of
+from cloud.hosts import is_dns_label, not_a_label_reason
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
 from cloud.registry import Registry
@@ -60,6 +61,8 @@ class ControlSettings:
     drop_burst: float = 100.0
     drop_rate: float = 1.0
     limits: dict[str, Any] = field(default_factory=dict)
+    # `--pits-domain`: each pits is served at a host name of its own, so its id must be one.
+    dns_label_ids: bool = False
 
     def session(self) -> SessionSettings:
         return SessionSettings(
@@ -210,6 +213,13 @@ class PitsConnection:
         self._flush()
         for event in events:
             if isinstance(event, Opened):
+                if self.settings.dns_label_ids and not is_dns_label(self.pits_id):
+                    log.warning(
+                        "pits refused: its id is not a host name",
+                        extra={"pits_id": self.pits_id[:64]},
+                    )
+                    self.close(CloseCode.POLICY, not_a_label_reason(self.pits_id))
+                    return
                 self.registry.register(self)
                 log.info(
                     "pits connected",

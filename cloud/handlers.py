@@ -32,7 +32,7 @@ from wire.errors import HTTP_STATUS, TokenRefusal
 from wire.errors import retry_after as clamp_retry_after
 from wire.event import event_id_from_page
 from wire.mediatypes import content_type_for_path
-from wire.paths import check_method, normalize_path
+from wire.paths import check_method, encode_path, normalize_path
 
 # Bundle downloads are logged with the bundle folder's other lines.
 bundle_log = logging.getLogger("pitlink.cloud.bundles")
@@ -51,7 +51,9 @@ class RelayParts(Protocol):
     admin: Admin
     clock: Callable[[], float]
 
-    def route(self, path: str) -> tuple[str, str]: ...
+    def route(self, path: str, host: str | None = None) -> tuple[str, str]: ...
+
+    def pits_address(self, pits_id: str, request_host: str | None) -> str | None: ...
 
     def verify_token(self, token: str, *, role: str | None) -> dict[str, Any]: ...
 
@@ -201,7 +203,7 @@ class DataHandler(BaseHandler):
             return
         try:
             check_method(self.request.method or "")
-            pits_id, path = self.relay.route(normalize_path(self.request.path))
+            pits_id, path = self.relay.route(normalize_path(self.request.path), self.request.host)
             served = await self.relay.serving.get(pits_id, path, request_id=request_id, client=ip)
         except RateLimited as exc:
             self.write_json_error(exc.code, exc.message, 429, exc.retry_after)
@@ -242,6 +244,38 @@ class DataHandler(BaseHandler):
             self.finish()
         else:
             self.finish(served.body)
+
+
+class PitsHostRedirect(BaseHandler):
+    """`--pits-domain`, on the relay's own name (the admin's origin): a pits path is sent on to
+    the pits' own host, with 308 (same method, and a CORS fetch follows it), never served here.
+    Old links and dashboards keep working; no pits content shares the admin's origin."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "OPTIONS")
+
+    def get(self) -> None:
+        try:
+            check_method(self.request.method or "")
+            pits_id, path = self.relay.route(normalize_path(self.request.path))
+        except ProtocolError as exc:
+            self.write_json_error(exc.code, exc.message)
+            return
+        address = self.relay.pits_address(pits_id, self.request.host)
+        if address is None:
+            self.write_json_error(ErrorCode.DENIED, "this pits has no host name of its own", 404)
+            return
+        query = f"?{self.request.query}" if self.request.query else ""
+        self.set_header("Cache-Control", "no-store")
+        target = encode_path(path)[1:]
+        self.redirect(f"{self.request.protocol}:{address}{target}{query}", status=308)
+
+    head = get
+
+    def options(self) -> None:
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+        self.set_header("Access-Control-Allow-Headers", "If-None-Match, Cache-Control")
+        self.set_status(204)
+        self.finish()
 
 
 class ControlHandler(tornado.websocket.WebSocketHandler):
@@ -370,6 +404,12 @@ class IndexHandler(BaseHandler):
             for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
         )
         base = xhtml_escape(f"{self.request.protocol}://{self.request.host}")
+        own = self.relay.pits_address("pits-id", self.request.host)
+        where = (
+            f"<code>{xhtml_escape(self.request.protocol + ':' + own).replace('pits-id', '&lt;pits id&gt;')}</code>"
+            if own is not None
+            else f"<code>{base}/pits/&lt;pits id&gt;/</code>"
+        )
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
@@ -385,7 +425,7 @@ class IndexHandler(BaseHandler):
             f"<ul id=pits>{rows or '<li>None yet: a box appears here once it connects.</li>'}</ul>"
             "<h2>Dashboards and overlays</h2>"
             "<p>Give a dashboard or a stream overlay the address "
-            f"<code>{base}/pits/&lt;pits id&gt;/</code> where it would take FPVTrackside's "
+            f"{where} where it would take FPVTrackside's "
             "address: every path FPVTrackside serves is there, "
             "<code>events/&lt;event id&gt;/Race.json</code> and the rest, refreshed about "
             "every second.</p>"
@@ -394,14 +434,19 @@ class IndexHandler(BaseHandler):
     def _row(self, pits_id: str, since: float, active: bool) -> str:
         quoted = url_escape(pits_id, plus=False)
         name = xhtml_escape(pits_id)
-        links = [f'<a href="/pits/{quoted}/">race page</a>']
+        # Its own host with --pits-domain (its page works there unchanged), else its path.
+        own = self.relay.pits_address(pits_id, self.request.host)
+        root = xhtml_escape(own) if own is not None else f"/pits/{quoted}/"
+        links = [f'<a href="{root}">race page</a>']
         event = self._event_of(pits_id)
         if event is not None:
             links += [
-                f'<a href="/pits/{quoted}/events/{event}/{file}">{file}</a>'
+                f'<a href="{root}events/{event}/{file}">{file}</a>'
                 for file in ("Event.json", "Pilots.json", "Rounds.json", "Results.json")
             ]
-        links.append(f'<a href="/pits/{quoted}/httpfiles/Channels.json">Channels.json</a>')
+        links.append(f'<a href="{root}httpfiles/Channels.json">Channels.json</a>')
+        if own is not None:
+            links.append(f"<code>{xhtml_escape(own.removeprefix('//'))}</code>")
         note = (
             " (active: also at <code>/events/…</code>, <code>/httpfiles/…</code>)" if active else ""
         )

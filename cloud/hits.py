@@ -25,10 +25,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from tornado.httputil import split_host_and_port
-
 from cloud.cache import Entry
 from cloud.drain import Drain
+from cloud.hosts import HostRouting, host_name
 from cloud.metrics import Metrics
 from cloud.ratelimit import Network, SharedLimiter, client_ip
 from cloud.relay import Relay
@@ -52,6 +51,8 @@ CORS_HEADERS = {
 }
 # The public paths the application serves from the cache (its DataHandler's routes).
 DATA_PATH = re.compile(r"/pits/|/(?:events|httpfiles)(?:/|$)")
+# ... and on a pits' own host (`--pits-domain`): the page, and FPVTrackside's own paths.
+PITS_HOST_PATH = re.compile(r"/(?:events|httpfiles)(?:/|$)|/[^/]*/?$")
 # Bodies on a GET are refused by nobody, but a request that has one goes the long way.
 BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
 
@@ -118,13 +119,15 @@ class Hits:
         self,
         *,
         serving: Relay,
-        route: Callable[[str], tuple[str, str]],
+        route: Callable[[str, str | None], tuple[str, str]],
         drain: Drain,
         client_limits: SharedLimiter,
         trusted_proxies: tuple[Network, ...],
         metrics: Metrics,
         server: str,
         admin_host: str | None = None,
+        hosts: HostRouting | None = None,
+        pits_moved: bool = False,
         wall: Callable[[], float],
         max_prepared: int = 10_000,
     ):
@@ -136,6 +139,8 @@ class Hits:
         self.metrics = metrics
         self.server = server
         self.admin_host = admin_host
+        self.hosts = hosts
+        self.pits_moved = pits_moved  # the relay's own name sends pits paths on (cloud.app)
         self.max_prepared = max_prepared
         self.ids = RequestIds()
         self._dates = _Dates(wall)
@@ -149,15 +154,21 @@ class Hits:
         if (method != "GET" and method != "HEAD") or version != "HTTP/1.1":
             return None
         raw_path = uri.partition("?")[0]
-        if not DATA_PATH.match(raw_path) or self.drain.draining:
+        if self.drain.draining or any(name in headers for name in BODY_HEADERS):
             return None
-        if any(name in headers for name in BODY_HEADERS):
+        host = headers.get("Host")
+        if self.hosts is not None and self.hosts.pits_of(host) is not None:
+            if not PITS_HOST_PATH.match(raw_path):
+                return None
+        elif not DATA_PATH.match(raw_path):
             return None
-        if self.admin_host is not None and _host_name(headers.get("Host")) == self.admin_host:
+        elif self.admin_host is not None and host_name(host) == self.admin_host:
             # The application serves only the admin there (a host rule of its own).
             return None
+        elif self.pits_moved and self.hosts is not None and self.hosts.is_relay_host(host):
+            return None  # sent on to the pits' own host, by the application
         try:
-            pits_id, path = self.route(self._normalized(raw_path))
+            pits_id, path = self.route(self._normalized(raw_path), host)
         except ProtocolError:
             return None
         found = self.serving.fresh(pits_id, path)
@@ -224,8 +235,3 @@ class Hits:
             not_modified=b"HTTP/1.1 304 Not Modified\r\n" + _lines([*common, *described]),
         )
         return prepared
-
-
-def _host_name(host: str | None) -> str:
-    """The host name as Tornado matches its host rules (`HTTPServerRequest.host_name`)."""
-    return split_host_and_port((host or "127.0.0.1").lower())[0]

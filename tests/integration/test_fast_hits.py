@@ -175,3 +175,35 @@ async def test_the_admin_host_never_serves_a_cached_body(tmp_path, sim) -> None:
             assert b"channel" not in reply.body.lower()
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("path", ["/httpfiles/Channels.json", "/", "/Rounds"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_fast_hit_on_a_pits_host_has_exactly_the_handlers_headers(
+    tmp_path, sim, path: str, method: str
+) -> None:
+    """`--pits-domain`: a pits' own host takes the fast path too, with the same answer as the
+    handler gives there and as the path-based route gives."""
+    s = System(tmp_path, sim)
+    await s.start_relay(
+        clock=FakeClock(), freshness=60.0, client_rate=None, pits_domain="localhost"
+    )
+    try:
+        await s.start_agent()
+        host = f"{s.pits_id}.localhost"
+        (miss,), _ = await exchange(s.relay_port, request(path, "HTTP/1.0", Host=host))
+        assert miss.headers["X-Pitlink-Cache"] == "MISS"
+        (fast,), _ = await exchange(s.relay_port, request(path, method=method, Host=host))
+        (handler,), _ = await exchange(
+            s.relay_port, request(path, "HTTP/1.0", method=method, Host=host)
+        )
+        assert fast.headers["X-Pitlink-Cache"] == "HIT"
+        same_but_per_request(fast, handler)
+        by_path = f"/pits/{s.pits_id}" + ("/" if path == "/Rounds" else path)
+        (old,), _ = await exchange(s.relay_port, request(by_path, method=method))
+        same_but_per_request(fast, old)
+        # The relay's own name (the admin's) sends it on, even when it is in the cache.
+        (moved,), _ = await exchange(s.relay_port, request(by_path, Host="localhost"))
+        assert moved.code == 308
+    finally:
+        await s.close()
