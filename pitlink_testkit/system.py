@@ -34,6 +34,17 @@ class System:
         self.relay_port = 0
         self.http = tornado.httpclient.AsyncHTTPClient(force_instance=True, max_clients=64)
 
+    def sibling(self, sim: Simulator, pits_id: str) -> System:
+        """Another pits on this system's relay (its agent not started), with a token from the
+        same keys, in a folder of its own."""
+        folder = self.tmp / pits_id
+        folder.mkdir()
+        other = System(folder, sim, pits_id=pits_id)
+        other.jwks, other.keys = self.jwks, self.keys
+        other.token_file.write_text(self.keys.issue(sub=pits_id, role="pits", ttl=86400))
+        other.relay, other.relay_port = self.relay, self.relay_port
+        return other
+
     def relay_config(self, **overrides: Any) -> CloudConfig:
         # No miss budget unless a test asks for one: one test client plays every spectator.
         base = CloudConfig(

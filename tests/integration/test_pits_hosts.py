@@ -49,18 +49,6 @@ class Clubs:
         return {"Authorization": f"Bearer {self.one.keys.issue(sub='ops', role='admin', ttl=600)}"}
 
 
-async def second_pits(one: System, sim: Simulator, pits_id: str, **agent: Any) -> System:
-    """Another pits on `one`'s relay, with a token from the same keys."""
-    folder = one.tmp / pits_id
-    folder.mkdir()
-    two = System(folder, sim, pits_id=pits_id)
-    two.jwks, two.keys = one.jwks, one.keys
-    two.token_file.write_text(one.keys.issue(sub=pits_id, role="pits", ttl=86400))
-    two.relay, two.relay_port = one.relay, one.relay_port
-    await two.start_agent(**agent)
-    return two
-
-
 async def start_clubs(tmp_path: Path, sim: Simulator, other: Simulator, **relay: Any) -> Clubs:
     one = System(tmp_path, sim, pits_id="club-1")
     settings = {
@@ -73,7 +61,8 @@ async def start_clubs(tmp_path: Path, sim: Simulator, other: Simulator, **relay:
     }
     await one.start_relay(**settings)
     await one.start_agent()
-    two = await second_pits(one, other, "club-2")
+    two = one.sibling(other, "club-2")
+    await two.start_agent()
     assert one.relay is not None
     return Clubs(one, two, one.relay)
 
@@ -244,12 +233,7 @@ async def test_a_pits_whose_id_is_not_a_dns_label_is_refused_at_hello(
     clubs: Clubs, other_sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    folder = clubs.one.tmp / "refused"
-    folder.mkdir()
-    bad = System(folder, other_sim, pits_id="Club_3")
-    bad.jwks, bad.keys = clubs.one.jwks, clubs.one.keys
-    bad.token_file.write_text(clubs.one.keys.issue(sub="Club_3", role="pits", ttl=86400))
-    bad.relay, bad.relay_port = clubs.relay, clubs.relay.port
+    bad = clubs.one.sibling(other_sim, "Club_3")
     agent = await bad.start_agent(wait=False)
     try:
         await wait_for(lambda: agent.state.close_code == CloseCode.POLICY, what="the refusal")

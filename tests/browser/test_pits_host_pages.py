@@ -129,8 +129,7 @@ def fpvtrackside_root(fixtures_root: Path, folder: Path, name: str) -> Path:
 
 async def clubs_on(tmp_path: Path, sims: list[Simulator]) -> list[System]:
     """A relay with `--pits-domain localhost`, one pits on each simulator, none active."""
-    (tmp_path / "club-1").mkdir()
-    first = System(tmp_path / "club-1", sims[0], pits_id="club-1")
+    first = System(tmp_path, sims[0], pits_id="club-1")
     await first.start_relay(
         freshness=0.0,
         client_rate=None,
@@ -141,12 +140,7 @@ async def clubs_on(tmp_path: Path, sims: list[Simulator]) -> list[System]:
     await first.start_agent()
     systems = [first]
     for number, sim in enumerate(sims[1:], start=2):
-        folder = tmp_path / f"club-{number}"
-        folder.mkdir()
-        other = System(folder, sim, pits_id=f"club-{number}")
-        other.jwks, other.keys = first.jwks, first.keys
-        other.token_file.write_text(first.keys.issue(sub=other.pits_id, role="pits", ttl=86400))
-        other.relay, other.relay_port = first.relay, first.relay_port
+        other = first.sibling(sim, f"club-{number}")
         await other.start_agent()
         systems.append(other)
     return systems
