@@ -404,9 +404,10 @@ class IndexHandler(BaseHandler):
             for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
         )
         base = xhtml_escape(f"{self.request.protocol}://{self.request.host}")
-        own = self.relay.pits_address("pits-id", self.request.host)
+        # With --pits-domain, each pits' own name: "//x.<domain>[:port]/" with the label shown.
+        own = self.relay.pits_address("x", self.request.host)
         where = (
-            f"<code>{xhtml_escape(self.request.protocol + ':' + own).replace('pits-id', '&lt;pits id&gt;')}</code>"
+            f"<code>{self.request.protocol}://&lt;pits id&gt;{xhtml_escape(own[3:])}</code>"
             if own is not None
             else f"<code>{base}/pits/&lt;pits id&gt;/</code>"
         )

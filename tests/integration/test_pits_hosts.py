@@ -210,6 +210,7 @@ async def test_the_front_page_shows_each_pits_own_address(clubs: Clubs) -> None:
     assert f'href="//club-1.{DOMAIN}:{port}/"'.encode() in got.body
     assert f'href="//club-2.{DOMAIN}:{port}/httpfiles/Channels.json"'.encode() in got.body
     assert b"/pits/club-1/" not in got.body
+    assert f"http://&lt;pits id&gt;.{DOMAIN}:{port}/".encode() in got.body
 
 
 async def test_with_an_admin_host_the_relays_name_serves_pits_paths_as_before(
