@@ -21,6 +21,7 @@ from cloud.metrics import Metrics
 from cloud.registry import Registry
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
+from wire.budget import Throttle
 from wire.session import (
     Closing,
     Dropped,
@@ -82,6 +83,7 @@ UpdateListener = Callable[["PitsConnection", m.UpdateReport], None]
 
 # What this relay takes beyond protocol version 1 as first published (wire.messages).
 FEATURES = (m.FEATURE_FPVTRACKSIDE,)
+FPVTRACKSIDE_LOG_S = 60.0  # one "pits FPVTrackside changed" line a minute per connection
 
 
 def _version_of(seen: m.FpvTrackside | None) -> str | None:
@@ -149,6 +151,8 @@ class PitsConnection:
         self.offered: str | None = None  # the bundle id last offered over this connection
         # Which FPVTrackside the box sees: its last `fpvtrackside` frame, else its hello's.
         self._fpvtrackside: m.FpvTrackside | None = None
+        # A pits may send a new one with every frame: one line a minute, with the count.
+        self._fpvtrackside_log = Throttle(FPVTRACKSIDE_LOG_S)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._pending: dict[str, asyncio.Future[m.Response]] = {}
         # Ids of fetches that timed out here: a late reply to one is no fault of the pits.
@@ -352,16 +356,19 @@ class PitsConnection:
             return
         if isinstance(msg, m.FpvTrackside):
             before, self._fpvtrackside = self.fpvtrackside, msg
-            if before != msg:
+            what = "pits FPVTrackside seen" if before is None else "pits FPVTrackside changed"
+            held = None if before == msg else self._fpvtrackside_log.allow(what, self.clock())
+            if held is not None:
                 # An upgrade at the venue shows here first; a schema mismatch after it is
                 # likely its doing (cloud.drift).
                 log.info(
-                    "pits FPVTrackside seen" if before is None else "pits FPVTrackside changed",
+                    what,
                     extra={
                         "pits_id": self.pits_id,
                         "fpvtrackside": _version_of(msg),
                         "before": _version_of(before),
                         "server": msg.server,
+                        "suppressed": held,
                     },
                 )
             return

@@ -113,3 +113,22 @@ async def test_a_relay_that_does_not_take_the_frame_never_gets_one(
     conn = system.relay.registry.get(system.pits_id)
     assert not any(isinstance(msg, m.FpvTrackside) for msg in sent)
     assert conn is not None and conn.state == "open"
+
+
+async def test_a_pits_flipping_what_it_sees_gets_one_line_a_minute(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every byte from a pits is hostile: 200 frames alternating two versions change the
+    admin's view each time but log one line of each kind, not 200."""
+    caplog.set_level(logging.INFO)
+    conn = system.relay.registry.get(system.pits_id)
+    assert conn is not None
+    versions = ("2.76 or later", "before 2.71")
+    for i in range(200):
+        seen = m.FpvTrackside(version=versions[i % 2], traits=())
+        conn.on_text(m.encode(seen, now_ms=0))
+        assert conn.fpvtrackside == seen
+    lines = [r for r in caplog.records if r.getMessage().startswith("pits FPVTrackside")]
+    assert len([r for r in lines if r.getMessage() == "pits FPVTrackside changed"]) == 1
+    assert len(lines) <= 2
+    assert conn.state == "open"
