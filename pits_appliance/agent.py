@@ -18,7 +18,7 @@ from pits_appliance.dialing import DialFailure, FailureLog, relay_tls
 from pits_appliance.executor import Executor
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
-from pits_appliance.origin import Origin
+from pits_appliance.origin import Origin, OriginReply
 from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version
 from pits_appliance.sdnotify import Notifier
 from pits_appliance.server import StatusServer
@@ -203,33 +203,41 @@ class Agent:
             self.state.set("origin_reachable", True)
             self.state.origin_error = None
             event = event_id_from_page(reply.body)
+            event_json = None
             if event != self.state.origin_event or (event and not self.state.origin_event_name):
-                self.state.origin_event_name = await self._event_name(event)
+                event_json = await self._event_json(event)
+                self.state.origin_event_name = (
+                    event_name(event_json.body)
+                    if event_json is not None and event_json.status == 200
+                    else None
+                )
                 log.info(
                     "FPVTrackside event",
                     extra={"event": event, "event_name": self.state.origin_event_name},
                 )
             self.state.set("origin_event", event)
-            await self._which_fpvtrackside(event, reply.server)
+            await self._which_fpvtrackside(event, reply.server, event_json)
         self.state.origin_checked = time.time()
 
-    async def _which_fpvtrackside(self, event: str | None, server: str | None) -> None:
+    async def _which_fpvtrackside(
+        self, event: str | None, server: str | None, event_json: OriginReply | None
+    ) -> None:
         """Look again at which FPVTrackside answers when it is time; tell the relay of a change."""
         now = time.monotonic()
         if not self.upstream.due(now, event=event, server=server):
             return
-        if await self.upstream.look(now, event=event, server=server):
+        if await self.upstream.look(now, event=event, server=server, event_json=event_json):
             self.state.fpvtrackside = self.upstream.seen
             self.link.send_fpvtrackside()
 
-    async def _event_name(self, event: str | None) -> str | None:
+    async def _event_json(self, event: str | None) -> OriginReply | None:
+        """The open event's Event.json (its name, and how FPVTrackside types it), if it answers."""
         if event is None:
             return None
         try:
-            reply = await self.origin.get(f"/events/{event}/Event.json", self.config.fetch_timeout)
+            return await self.origin.get(f"/events/{event}/Event.json", self.config.fetch_timeout)
         except ProtocolError:
             return None
-        return event_name(reply.body) if reply.status == 200 else None
 
     def healthy(self) -> bool:
         """The loop runs (we are here) and none of the agent's tasks has died.

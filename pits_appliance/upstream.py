@@ -31,7 +31,7 @@ from wire import ProtocolError
 from wire import messages as m
 
 if TYPE_CHECKING:
-    from pits_appliance.origin import Origin
+    from pits_appliance.origin import Origin, OriginReply
 
 log = logging.getLogger("pitlink.pits.upstream")
 
@@ -140,17 +140,28 @@ class UpstreamWatch:
             or now - last.at >= self.reprobe
         )
 
-    async def look(self, now: float, *, event: str | None, server: str | None) -> bool:
+    async def look(
+        self,
+        now: float,
+        *,
+        event: str | None,
+        server: str | None,
+        event_json: OriginReply | None = None,
+    ) -> bool:
         """Ask FPVTrackside what tells its version; True when what it says changed.
 
-        A request that fails leaves what was seen before, and the next check looks again.
+        `event_json` is the open event's Event.json when the caller has just read it (it is
+        not asked for twice). A request that fails leaves what was seen before, and the next
+        check looks again.
         """
         try:
             reply = await self.origin.get(CURRENT_PATH, self.timeout)
             current = answers_current(reply.status, reply.body)
             event_file: str | None = None
             if event is not None:
-                got = await self.origin.get(f"/events/{event}/Event.json", self.timeout)
+                got = event_json or await self.origin.get(
+                    f"/events/{event}/Event.json", self.timeout
+                )
                 if got.status == 200 and got.body:
                     event_file = got.content_type or ""
         except ProtocolError as exc:

@@ -132,3 +132,14 @@ async def test_a_pits_flipping_what_it_sees_gets_one_line_a_minute(
     assert len([r for r in lines if r.getMessage() == "pits FPVTrackside changed"]) == 1
     assert len(lines) <= 2
     assert conn.state == "open"
+
+
+async def test_the_first_look_reads_event_json_once(system: System) -> None:
+    """The event's name and how FPVTrackside types the file come from one request."""
+    await system.stop_agent()
+    before = len(system.sim.request_log)
+    agent = await system.start_agent()
+    await wait_for(lambda: agent.state.fpvtrackside is not None, what="the first look")
+    asked = [p for _, p in system.sim.request_log[before:] if p.endswith("/Event.json")]
+    assert asked == [f"{system.sim.event_path}/Event.json"]
+    assert agent.state.origin_event_name
