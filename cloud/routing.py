@@ -38,9 +38,10 @@ class Router:
 
     def route(self, path: str, host: str | None = None) -> tuple[str, str]:
         """(pits id, FPVTrackside path), or ProtocolError (400, 403, or 503 for no active)."""
-        on_host = None if self.hosts is None else self.hosts.pits_of(host)
-        if on_host is not None:
-            pits_id, target = on_host, self.hosts.fpvtrackside_path(path)  # type: ignore[union-attr]
+        hosts = self.hosts
+        on_host = None if hosts is None else hosts.pits_of(host)
+        if hosts is not None and on_host is not None:
+            pits_id, target = on_host, hosts.fpvtrackside_path(path)
         elif path == "/pits" or path.startswith("/pits/"):
             _, _, rest = path.partition("/pits/")
             pits_id, slash, tail = rest.partition("/")
