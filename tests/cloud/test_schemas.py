@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from cloud.drift import Schemas, endpoint_of
+from cloud.drift import (
+    LOG_INTERVAL_S,
+    MAX_CHECKED_BYTES,
+    MAX_PITS_SHOWN,
+    DriftWatch,
+    Schemas,
+    endpoint_of,
+)
+from cloud.metrics import Metrics
 from pitlink_testkit.fpvtrackside import LiveEvent
 from wire.canonical import canonical_json
 
@@ -115,3 +124,71 @@ def test_what_is_shown_is_bounded(schemas: Schemas, tmp_path) -> None:
     found = schemas.check(path, canonical_json(data))
     assert found is not None
     assert all(len(v) <= 120 for v in (found.pointer, found.expected, found.message))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watch(
+    schemas: Schemas, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> tuple[DriftWatch, Metrics]:
+    metrics = Metrics()
+    caplog.set_level(logging.INFO, logger="pitlink.test.drift")
+    return (
+        DriftWatch(
+            schemas,
+            mismatches=metrics.schema_mismatches,
+            last_mismatch=metrics.schema_mismatch_last,
+            unchecked=metrics.schema_unchecked,
+            log=logging.getLogger("pitlink.test.drift"),
+            wall=clock,
+            monotonic=clock,
+        ),
+        metrics,
+    )
+
+
+def bad_event() -> bytes:
+    return canonical_json([{"ID": "not-a-uuid", "Name": 7}])
+
+
+def test_a_body_over_the_checked_bound_is_counted_not_checked(
+    schemas: Schemas, caplog: pytest.LogCaptureFixture
+) -> None:
+    drift, metrics = watch(schemas, Clock(), caplog)
+    path = "/events/e1/Event.json"
+    huge = b"[" + b" " * MAX_CHECKED_BYTES + b"]"
+    assert drift.seen("p1", path, huge) is None
+    assert metrics.schema_unchecked._value.get() == 1
+    assert drift.seen("p1", path, bad_event()) is not None  # at the bound's side: checked
+    assert metrics.schema_unchecked._value.get() == 1
+
+
+def test_one_line_per_endpoint_and_kind_per_interval(
+    schemas: Schemas, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    drift, metrics = watch(schemas, clock, caplog)
+    for _ in range(50):
+        drift.seen("p1", "/events/e1/Event.json", bad_event())
+    assert len(caplog.records) == 1
+    clock.now += LOG_INTERVAL_S
+    drift.seen("p1", "/events/e1/Event.json", bad_event())
+    assert len(caplog.records) == 2
+    assert caplog.records[1].suppressed == 49  # type: ignore[attr-defined]
+    assert metrics.schema_mismatches.labels("Event.json")._value.get() == 51
+
+
+def test_the_pits_remembered_for_the_admin_are_bounded(
+    schemas: Schemas, caplog: pytest.LogCaptureFixture
+) -> None:
+    drift, _ = watch(schemas, Clock(), caplog)
+    for i in range(MAX_PITS_SHOWN + 1):
+        drift.seen(f"p{i}", "/events/e1/Event.json", bad_event())
+    assert drift.first("p0") is None  # the oldest forgotten
+    assert drift.first(f"p{MAX_PITS_SHOWN}") is not None
