@@ -120,6 +120,9 @@ class Rig:
             preexec_fn=limit,
         )
         poll(lambda: get(self.status_port, "/healthz")[0] == 200, what="the agent to connect")
+        # ...and the relay to serve through it (the page, so that every path the tests fetch
+        # is still a miss).
+        poll(lambda: self.fetch("/")[0] == 200, what="the relay to serve the pits")
 
     def _start(self, name: str, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -135,6 +138,14 @@ class Rig:
 
     def fetch(self, path: str = "/httpfiles/Channels.json") -> tuple[int, dict[str, str], bytes]:
         return get(self.relay_port, f"/pits/box{path}", timeout=15)
+
+    def story(self, lines: int = 30) -> str:
+        """The last lines of the agent's and the relay's logs, for a failure's message."""
+        told = []
+        for name in ("agent", "relay"):
+            text = (self.tmp / f"{name}.log").read_text(errors="replace").splitlines()
+            told += [f"-- {name}.log, last {lines} lines:", *text[-lines:]]
+        return "\n".join(told)
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -244,7 +255,7 @@ def test_slow_clients_cannot_exhaust_the_agents_descriptors(rig: Rig) -> None:
 
             # Race data still flows: a fresh path, fetched from FPVTrackside through the agent.
             status, headers, body = rig.fetch()
-            assert status == 200, body
+            assert status == 200, (body, rig.story())
             assert headers["X-Pitlink-Cache"] == "MISS"
             assert isinstance(json.loads(body), list) and json.loads(body)
 
@@ -264,7 +275,8 @@ def test_slow_clients_cannot_exhaust_the_agents_descriptors(rig: Rig) -> None:
 
             # A second wave while the first one's connections are still open.
             slow += open_slow(rig.status_port, SLOW_CONNECTIONS, attackers)
-            assert rig.fetch()[0] == 200
+            status, _, body = rig.fetch()
+            assert status == 200, (body, rig.story())
             during = descriptors(rig.agent.pid)
         elapsed = time.monotonic() - started
         peak = max(sampler.samples)
@@ -323,7 +335,7 @@ def test_a_full_descriptor_table_pauses_the_accept_loop(tmp_path: Path, nofile: 
         held = time.monotonic() - started
         poll(lambda: get(rig.status_port, "/healthz")[0] == 200, what="the agent to answer again")
         status, _, body = rig.fetch()
-        assert status == 200, body
+        assert status == 200, (body, rig.story())
         text = (tmp_path / "agent.log").read_text()
         assert "Traceback" not in text and "Exception in callback" not in text
         log = rig.agent_log()
