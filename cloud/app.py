@@ -174,7 +174,7 @@ class CloudRelay:
                 "maxInFlight": config.per_conn_concurrency,
                 "fetchTimeoutMs": int(config.fetch_timeout * 1000),
             },
-            dns_label_ids=config.pits_domain is not None,
+            refuse_id=None if self.hosts is None else self.hosts.refusal,
         )
         self.app = self.make_app()
         self.hits = Hits(

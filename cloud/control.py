@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cloud.bundles import arch_of
-from cloud.hosts import is_dns_label, not_a_label_reason
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
 from cloud.registry import Registry
@@ -62,8 +61,9 @@ class ControlSettings:
     drop_burst: float = 100.0
     drop_rate: float = 1.0
     limits: dict[str, Any] = field(default_factory=dict)
-    # `--pits-domain`: each pits is served at a host name of its own, so its id must be one.
-    dns_label_ids: bool = False
+    # `--pits-domain`: each pits is served at a host name of its own, so its id must be one;
+    # this says why an id cannot be (HostRouting.refusal), None when any id will do.
+    refuse_id: Callable[[str], str | None] | None = None
 
     def session(self) -> SessionSettings:
         return SessionSettings(
@@ -217,12 +217,13 @@ class PitsConnection:
         self._flush()
         for event in events:
             if isinstance(event, Opened):
-                if self.settings.dns_label_ids and not is_dns_label(self.pits_id):
+                refused = self.settings.refuse_id and self.settings.refuse_id(self.pits_id)
+                if refused:
                     log.warning(
-                        "pits refused: its id is not a host name",
-                        extra={"pits_id": self.pits_id[:64]},
+                        "pits refused: its id cannot be its host name",
+                        extra={"pits_id": self.pits_id[:64], "reason": refused},
                     )
-                    self.close(CloseCode.POLICY, not_a_label_reason(self.pits_id))
+                    self.close(CloseCode.POLICY, refused)
                     return
                 self.registry.register(self)
                 log.info(

@@ -81,6 +81,18 @@ class HostRouting:
         """
         return "/" if PAGE_PATH.fullmatch(path) else path
 
+    def refusal(self, pits_id: str) -> str | None:
+        """Why a pits cannot connect to this relay, or None: its id must be a host name of its
+        own, and not the admin's (`--admin-host admin.<domain>` takes the label `admin`)."""
+        if not is_dns_label(pits_id):
+            return not_a_label_reason(pits_id)
+        if self.host_of(pits_id) == self.admin_host:
+            return (
+                f"pits id {pits_id!r} is taken: {self.admin_host} is this relay's admin page, "
+                "so the pits could never be reached at it"
+            )[:120]
+        return None
+
     def host_of(self, pits_id: str) -> str | None:
         """A pits' own host name; None for an id that cannot be one."""
         return f"{pits_id}.{self.pits_domain}" if is_dns_label(pits_id) else None

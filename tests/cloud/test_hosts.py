@@ -111,6 +111,18 @@ def test_the_reason_a_pits_is_refused_fits_a_close_frame() -> None:
     assert len(reason.encode()) <= 123  # a WebSocket close reason's bound
 
 
+def test_an_id_is_refused_when_it_cannot_be_its_own_host_name() -> None:
+    hosts = HostRouting("relay.example.com", admin_host="admin.relay.example.com")
+    assert hosts.refusal("club-42") is None
+    assert "not a DNS label" in (hosts.refusal("Club_42") or "")
+    taken = hosts.refusal("admin") or ""
+    assert "admin.relay.example.com is this relay's admin page" in taken
+    assert len(taken.encode()) <= 123
+    # An admin host elsewhere takes no label of the domain's.
+    assert HostRouting("relay.example.com", "ops.example.org").refusal("ops") is None
+    assert HOSTS.refusal("admin") is None
+
+
 @pytest.mark.parametrize(
     ("request_host", "address"),
     [

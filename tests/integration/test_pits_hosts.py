@@ -240,12 +240,36 @@ async def test_a_pits_whose_id_is_not_a_dns_label_is_refused_at_hello(
         await wait_for(lambda: agent.state.close_code == CloseCode.POLICY, what="the refusal")
         assert clubs.relay.registry.get("Club_3") is None
         refused = [
-            r for r in caplog.records if r.getMessage() == "pits refused: its id is not a host name"
+            r
+            for r in caplog.records
+            if r.getMessage() == "pits refused: its id cannot be its host name"
         ]
         assert refused
         assert "not a DNS label" in (agent.state.cloud_error or ""), agent.state.cloud_error
     finally:
         await bad.stop_agent()
+
+
+async def test_a_pits_named_like_the_admins_host_is_refused_at_hello(
+    tmp_path: Path, sim: Simulator, other_sim: Simulator
+) -> None:
+    """`--admin-host admin.<domain>` takes the label `admin`: a pits of that id could connect
+    but never be reached at its own host, so it is told why at hello instead."""
+    clubs = await start_clubs(tmp_path, sim, other_sim, admin_host=f"admin.{DOMAIN}")
+    named = clubs.one.sibling(other_sim, "admin")
+    agent = await named.start_agent(wait=False)
+    try:
+        await wait_for(lambda: agent.state.close_code == CloseCode.POLICY, what="the refusal")
+        assert clubs.relay.registry.get("admin") is None
+        assert f"admin.{DOMAIN} is this relay's admin page" in (agent.state.cloud_error or "")
+        # The admin's host still answers as the admin's, and the other clubs as theirs.
+        admin = await clubs.get(f"admin.{DOMAIN}", "/admin/api/connections", headers=clubs.admin())
+        assert admin.code == 200
+        assert (await clubs.get(f"club-1.{DOMAIN}", "/")).code == 200
+    finally:
+        await named.stop_agent()
+        await clubs.two.stop_agent()
+        await clubs.one.close()
 
 
 async def test_fresh_hits_on_a_pits_host_take_the_fast_path(
