@@ -183,13 +183,7 @@ async def test_admin_sees_and_acts_across_replicas(pair: Pair) -> None:
 async def test_redis_down_degrades_and_recovers(pair: Pair, redis_server, sim: Simulator) -> None:
     s = pair.s
     # A second pits on B, so each replica holds one.
-    second = (
-        System(s.tmp / "second", sim, pits_id="pits-2")
-        if (s.tmp / "second").mkdir() is None
-        else None
-    )
-    second.jwks, second.keys = s.jwks, s.keys
-    second.token_file.write_text(s.keys.issue(sub="pits-2", role="pits", ttl=86400))
+    second = s.sibling(sim, "pits-2")
     second.relay, second.relay_port = pair.b, pair.b.port
     await second.start_agent()
     try:
