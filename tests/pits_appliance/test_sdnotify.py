@@ -110,7 +110,8 @@ async def test_ready_watchdog_and_nothing_while_the_loop_is_blocked(
         )
     finally:
         await s.close()
-    assert notify_socket.messages("STOPPING=1")
+    # Sent as the agent stopped; the socket's thread reads it a moment later.
+    await wait_for(lambda: notify_socket.messages("STOPPING=1"), what="STOPPING=1")
 
 
 @pytest.mark.provokes_error(
