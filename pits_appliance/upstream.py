@@ -159,8 +159,10 @@ class UpstreamWatch:
             current = answers_current(reply.status, reply.body)
             event_file: str | None = None
             if event is not None:
-                got = event_json or await self.origin.get(
-                    f"/events/{event}/Event.json", self.timeout
+                got = (
+                    event_json
+                    if event_json is not None
+                    else await self.origin.get(f"/events/{event}/Event.json", self.timeout)
                 )
                 if got.status == 200 and got.body:
                     event_file = got.content_type or ""
