@@ -11,10 +11,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from cloud.active import ActivePits
 from cloud.bundles import Bundle, BundleError, BundleStore
 from cloud.cache import Cache
+from cloud.clients import Origin
 from cloud.cluster import Cluster
 from cloud.control import PitsConnection
 from cloud.drift import Seen
@@ -99,11 +101,11 @@ class Admin:
         updates: Updates | None = None,
         cluster: Cluster | None = None,
         drift: Callable[[str], Seen | None] | None = None,
-        pits_host: Callable[[str], str | None] | None = None,
+        pits_url: Callable[[str, Origin | None], str | None] | None = None,
     ):
         self.registry = registry
         self.drift = drift
-        self.pits_host = pits_host  # `--pits-domain`: each pits' own host name
+        self.pits_url = pits_url  # `--pits-domain`: each pits' own address
         self.cache = cache
         self.metrics = metrics
         self.public_allowlist = allowlist
@@ -120,8 +122,9 @@ class Admin:
     def _audit(self, who: str, action: str, **fields: Any) -> None:
         audit.info("admin action", extra={"admin": who, "action": action, **fields})
 
-    async def connections(self) -> list[dict[str, Any]]:
-        """Every pits connection: this replica's live, and the other replicas' as they report."""
+    async def connections(self, origin: Origin | None = None) -> list[dict[str, Any]]:
+        """Every pits connection: this replica's live, and the other replicas' as they report;
+        each pits' own address (`--pits-domain`) as the public reaches the relay (`origin`)."""
         now = time.time()
         here = self.node_id
         rows = []
@@ -145,7 +148,9 @@ class Admin:
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
             row.setdefault("schemaMismatch", None)
-            row["host"] = None if self.pits_host is None else self.pits_host(row["pitsId"])
+            own = None if self.pits_url is None else self.pits_url(row["pitsId"], origin)
+            row["url"] = own
+            row["host"] = None if own is None else urlsplit(own).hostname
             row["active"] = row["pitsId"] == self.active_pits.pits_id
         return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
 
@@ -257,10 +262,10 @@ class Admin:
         self._audit(who, "withdraw", pits_ids=withdrawn)
         return {"withdrawn": withdrawn, "sent": self.updates.refresh()}
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self, origin: Origin | None = None) -> dict[str, Any]:
         return {
             "updates": self.bundles(),
-            "connections": await self.connections(),
+            "connections": await self.connections(origin),
             **self.active(),
             "cache": self.cache_stats(),
             "allowlist": self.allowlist(),

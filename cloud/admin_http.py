@@ -13,7 +13,8 @@ import ujson
 from cloud import TokenError
 from cloud.admin import Admin
 from cloud.bundles import BundleError, Upload
-from cloud.handlers import BaseHandler, bearer_token
+from cloud.clients import Origin
+from cloud.http_base import BaseHandler, bearer_token
 from wire import ErrorCode, ProtocolError
 
 PAGE = resources.files("cloud").joinpath("static/admin.html").read_bytes()
@@ -128,13 +129,28 @@ class AdminAPIHandler(AdminAuth):
     def admin(self) -> Admin:
         return self.relay.admin
 
+    def public_origin(self) -> Origin:
+        """How the public reaches the relay, for the pits' addresses on the page: as the admin
+        was reached, except that the admin's own listener (`--admin-port`) is not the public's
+        (the public port is the relay's own, unless --public-url or a proxy says otherwise)."""
+        origin = self.origin()
+        socket = getattr(getattr(self.request.connection, "stream", None), "socket", None)
+        if socket is None or self.relay.public.public is not None:
+            return origin
+        here = socket.getsockname()[1]
+        public_port = self.relay.port
+        if public_port is None or here == public_port or origin.port != f":{here}":
+            return origin
+        name = origin.host[: -len(origin.port)]
+        return Origin(origin.scheme, f"{name}:{public_port}")
+
     # -- verbs: (who, path groups, body) -> JSON-able result --------------------------------
 
     async def _overview(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        return await self.admin.overview()
+        return await self.admin.overview(self.public_origin())
 
     async def _connections(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
-        return {"connections": await self.admin.connections()}
+        return {"connections": await self.admin.connections(self.public_origin())}
 
     async def _reconnect(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         await self.admin.reconnect(who, g["pits"])

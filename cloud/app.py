@@ -21,31 +21,33 @@ import tornado.web
 from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
 from cloud.admin_http import AdminAPIHandler, AdminPageHandler, BundleUploadHandler
+from cloud.bundle_http import BundleDownloadHandler
 from cloud.bundles import BundleStore
 from cloud.cache import Cache
+from cloud.clients import Clients, Origin, PublicAddress, parse_networks
 from cloud.cluster import Cluster
 from cloud.config import CloudConfig
 from cloud.control import ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
 from cloud.drift import DriftWatch, Schemas
+from cloud.front_page import FrontPageHandler
 from cloud.handlers import (
-    BundleDownloadHandler,
     ControlHandler,
     DataHandler,
     Generate204Handler,
     HealthHandler,
-    HitFirst,
-    IndexHandler,
     MetricsHandler,
+    NoSuchPitsHandler,
     PitsHostRedirect,
     ReadyHandler,
-    log_request,
 )
+from cloud.hitfirst import HitFirst
 from cloud.hits import Hits
 from cloud.hosts import DNS_LABEL, HostRouting
+from cloud.http_base import Stalls, log_request
 from cloud.keystore import KeyStore
 from cloud.metrics import Metrics
-from cloud.ratelimit import RateLimiter, SharedLimiter, parse_networks
+from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
 from cloud.renewal import Renewals
@@ -78,7 +80,11 @@ class CloudRelay:
         self.client_limits = SharedLimiter(
             RateLimiter(config.client_rate, config.client_burst), "client", clock=clock
         )
-        self.trusted_proxies = parse_networks(config.trusted_proxy)
+        self.clients = Clients(
+            parse_networks(config.trusted_proxy), ipv6_prefix=config.client_ipv6_prefix
+        )
+        self.public = PublicAddress(config.public_url, self.clients)
+        self.stalls = Stalls(config.write_timeout, self.metrics, clock=clock)
         self.cache = Cache(max_entries=config.cache_max_entries, max_bytes=config.cache_max_bytes)
         self.metrics.cache_entries.set_function(lambda: len(self.cache))
         self.metrics.cache_bytes.set_function(lambda: self.cache.bytes)
@@ -159,7 +165,7 @@ class CloudRelay:
             updates=self.updates,
             cluster=self.cluster,
             drift=self.serving.drift.first if self.serving.drift is not None else None,
-            pits_host=None if self.hosts is None else self.hosts.host_of,
+            pits_url=None if self.hosts is None else self.pits_url,
         )
         self.control_settings = ControlSettings(
             ping_interval=config.ping_interval,
@@ -182,7 +188,7 @@ class CloudRelay:
             route=self.route,
             drain=self.drain,
             client_limits=self.client_limits,
-            trusted_proxies=self.trusted_proxies,
+            clients=self.clients,
             metrics=self.metrics,
             server=f"TornadoServer/{tornado.version}",
             # The admin's own host answers only the admin (see make_app).
@@ -215,7 +221,7 @@ class CloudRelay:
             (r"/readyz", ReadyHandler, args),
             (r"/generate_204", Generate204Handler, args),
             (r"/metrics", MetricsHandler, args),
-            (r"/", IndexHandler, args),
+            (r"/", FrontPageHandler, args),
         ]
         own_origin = (
             self.config.admin_host is not None
@@ -279,6 +285,8 @@ class CloudRelay:
                 catch_all,
             ],
         )
+        # Any other name under the domain is no pits': never the relay's own routes.
+        app.add_handlers(r".+\." + domain, [(r".*", NoSuchPitsHandler, args)])
         if self.pits_moved:
             moved = [
                 (r"/pits/.*", PitsHostRedirect, args),
@@ -348,9 +356,15 @@ class CloudRelay:
         """Map a normalized public path (on `host`) to (pits id, FPVTrackside path), or raise."""
         return self.router.route(path, host)
 
-    def pits_address(self, pits_id: str, request_host: str | None) -> str | None:
-        """A pits' own address (`--pits-domain`), scheme-relative; None without the flag."""
-        return None if self.hosts is None else self.hosts.address(pits_id, request_host)
+    def pits_url(self, pits_id: str, origin: Origin | None) -> str | None:
+        """A pits' own address (`--pits-domain`) as the public reaches it (`origin`: its scheme
+        and port; the relay's own setting, or plain `https`, when no request says); None without
+        the flag, or for an id that cannot be a host name."""
+        name = None if self.hosts is None else self.hosts.host_of(pits_id)
+        if name is None:
+            return None
+        origin = origin or self.public.public or Origin("https", name)
+        return f"{origin.scheme}://{name}{origin.port}/"
 
     @property
     def pits_moved(self) -> bool:
@@ -387,7 +401,7 @@ class CloudRelay:
             sockets = _bind(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
-        self.server = self._http_server(HitFirst(self.hits, self.app))
+        self.server = self._http_server(HitFirst(self.hits, self.app, self.stalls.watch))
         self.server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         if self.config.admin_port is not None:
@@ -401,6 +415,11 @@ class CloudRelay:
             log.warning(
                 "the admin page shares its origin with pits content: give it one of its own "
                 "with --admin-host or --admin-port"
+            )
+        if self.config.public_url is None and not self.config.trusted_proxy:
+            log.warning(
+                "addresses the relay writes (redirects, links) take each request's own scheme "
+                "and Host: behind a TLS proxy, give --public-url (or --trusted-proxy)"
             )
         tick = max(0.05, min(self.config.ping_interval, self.config.ping_timeout) / 5)
         self._ticker = tornado.ioloop.PeriodicCallback(self._tick, tick * 1000)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud.ratelimit import parse_networks
+from cloud.clients import Origin, parse_networks, parse_public_url
 from wire.paths import DEFAULT_ALLOWLIST
 from wire.settings import (
     Parser,
@@ -55,6 +55,17 @@ def _proxy(text: str) -> str:
     """Checked now, so that a typo fails at start and not on the first request."""
     parse_networks([text])
     return text.strip()
+
+
+def _public_url(text: str) -> Origin | None:
+    return parse_public_url(text) if text.strip() else None
+
+
+def _prefix(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 128:
+        raise ValueError(f"{text!r} is not a prefix length from 1 to 128")
+    return value
 
 
 def _host_name(text: str) -> str | None:
@@ -156,11 +167,26 @@ class CloudConfig:
     client_miss_burst: float = setting(
         50.0, "such requests a client may make at once", positive_float
     )
+    client_ipv6_prefix: int = setting(
+        64,
+        "an IPv6 client is its network of this prefix length, for the per-client limits (one "
+        "host may send from any address of its /64)",
+        _prefix,
+    )
     trusted_proxy: tuple[str, ...] = setting(
         (),
-        "address or CIDR of a proxy whose `X-Forwarded-For` is believed; repeatable",
+        "address or CIDR of a proxy whose `X-Forwarded-For`, `X-Forwarded-Proto` and "
+        "`X-Forwarded-Host` are believed; repeatable",
         _proxy,
         repeatable=True,
+    )
+    public_url: Origin | None = setting(  # noqa: RUF009 (setting() is a field())
+        None,
+        "the relay's address as the public reaches it (`https://relay.example.com`), from "
+        "which every absolute address it writes is made: redirects to pits hosts, the front "
+        "page, the admin page's links",
+        _public_url,
+        shown="from a trusted proxy's `X-Forwarded-Proto`/`-Host`, else the request",
     )
     renew_before: float | None = setting(
         7 * 86400.0,
@@ -193,6 +219,12 @@ class CloudConfig:
         positive_float,
     )
     max_header_bytes: int = setting(16 * 1024, "largest request header accepted", positive_int)
+    write_timeout: float = setting(
+        30.0,
+        "close a client connection that takes nothing of a response this long (seconds): a "
+        "bundle download, a feed, any answer",
+        positive_float,
+    )
     bundle_dir: Path | None = setting(  # noqa: RUF009 (setting() is a field())
         None,
         "a writable folder of update bundles and their offers (shared by all replicas); "

@@ -26,10 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cloud.cache import Entry
+from cloud.clients import Clients
 from cloud.drain import Drain
 from cloud.hosts import HostRouting, host_name
 from cloud.metrics import Metrics
-from cloud.ratelimit import Network, SharedLimiter, client_ip
+from cloud.ratelimit import SharedLimiter
 from cloud.relay import Relay
 from wire import ProtocolError
 from wire.canonical import etag_matches
@@ -60,6 +61,10 @@ BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
 # the longest remembered: a request line may be 16 KiB, and 4,096 of those would be 64 MiB.
 MAX_PATHS = 4096
 MAX_REMEMBERED_LENGTH = 512
+# A body larger than this is written in pieces of this size, each with its own deadline (the
+# application's handler does it), so that a slow phone is never cut off for a body it is still
+# taking; the fast path writes only bodies up to it, in one piece.
+WRITE_CHUNK = 256 * 1024
 # What a relay may put in a header line it writes itself: an ETag is one the relay computed.
 ETAG = re.compile(r'"sha256:[0-9a-f]{64}"')
 
@@ -122,7 +127,7 @@ class Hits:
         route: Callable[[str, str | None], tuple[str, str]],
         drain: Drain,
         client_limits: SharedLimiter,
-        trusted_proxies: tuple[Network, ...],
+        clients: Clients,
         metrics: Metrics,
         server: str,
         admin_host: str | None = None,
@@ -135,7 +140,7 @@ class Hits:
         self.route = route
         self.drain = drain
         self.client_limits = client_limits
-        self.trusted_proxies = trusted_proxies
+        self.clients = clients
         self.metrics = metrics
         self.server = server
         self.admin_host = admin_host
@@ -175,10 +180,12 @@ class Hits:
         if found is None:
             return None
         entry, ttl, now = found
+        if len(entry.body) > WRITE_CHUNK:
+            return None  # written in pieces, each with its deadline, by the application
         prepared = self._prepare(pits_id, path, entry)
         if prepared is None:
             return None
-        ip = client_ip(remote_ip, headers.get("X-Forwarded-For"), self.trusted_proxies)
+        ip = self.clients.key(remote_ip, headers.get("X-Forwarded-For"))
         if self.client_limits.check_here(ip) != 0.0:
             return None  # refused, or Redis must be asked: the application does it
         self.metrics.cache_hits.inc()

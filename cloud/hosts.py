@@ -21,7 +21,6 @@ import re
 DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # A path FPVTrackside's page leaves in the address bar with pushState: one segment, no dot.
 PAGE_PATH = re.compile(r"/[^/.]+/?")
-PORT = re.compile(r"[0-9]{1,5}")
 
 
 def is_dns_label(pits_id: str) -> bool:
@@ -40,13 +39,26 @@ def not_a_label_reason(pits_id: str) -> str:
 _WITH_PORT = re.compile(r"(.+):(\d+)")
 
 
+def same_host(host: str) -> str:
+    """A Host header with the final dot of its name dropped (`club-b.relay.example.:443` is
+    `club-b.relay.example:443`): the same name to DNS, and so to the relay. The public
+    listener writes every request's Host this way before anything reads it."""
+    found = _WITH_PORT.fullmatch(host)
+    name, port = (found.group(1), ":" + found.group(2)) if found else (host, "")
+    if not name.endswith(".") or name.startswith("["):
+        return host
+    return name.rstrip(".") + port
+
+
 def host_name(host: str | None) -> str:
-    """The name in a Host header, lowercased and without its port, exactly as Tornado reads
-    it for its host rules (`HTTPServerRequest.host_name`), so that the hit path and the
-    application always agree on which pits a request is for."""
+    """The name in a Host header, lowercased, without its port or a final dot, as Tornado reads
+    it for its host rules (`HTTPServerRequest.host_name`) once the listener has written the
+    Host (same_host), so that the hit path and the application always agree on which pits a
+    request is for."""
     name = (host or "127.0.0.1").lower()
     found = _WITH_PORT.fullmatch(name)
-    return found.group(1) if found else name
+    name = found.group(1) if found else name
+    return name if name.startswith("[") else name.rstrip(".")
 
 
 class HostRouting:
@@ -66,6 +78,12 @@ class HostRouting:
         if not is_dns_label(label) or name == self.admin_host:
             return None
         return label
+
+    def is_under(self, host: str | None) -> bool:
+        """A name under the pits domain: a pits' own host, or a name that can be no pits'
+        (`a.b.<domain>`, `under_score.<domain>`), which must never fall through to the relay's
+        own routes (they serve the active pits)."""
+        return host_name(host).endswith(self._suffix)
 
     def is_relay_host(self, host: str | None) -> bool:
         """The relay's own name: the admin answers here unless it has a host of its own."""
@@ -96,15 +114,3 @@ class HostRouting:
     def host_of(self, pits_id: str) -> str | None:
         """A pits' own host name; None for an id that cannot be one."""
         return f"{pits_id}.{self.pits_domain}" if is_dns_label(pits_id) else None
-
-    def address(self, pits_id: str, request_host: str | None) -> str | None:
-        """A pits' own address, scheme-relative, with the port the request came on."""
-        name = self.host_of(pits_id)
-        if name is None:
-            return None
-        host = (request_host or "").strip()
-        port = ""
-        if not host.startswith("[") and host.count(":") == 1:
-            digits = host.rpartition(":")[2]
-            port = f":{digits}" if PORT.fullmatch(digits) else ""
-        return f"//{name}{port}/"

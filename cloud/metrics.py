@@ -123,6 +123,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.stalled_writes = Counter(
+            P + "stalled_writes",
+            "Client connections closed because they took nothing of a response for --write-timeout",
+            registry=r,
+        )
         self.tasks = Gauge(P + "asyncio_tasks", "Tasks alive on the event loop", registry=r)
         self.tasks.set_function(_count_tasks)
 

@@ -1,21 +1,20 @@
-"""Token-bucket rate limits, and which address a request really came from.
+"""Token-bucket rate limits per key (a client, a pits).
 
 Time is passed in, so the limits are tested without sleeping. Buckets are kept per key in a
-bounded LRU map, so a flood of distinct addresses cannot grow memory without end.
+bounded map, so a flood of distinct keys cannot grow memory without end; and a full map never
+forgets a bucket that is still spending down, so that rotating keys (addresses) cannot turn
+the bound into fresh bursts: newcomers then share one bucket until room is made.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 from wire import ErrorCode, ProtocolError
 from wire.budget import TokenBucket
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RateLimiter:
@@ -26,53 +25,30 @@ class RateLimiter:
         self.burst = max(1.0, burst if burst else (rate or 1.0))
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._overflow: TokenBucket | None = None  # shared by newcomers while the map is full
 
     def check(self, key: str, now: float) -> float:
         """0.0 if allowed, else the seconds to wait (for Retry-After)."""
         if self.rate is None:
             return 0.0
         bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-            if len(self._buckets) > self.max_keys:
-                self._buckets.popitem(last=False)
-        else:
+        if bucket is not None:
             self._buckets.move_to_end(key)
+            return bucket.take(now)
+        if len(self._buckets) >= self.max_keys:
+            # Forget the least recently used bucket only if it has filled up again (it is then
+            # no different from a new one); else the newcomer shares the overflow bucket.
+            oldest = next(iter(self._buckets.values()))
+            if not oldest.full(now):
+                if self._overflow is None:
+                    self._overflow = TokenBucket(self.rate, self.burst, now)
+                return self._overflow.take(now)
+            self._buckets.popitem(last=False)
+        bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         return bucket.take(now)
 
     def __len__(self) -> int:
         return len(self._buckets)
-
-
-def parse_networks(items: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses or CIDR ranges, e.g. `127.0.0.1`, `10.0.0.0/8`, `::1`."""
-    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
-
-
-def _trusted(address: str, trusted: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
-
-
-def client_ip(remote: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
-    """The client's address: `X-Forwarded-For` counts only when it came from a trusted proxy.
-
-    Walking the header from the right, the first address that is not a trusted proxy is the
-    client; anything to its left could have been written by the client itself.
-    """
-    if not forwarded_for or not _trusted(remote, trusted):
-        return remote
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return remote
-    return hops[0] if hops else remote
 
 
 class RateLimited(ProtocolError):

@@ -42,6 +42,9 @@ class Router:
         on_host = None if hosts is None else hosts.pits_of(host)
         if hosts is not None and on_host is not None:
             pits_id, target = on_host, hosts.fpvtrackside_path(path)
+        elif hosts is not None and hosts.is_under(host):
+            # A name under the domain that is no pits' own: never the active pits' data.
+            raise PathError(ErrorCode.DENIED, "no pits is served at this host name")
         elif path == "/pits" or path.startswith("/pits/"):
             _, _, rest = path.partition("/pits/")
             pits_id, slash, tail = rest.partition("/")

@@ -35,17 +35,25 @@ def nginx_config(
     certificate: RelayCA | None = None,
     listen: str = "127.0.0.1",
 ) -> Path:
-    """deploy/'s example with these ports (and the test CA's certificate), as a whole config."""
+    """deploy/'s example with these ports (and the test CA's certificate), as a whole config.
+
+    Without a certificate there is no TLS: the https server is served plain on `plain` (for
+    the replica tests, which need nginx only as a balancer), and the redirecting one is left
+    out.
+    """
     example = EXAMPLE.read_text()
     servers = "".join(f"    server 127.0.0.1:{port} max_fails=0;\n" for port in upstreams)
     example = re.sub(r"(    server 127\.0\.0\.1:\d+ max_fails=0;\n)+", servers, example)
-    example = example.replace("listen 80;", f"listen {listen}:{plain};")
-    example = example.replace("listen 443 ssl;", f"listen {listen}:{tls} ssl;")
     if certificate is not None:
+        example = example.replace("listen 80;", f"listen {listen}:{plain};")
+        example = example.replace("listen 443 ssl;", f"listen {listen}:{tls} ssl;")
+        example = example.replace("https://$host$request_uri", f"https://$host:{tls}$request_uri")
         example = example.replace("/etc/ssl/pitlink/relay.crt", str(certificate.cert))
         example = example.replace("/etc/ssl/pitlink/relay.key", str(certificate.key))
     else:
-        example = re.sub(r"\n    listen [^\n]* ssl;", "", example)
+        redirecting = re.compile(r"\nserver \{\n    listen 80;\n.*?\n\}\n", re.DOTALL)
+        example = redirecting.sub("\n", example)
+        example = example.replace("listen 443 ssl;", f"listen {listen}:{plain};")
         example = re.sub(r"\n    ssl_[^\n]*;", "", example)
     conf = folder / "nginx.conf"
     conf.write_text(

@@ -31,6 +31,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
 
+    def full(self, now: float) -> bool:
+        """Whether it has saved up its whole burst again: then it is no different from new."""
+        return self.tokens + max(0.0, now - self.updated) * self.rate >= self.burst
+
 
 class Throttle:
     """At most one line per `interval` seconds for each kind of event, with a count of the rest.

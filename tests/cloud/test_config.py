@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.clients import Origin
 from cloud.config import CloudConfig, config_from_args
 from wire.paths import DEFAULT_ALLOWLIST
 from wire.settings import SettingsError
@@ -274,6 +275,11 @@ def test_state_dir() -> None:
         ("--trusted-proxy", "10.0.0.300", "does not appear to be an IPv4 or IPv6 network"),
         ("--public-allowlist", "events/**", "must start with /"),
         ("--log-level", "loud", "DEBUG, INFO, WARNING, ERROR"),
+        ("--public-url", "relay.example.com", "is not an address like https://relay.example.com"),
+        ("--public-url", "https://relay.example.com/x", "and no path"),
+        ("--client-ipv6-prefix", "0", "is not a prefix length from 1 to 128"),
+        ("--client-ipv6-prefix", "129", "is not a prefix length from 1 to 128"),
+        ("--write-timeout", "0", "must be a number above 0"),
     ],
 )
 def test_each_setting_refuses_what_it_cannot_use(flag: str, value: str, words: str) -> None:
@@ -314,3 +320,16 @@ def test_several_workers_need_redis_and_a_fixed_port() -> None:
         config_from_args([*JWKS, "--workers", "2", "--redis-url", "redis://x", "--port", "0"], {})
     config = config_from_args(JWKS, env={"PITLINK_WORKERS": "3", "PITLINK_REDIS_URL": "redis://x"})
     assert (config.workers, config.redis_url) == (3, "redis://x")
+
+
+def test_the_public_address_and_the_client_network() -> None:
+    config = config_from_args(
+        [*JWKS, "--public-url", "https://Relay.Example.com:443/", "--client-ipv6-prefix", "56"],
+        env={"PITLINK_WRITE_TIMEOUT": "5"},
+    )
+    assert config.public_url == Origin("https", "relay.example.com")
+    assert config.client_ipv6_prefix == 56
+    assert config.write_timeout == 5.0
+    defaults = config_from_args(JWKS, env={})
+    assert (defaults.public_url, defaults.client_ipv6_prefix) == (None, 64)
+    assert defaults.write_timeout == 30.0

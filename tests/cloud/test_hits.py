@@ -14,6 +14,7 @@ from cloud import hits as hits_module
 from cloud.active import ActivePits
 from cloud.admin import PublicAllowlist
 from cloud.cache import Cache, Entry
+from cloud.clients import Clients
 from cloud.drain import Drain
 from cloud.hits import Hits
 from cloud.metrics import Metrics
@@ -63,7 +64,7 @@ class Parts:
             route=self.router.route,
             drain=self.drain,
             client_limits=self.limits,
-            trusted_proxies=(),
+            clients=Clients(),
             metrics=self.metrics,
             server="TornadoServer/test",
             admin_host=admin_host,

@@ -9,7 +9,7 @@ import tornado.httputil
 from cloud.active import ActivePits
 from cloud.admin import PublicAllowlist
 from cloud.config import DEFAULT_ALLOWLIST
-from cloud.hosts import HostRouting, host_name, is_dns_label, not_a_label_reason
+from cloud.hosts import HostRouting, host_name, is_dns_label, not_a_label_reason, same_host
 from cloud.routing import Router
 from wire import ErrorCode
 from wire.errors import PathError
@@ -32,7 +32,8 @@ HOSTS = HostRouting("relay.example.com")
         ("club-.relay.example.com", None),
         ("club_42.relay.example.com", None),
         ("x" * 64 + ".relay.example.com", None),
-        ("club-42.relay.example.com.", None),  # as Tornado reads it: another name
+        ("club-42.relay.example.com.", "club-42"),  # a final dot: the same name to DNS
+        ("club-42.relay.example.com.:443", "club-42"),
         ("club-42.relay.example.com.evil.org", None),
         ("club-42.relay-example.com", None),
         ("club-42relay.example.com", None),
@@ -124,19 +125,28 @@ def test_an_id_is_refused_when_it_cannot_be_its_own_host_name() -> None:
 
 
 @pytest.mark.parametrize(
-    ("request_host", "address"),
+    ("host", "same"),
     [
-        ("relay.example.com", "//club-1.relay.example.com/"),
-        ("relay.example.com:8443", "//club-1.relay.example.com:8443/"),
-        ("relay.example.com:8443<script>", "//club-1.relay.example.com/"),
-        ("relay.example.com:123456", "//club-1.relay.example.com/"),
-        ("[::1]:8080", "//club-1.relay.example.com/"),
-        (None, "//club-1.relay.example.com/"),
+        ("club-b.relay.example.", "club-b.relay.example"),
+        ("club-b.relay.example.:8443", "club-b.relay.example:8443"),
+        ("club-b.relay.example...", "club-b.relay.example"),
+        ("club-b.relay.example", "club-b.relay.example"),
+        ("[::1]:80", "[::1]:80"),
+        ("127.0.0.1.", "127.0.0.1"),
     ],
 )
-def test_a_pits_own_address_keeps_only_a_real_port(request_host: str | None, address: str) -> None:
-    assert HOSTS.address("club-1", request_host) == address
-    assert HOSTS.address("Club_1", request_host) is None
+def test_a_final_dot_names_the_same_host(host: str, same: str) -> None:
+    assert same_host(host) == same
+    assert host_name(host) == host_name(same)
+
+
+def test_a_name_under_the_domain_is_under_it_whatever_it_is() -> None:
+    assert HOSTS.is_under("a.b.relay.example.com")
+    assert HOSTS.is_under("under_score.relay.example.com.")
+    assert HOSTS.is_under("club-1.relay.example.com:8443")
+    assert not HOSTS.is_under("relay.example.com")
+    assert not HOSTS.is_under("relay.example.com.evil.org")
+    assert not HOSTS.is_under(None)
 
 
 def router(hosts: HostRouting | None = HOSTS) -> Router:
@@ -177,7 +187,29 @@ def test_other_hosts_route_as_before() -> None:
     for r in (router(), router(None)):
         assert r.route("/pits/club-2/", "relay.example.com") == ("club-2", "/")
         assert r.route("/events/e1/Race.json", None) == ("club-1", "/events/e1/Race.json")
-        assert r.route("/events/e1/Race.json", "club-2.relay.example.com.") == (
+        assert r.route("/events/e1/Race.json", "relay.example.com.") == (
             "club-1",
             "/events/e1/Race.json",
         )
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "club-2.relay.example.com.",  # the attack: club-2's name, served the active pits' data
+        "club-2.relay.example.com.:443",
+    ],
+)
+def test_a_final_dot_is_the_pits_own_name(host: str) -> None:
+    assert router().route("/events/e1/Race.json", host) == ("club-2", "/events/e1/Race.json")
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["a.b.relay.example.com", "under_score.relay.example.com", "x" * 64 + ".relay.example.com"],
+)
+def test_a_name_under_the_domain_that_is_no_pits_is_refused_not_the_active_pits(host: str) -> None:
+    with pytest.raises(PathError) as refused:
+        router().route("/events/e1/Race.json", host)
+    assert refused.value.code == ErrorCode.DENIED
+    assert "no pits is served at this host name" in refused.value.message

@@ -207,8 +207,8 @@ async def test_the_front_page_shows_each_pits_own_address(clubs: Clubs) -> None:
     got = await clubs.get(DOMAIN, "/")
     assert got.code == 200
     port = clubs.relay.port
-    assert f'href="//club-1.{DOMAIN}:{port}/"'.encode() in got.body
-    assert f'href="//club-2.{DOMAIN}:{port}/httpfiles/Channels.json"'.encode() in got.body
+    assert f'href="http://club-1.{DOMAIN}:{port}/"'.encode() in got.body
+    assert f'href="http://club-2.{DOMAIN}:{port}/httpfiles/Channels.json"'.encode() in got.body
     assert b"/pits/club-1/" not in got.body
     assert f"http://&lt;pits id&gt;.{DOMAIN}:{port}/".encode() in got.body
 
@@ -323,6 +323,34 @@ async def test_random_paths_on_a_pits_host_cannot_spend_the_pits_budget(
         # The same client's budget is spent on the path-based route too: one client, one budget.
         by_path = await clubs.get("127.0.0.1", f"/pits/club-1{sim.event_path}/nothing-x.json")
         assert by_path.code == 429
+    finally:
+        await clubs.two.stop_agent()
+        await clubs.one.close()
+
+
+async def test_a_final_dot_is_the_same_pits_never_the_active_one(
+    tmp_path: Path, sim: Simulator, other_sim: Simulator
+) -> None:
+    """The attack (issue 25, item 5): `Host: club-2.<domain>.` was no pits' host to the relay,
+    so its root routes served the *active* pits' data under club-2's name. Now a final dot is
+    the same name, on the fast path of a hit and in the application alike; and a name under the
+    domain that can be no pits' is a 404 that says so."""
+    clubs = await start_clubs(tmp_path, sim, other_sim, active_pits="club-1", freshness=60.0)
+    try:
+        for _ in range(2):  # a miss, then a fresh hit
+            got = await clubs.get(f"club-2.{DOMAIN}.", f"{other_sim.event_path}/Event.json")
+            assert got.code == 200, got.body
+            assert json.loads(got.body)[0]["ID"] == other_sim.event_id
+        page = await clubs.get(f"club-2.{DOMAIN}.", "/")
+        assert f"events/{other_sim.event_id}".encode() in page.body
+        assert sim.event_id.encode() not in page.body
+        for name in (f"a.b.{DOMAIN}", f"under_score.{DOMAIN}", f"a.b.{DOMAIN}."):
+            for path in (f"{sim.event_path}/Event.json", "/", "/httpfiles/Channels.json"):
+                refused = await clubs.get(name, path)
+                assert refused.code == 404, (name, path)
+                message = json.loads(refused.body)["error"]["message"]
+                assert message.startswith(f"no pits is served at {name.rstrip('.')}")
+                assert sim.event_id.encode() not in refused.body
     finally:
         await clubs.two.stop_agent()
         await clubs.one.close()

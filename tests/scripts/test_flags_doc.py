@@ -22,7 +22,7 @@ from pits_appliance.config import build_parser as agent_parser
 
 pytestmark = pytest.mark.timeout(60)
 
-ROW = re.compile(r"^\| `(--[a-z-]+)[^`]*` \| (.+?) \| (.+) \|$")
+ROW = re.compile(r"^\| `(--[a-z0-9-]+)[^`]*` \| (.+?) \| (.+) \|$")
 
 
 def doc_rows() -> dict[str, dict[str, str]]:

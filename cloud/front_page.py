@@ -1,0 +1,82 @@
+"""What a visitor finds at the relay's `/`: the connected pits, their pages and data, and how to
+use them, with every address as the public reaches the relay (cloud.clients.PublicAddress)."""
+
+from __future__ import annotations
+
+import time
+
+from tornado.escape import url_escape, xhtml_escape
+
+from cloud.clients import Origin
+from cloud.http_base import BaseHandler
+from wire.event import event_id_from_page
+
+
+class FrontPageHandler(BaseHandler):
+    """`/`: every connected pits with its links, and the address to give a dashboard."""
+
+    def get(self) -> None:
+        origin = self.origin()
+        active = self.relay.active_pits_id()
+        rows = "".join(
+            self._row(origin, conn.pits_id, conn.connected_since_wall, conn.pits_id == active)
+            for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
+        )
+        # With --pits-domain, each pits' own name: shown with a placeholder for the id.
+        own = self.relay.pits_url("x", origin)
+        where = (
+            f"<code>{xhtml_escape(own.replace('://x.', '://<pits id>.', 1))}</code>"
+            if own is not None
+            else f"<code>{xhtml_escape(origin.url('/pits/'))}&lt;pits id&gt;/</code>"
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+        self.finish(
+            "<!doctype html><html lang=en><meta charset=utf-8>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            "<title>Pitlink relay</title>"
+            "<style>body{font:16px/1.45 system-ui,sans-serif;max-width:46em;margin:1em auto;"
+            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0}</style>"
+            "<h1>Pitlink relay</h1>"
+            "<p>Live FPV race data from the pits, as FPVTrackside serves it at the race.</p>"
+            "<h2>Connected pits</h2>"
+            f"<ul id=pits>{rows or '<li>None yet: a box appears here once it connects.</li>'}</ul>"
+            "<h2>Dashboards and overlays</h2>"
+            "<p>Give a dashboard or a stream overlay the address "
+            f"{where} where it would take FPVTrackside's "
+            "address: every path FPVTrackside serves is there, "
+            "<code>events/&lt;event id&gt;/Race.json</code> and the rest, refreshed about "
+            "every second.</p>"
+        )
+
+    def _row(self, origin: Origin, pits_id: str, since: float, active: bool) -> str:
+        quoted = url_escape(pits_id, plus=False)
+        name = xhtml_escape(pits_id)
+        # Its own host with --pits-domain (its page works there unchanged), else its path.
+        own = self.relay.pits_url(pits_id, origin)
+        root = xhtml_escape(own) if own is not None else f"/pits/{quoted}/"
+        links = [f'<a href="{root}">race page</a>']
+        event = self._event_of(pits_id)
+        if event is not None:
+            links += [
+                f'<a href="{root}events/{event}/{file}">{file}</a>'
+                for file in ("Event.json", "Pilots.json", "Rounds.json", "Results.json")
+            ]
+        links.append(f'<a href="{root}httpfiles/Channels.json">Channels.json</a>')
+        if own is not None:
+            links.append(f"<code>{xhtml_escape(own.partition('://')[2].rstrip('/'))}</code>")
+        note = (
+            " (active: also at <code>/events/…</code>, <code>/httpfiles/…</code>)" if active else ""
+        )
+        minutes = max(0, int(time.time() - since) // 60)
+        return (
+            f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min: "
+            + " · ".join(links)
+            + "</li>"
+        )
+
+    def _event_of(self, pits_id: str) -> str | None:
+        """The event the pits has open, read from its page if the relay holds a copy."""
+        entry = self.relay.cache.get((pits_id, "GET", "/"))
+        return event_id_from_page(entry.body) if entry is not None else None
