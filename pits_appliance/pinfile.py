@@ -68,6 +68,11 @@ def status_pin(config: AgentConfig, *, mount: str = "mount") -> StatusPin:
             config.status_pin, "the PIN the agent was given (--status-pin or PITLINK_STATUS_PIN)"
         )
     if conf is not None:
+        kept = _in_file(conf)
+        if kept is not None and PIN.fullmatch(kept):
+            # There, though the settings said none (an empty PITLINK_STATUS_PIN, say): one PIN
+            # in the file is enough, not one more at every start.
+            return StatusPin(kept, _where(conf))
         pin = make_pin()
         try:
             append_pin(conf, pin, mount=mount)

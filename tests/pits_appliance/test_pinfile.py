@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from pits_appliance.config import AgentConfig, load_config
-from pits_appliance.pinfile import COMMENT, ON_THE_CARD, status_pin
+from pits_appliance.pinfile import COMMENT, ON_THE_CARD, StatusPin, status_pin
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = (
@@ -71,6 +71,16 @@ def test_without_a_pin_one_is_made_and_appended_to_pitlink_conf(
     [line] = [r for r in caplog.records if "PIN" in r.getMessage()]
     assert line.getMessage() == "made the status page's PIN and wrote it into the settings file"
     assert got.pin not in caplog.text and got.pin not in str(vars(line))
+
+
+def test_a_pin_already_in_the_file_is_not_made_again(tmp_path: Path) -> None:
+    """An empty PITLINK_STATUS_PIN beats the file's line: the box uses the file's all the same."""
+    conf = tmp_path / "pitlink.conf"
+    conf.write_bytes(CONF + b"\r\nSTATUS_PIN=246802\r\n")
+    loaded = load_config(["--config", str(conf)], env={"PITLINK_STATUS_PIN": ""})
+    assert loaded.status_pin is None
+    assert status_pin(loaded) == StatusPin("246802", ON_THE_CARD)
+    assert conf.read_bytes() == CONF + b"\r\nSTATUS_PIN=246802\r\n"
 
 
 def test_a_plain_unix_file_gets_plain_line_ends(tmp_path: Path) -> None:
