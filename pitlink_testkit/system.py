@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,8 @@ from pits_appliance.config import AgentConfig
 
 class System:
     """A simulator, a relay and an agent on loopback, with handles on all three."""
+
+    status_pin = "428571"  # the PIN the agent's status page asks for before its buttons act
 
     def __init__(self, tmp: Path, sim: Simulator, *, pits_id: str = "pits-1"):
         self.tmp = tmp
@@ -62,6 +65,7 @@ class System:
             reconnect_base=0.05,
             reconnect_cap=0.5,
             origin_check_interval=30.0,
+            status_pin=self.status_pin,
         )
         return replace(base, **overrides)
 
@@ -113,6 +117,35 @@ class System:
         kwargs.setdefault("raise_error", False)
         kwargs.setdefault("request_timeout", 20.0)
         return await self.http.fetch(self.url + path, **kwargs)
+
+    @property
+    def status_url(self) -> str:
+        assert self.agent is not None
+        return f"http://127.0.0.1:{self.agent.status_port}"
+
+    async def unlock(self, pin: str | None = None) -> dict[str, str]:
+        """The headers the status page presses its buttons with: its own, and the session
+        cookie the box gives for its PIN (`pin`, else the one the agent was given)."""
+        headers = {"Origin": self.status_url, "X-Pitlink-Action": "1"}
+        got = await self.http.fetch(
+            self.status_url + "/api/pin",
+            method="POST",
+            body=json.dumps({"pin": pin or self.status_pin}),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        return {**headers, "Cookie": got.headers["Set-Cookie"].split(";", 1)[0]}
+
+    async def press(self, action: str) -> tornado.httpclient.HTTPResponse:
+        """Press a status page button (`pause`, `resume`, `reconnect`, `install`) as the page
+        does, with the PIN."""
+        headers = await self.unlock()
+        return await self.http.fetch(
+            f"{self.status_url}/api/{action}",
+            method="POST",
+            body=b"",
+            headers=headers,
+            raise_error=False,
+        )
 
     async def close(self) -> None:
         await self.stop_agent()

@@ -19,6 +19,7 @@ from pits_appliance.executor import Executor
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin, OriginReply
+from pits_appliance.pinfile import status_pin
 from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version
 from pits_appliance.sdnotify import Notifier
 from pits_appliance.server import StatusServer
@@ -120,7 +121,7 @@ class Agent:
         self.state.pits_id = self.config.pits_id or pits_id_from_token(token)
         self.state.token_issued, self.state.token_expires = validity(token)
         sockets = tornado.netutil.bind_sockets(self.config.status_port, self.config.status_host)
-        self._server = StatusServer(make_status_app(self))
+        self._server = StatusServer(make_status_app(self, status_pin(self.config)))
         self._server.add_sockets(sockets)
         self.status_port = sockets[0].getsockname()[1]
         await self.updater.start()

@@ -7,7 +7,9 @@ the docs' table from it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +75,41 @@ def control_url(cloud_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, path + "/control", "role=pits&version=1", ""))
 
 
+def loopback_url(url: str) -> bool:
+    """Whether a URL's host is this machine itself: 127.0.0.0/8, ::1 or `localhost`."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_url(url: str) -> bool:
+    """Whether a relay URL would carry the token unencrypted to another machine: `http://`
+    or `ws://` to anything but loopback."""
+    return urlsplit(url).scheme.lower() in ("http", "ws") and not loopback_url(url)
+
+
+def _encrypted(url: str) -> str:
+    """`http://relay.example` -> `https://relay.example` (and `ws://` -> `wss://`)."""
+    scheme, rest = url.split("://", 1)
+    return ("wss" if scheme.lower() == "ws" else "https") + "://" + rest
+
+
+# A PIN is digits only, to be typed on a phone's number pad; at least 6, so that the guesses
+# the status page allows (pits_appliance.pin) cannot find it within a race weekend.
+PIN = re.compile(r"[0-9]{6,12}")
+PIN_WORDS = "6 to 12 digits (0-9)"
+
+
+def _pin(text: str) -> str | None:
+    """A PIN is checked in AgentConfig, whose message does not repeat it: a settings error is
+    shown on the status page, to anyone on the pits network."""
+    return text.strip() or None
+
+
 def _http_url(text: str) -> str:
     parts = urlsplit(text if "://" in text else "http://" + text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -103,8 +140,8 @@ class AgentConfig:
     # rest here, to move on to after failures.
     cloud_urls: tuple[str, ...] = setting(
         (),
-        "the relay, an `https://` address (or `http://` on a test bench); repeatable: tried "
-        "in turn",
+        "the relay, an `https://` address (`http://` only to this machine itself, or with "
+        "`--allow-plain-http`); repeatable: tried in turn",
         _cloud_url,
         flag="cloud-url",
         repeatable=True,
@@ -144,6 +181,20 @@ class AgentConfig:
     pits_id: str | None = setting(None, "this pits' id", text_or_none, shown="the token's subject")
     status_host: str = setting("0.0.0.0", "address of the status port")
     status_port: int = setting(8081, "the status port", tcp_port)
+    status_pin: str | None = setting(
+        None,
+        f"the PIN the status page asks for, once per browser session, before its buttons "
+        f"(Pause, Reconnect, Install now) act: {PIN_WORDS}",
+        _pin,
+        shown="made at first start and written into the `--config` file (without one, into "
+        "`STATE_DIR/status-pin`)",
+    )
+    allow_plain_http: bool = setting(
+        False,
+        "let the relay be an `http://` or `ws://` address of another machine: the token then "
+        "crosses the network unencrypted, so only on a test bench (loopback needs no leave)",
+        switch=True,
+    )
     allowlist: tuple[str, ...] = setting(
         DEFAULT_ALLOWLIST,
         "paths the relay may fetch; repeatable. Set on the box alone: the relay can never widen it",
@@ -250,6 +301,17 @@ class AgentConfig:
         "stopped at each try)",
         positive_int,
     )
+
+    def __post_init__(self) -> None:
+        if self.status_pin is not None and not PIN.fullmatch(self.status_pin):
+            raise ConfigError(f"STATUS_PIN is not a PIN: use {PIN_WORDS}, nothing else")
+        if not self.allow_plain_http:
+            for url in (self.cloud_url, *self.cloud_urls):
+                if plain_url(url):
+                    raise ConfigError(
+                        f"CLOUD_URL {url} would send this box's token unencrypted: use "
+                        f"{_encrypted(url)} (ALLOW_PLAIN_HTTP=yes allows it on a test bench)"
+                    )
 
     @property
     def control_url(self) -> str:

@@ -5,11 +5,13 @@ name the box in its Host (its own names and addresses, see `server.host_allowed`
 page elsewhere cannot reach it by DNS rebinding; the few actions it offers (reconnect, pause,
 resume, install now) are POSTs that need the page's own header and a same-origin `Origin` (or
 `Sec-Fetch-Site: same-origin`), so another web page cannot trigger them from a visitor's
-browser.
+browser, and the session the box's PIN opened (`POST /api/pin`, pits_appliance.pin), so a
+neighbour on the network cannot either. Reading the page needs no PIN.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -20,7 +22,9 @@ from typing import Any, Protocol
 import tornado.web
 
 from pits_appliance.metrics import AgentMetrics
-from pits_appliance.server import host_allowed, local_address, same_origin
+from pits_appliance.pin import PinGate
+from pits_appliance.pinfile import StatusPin
+from pits_appliance.server import host_allowed, local_address, peer_of, same_origin
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
 from wire.budget import Throttle
@@ -36,6 +40,8 @@ access_log = logging.getLogger("tornado.access")
 
 PAGE = resources.files("pits_appliance").joinpath("static/status.html").read_bytes()
 ACTION_HEADER = "X-Pitlink-Action"
+SESSION_COOKIE = "pitlink_session"
+MAX_PIN_BODY = 256  # {"pin": "<12 digits>"} and then some
 
 
 class StatusSource(Protocol):
@@ -50,9 +56,20 @@ class StatusSource(Protocol):
     def set_paused(self, paused: bool) -> None: ...
 
 
+class Access:
+    """Who may press the page's buttons: the PIN's gate and where the organiser finds the PIN
+    (None while the settings are broken: no button then acts)."""
+
+    def __init__(self, pin: StatusPin | None, clock: Callable[[], float] = time.monotonic):
+        self.gate = None if pin is None else PinGate(pin.pin)
+        self.where = None if pin is None else pin.where
+        self.clock = clock
+
+
 class _Base(tornado.web.RequestHandler):
-    def initialize(self, agent: StatusSource) -> None:
+    def initialize(self, agent: StatusSource, access: Access) -> None:
         self.agent = agent
+        self.access = access
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -71,6 +88,21 @@ class _Base(tornado.web.RequestHandler):
     def compute_etag(self) -> None:
         return None
 
+    def from_page(self) -> bool:
+        """Whether a POST comes from the status page itself (its header, its origin)."""
+        headers = self.request.headers
+        return headers.get(ACTION_HEADER) == "1" and same_origin(
+            headers.get("Origin"),
+            headers.get("Sec-Fetch-Site"),
+            host=headers.get("Host"),
+            scheme=self.request.protocol,
+        )
+
+    def unlocked(self) -> bool:
+        """Whether the request carries a session the box's PIN opened."""
+        gate = self.access.gate
+        return gate is not None and gate.valid(self.get_cookie(SESSION_COOKIE), self.access.clock())
+
 
 class NotFoundHandler(_Base):
     """Any other path: 404, after the Host check like everything else."""
@@ -88,14 +120,16 @@ class PageHandler(_Base):
         self.set_header(
             "Content-Security-Policy",
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-            "connect-src 'self'; img-src data:",
+            "connect-src 'self'; img-src data:; form-action 'none'",
         )
         self.finish(PAGE)
 
 
 class StatusJSONHandler(_Base):
     def get(self) -> None:
-        self.finish(view(self.agent.state))
+        body = view(self.agent.state)
+        body.update(unlocked=self.unlocked(), pinWhere=self.access.where)
+        self.finish(body)
 
 
 class HealthHandler(_Base):
@@ -117,16 +151,17 @@ class ActionHandler(_Base):
     """POST /api/reconnect, /api/pause, /api/resume, /api/install (Install now)."""
 
     def post(self, action: str) -> None:
-        headers = self.request.headers
-        from_page = same_origin(
-            headers.get("Origin"),
-            headers.get("Sec-Fetch-Site"),
-            host=headers.get("Host"),
-            scheme=self.request.protocol,
-        )
-        if not from_page or headers.get(ACTION_HEADER) != "1":
+        if not self.from_page():
             self.set_status(403)
             self.finish({"error": "actions come from the status page"})
+            return
+        if self.access.gate is None:
+            self.set_status(409)
+            self.finish({"ok": False, "message": "Not possible now."})
+            return
+        if not self.unlocked():
+            self.set_status(403)
+            self.finish({"error": "enter the box's PIN first", "pin": "required"})
             return
         link = self.agent.link
         result: dict[str, Any]
@@ -149,6 +184,51 @@ class ActionHandler(_Base):
             self.set_status(404 if link is not None else 409)
             result = {"ok": False, "message": "Not possible now."}
         self.finish(result)
+
+
+class PinHandler(_Base):
+    """POST /api/pin with `{"pin": "123456"}`: a session cookie for the buttons, for this
+    browser session (no Max-Age), never sent by another site's page (SameSite=Strict), never
+    read by a script (HttpOnly)."""
+
+    def post(self) -> None:
+        if not self.from_page():
+            self.set_status(403)
+            self.finish({"error": "actions come from the status page"})
+            return
+        gate = self.access.gate
+        if gate is None:
+            self.set_status(409)
+            self.finish({"error": "Not possible now."})
+            return
+        attempt = _pin_in(self.request.body)
+        if attempt is None:
+            self.set_status(400)
+            self.finish({"error": 'send the PIN as JSON: {"pin": "123456"}'})
+            return
+        verdict = gate.check(peer_of((self.request.remote_ip,)), attempt, self.access.clock())
+        if verdict.session is not None:
+            self.set_cookie(SESSION_COOKIE, verdict.session, httponly=True, samesite="Strict")
+            self.finish({"ok": True, "message": verdict.message})
+            return
+        if verdict.wait is not None:
+            self.set_status(429)
+            self.set_header("Retry-After", str(verdict.seconds))
+        else:
+            self.set_status(403)
+        self.finish({"error": verdict.message})
+
+
+def _pin_in(body: bytes) -> str | None:
+    """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}`."""
+    if len(body) > MAX_PIN_BODY:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    pin = doc.get("pin") if isinstance(doc, dict) else None
+    return pin if isinstance(pin, str) else None
 
 
 class AccessLog:
@@ -182,14 +262,21 @@ class AccessLog:
         )
 
 
-def make_status_app(agent: StatusSource) -> tornado.web.Application:
-    args = {"agent": agent}
+def make_status_app(
+    agent: StatusSource,
+    pin: StatusPin | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> tornado.web.Application:
+    """The status port's application; `pin` None (settings broken) locks every button."""
+    args = {"agent": agent, "access": Access(pin, clock)}
     return tornado.web.Application(
         [
             (r"/", PageHandler, args),
             (r"/status\.json", StatusJSONHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
+            (r"/api/pin", PinHandler, args),
             (r"/api/(reconnect|pause|resume|install)", ActionHandler, args),
         ],
         default_handler_class=NotFoundHandler,

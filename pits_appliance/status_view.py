@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pits_appliance.config import plain_url
 from pits_appliance.state import AgentState
 from pits_appliance.upstream import in_words
 from wire import PROTOCOL_VERSION
@@ -183,6 +184,18 @@ def cloud_row(s: AgentState, now: float) -> dict[str, Any]:
     )
 
 
+def plain_row(s: AgentState) -> dict[str, Any]:
+    """Only with ALLOW_PLAIN_HTTP: the box refuses a plain relay address otherwise."""
+    return _row(
+        "plain",
+        AMBER,
+        "The token crosses the network unencrypted",
+        f"The relay's address is {s.relay_url}, with ALLOW_PLAIN_HTTP on: anyone on the way "
+        "can read this box's token and pose as it. Fine on a test bench; at a venue use the "
+        "relay's https:// address and remove ALLOW_PLAIN_HTTP from pitlink.conf.",
+    )
+
+
 def token_row(s: AgentState, now: float) -> dict[str, Any]:
     """Amber only when a person should act: the token is about to expire and was not renewed.
 
@@ -347,6 +360,7 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
             internet_row(s),
             portal_row(s),
             cloud_row(s, now),
+            *([plain_row(s)] if plain_url(s.relay_url) else []),
             clock_row(s),
             token_row(s, now),
             software_row(s),

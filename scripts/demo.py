@@ -190,6 +190,9 @@ def main() -> None:
     )
     health = f"http://127.0.0.1:{status_port}/healthz"
     wait_until("the agent to connect", lambda: http_get(health)[0] == 200, procs=procs)
+    # Without a pitlink.conf the agent keeps the status page's PIN beside its token file.
+    pin_file = token_file.parent / "status-pin"
+    pin = pin_file.read_text().strip()
 
     _, page = http_get(f"http://127.0.0.1:{sim_port}/")
     found = re.search(rb'new EventManager\("events/([a-z0-9-]+)"', page)
@@ -209,6 +212,7 @@ Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits a
     {relay}/events/{event}/Rounds.json         the same data at the root (the active pits)
   The relay's front page: {relay}/
   The box's status page:  http://127.0.0.1:{status_port}/   (what an organiser sees at the venue)
+    its PIN, for the buttons: {pin}   (the agent keeps it in {pin_file})
   Admin page: {relay}/admin   (paste this admin token when it asks)
     {admin_token}
 

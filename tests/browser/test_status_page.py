@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +16,7 @@ import pytest
 import tornado.netutil
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from pitlink_testkit.loopback import free_port
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.cli import BrokenSettings
@@ -19,6 +25,7 @@ from pits_appliance.server import StatusServer
 from pits_appliance.status import make_status_app
 from wire.event import event_name
 
+REPO = Path(__file__).resolve().parents[2]
 # As tests/browser/conftest.py launches it, for the test that needs its own resolver rules.
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -53,6 +60,14 @@ async def open_status(page: Page, system: System) -> None:
 async def first_check(system: System) -> None:
     """Let the watchdog's own first check land, so that it cannot overwrite what a test sets."""
     await wait_for(lambda: system.agent.state.connectivity == "full", what="the first check")
+
+
+async def give_pin(page: Page, pin: str = System.status_pin) -> None:
+    """Answer the page's question for the box's PIN, which it asks before a button's first
+    press in a browser session."""
+    await expect(page.locator("#pinform")).to_be_visible()
+    await page.fill("#pin", pin)
+    await page.click("#unlock")
 
 
 def row(page: Page, key: str):
@@ -202,6 +217,7 @@ async def test_settings_error_is_one_red_line(page: Page, tmp_path: Path) -> Non
         await expect(page.locator("#rows li")).to_have_count(1)
         await expect_row(page, "settings", "red", "set CLOUD_URL", "Fix pitlink.conf")
         await expect(page.locator("#reconnect")).to_be_hidden()
+        await expect(page.locator("#pinform")).to_be_hidden()
     finally:
         server.stop()
 
@@ -210,6 +226,7 @@ async def test_reconnect_button(page: Page, system: System) -> None:
     sessions = system.agent.link.sessions
     await open_status(page, system)
     await page.click("#reconnect")
+    await give_pin(page)
     await expect(page.locator("#message")).to_have_text("Reconnecting now.")
     await wait_for(lambda: system.agent.link.sessions > sessions, what="a new session")
     await system.connected()
@@ -224,12 +241,14 @@ async def test_reconnect_button(page: Page, system: System) -> None:
 async def test_pause_and_resume_buttons(page: Page, system: System) -> None:
     await open_status(page, system)
     await page.click("#pause")
+    await give_pin(page)
     await expect_row(page, "cloud", "amber", "Paused")
     assert system.agent.state.paused
     got = await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")
     assert got.code == 503  # nothing cached yet, and the box says it is paused
     await expect(page.locator("#pause")).to_have_text("Resume")
-    await page.click("#pause")
+    await page.click("#pause")  # the PIN is asked once per browser session
+    await expect(page.locator("#pinform")).to_be_hidden()
     await expect_row(page, "cloud", "green", "Connected to the relay")
     assert (await system.get(f"/pits/{system.pits_id}/httpfiles/Channels.json")).code == 200
 
@@ -353,11 +372,12 @@ async def test_actions_need_the_same_origin(system: System, headers: dict[str, s
 async def test_same_origin_actions_act(system: System, headers: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{system.agent.status_port}"
     headers = {k: v.replace("{self}", base) for k, v in headers.items()}
+    cookie = (await system.unlock())["Cookie"]
     got = await system.http.fetch(
         base + "/api/pause",
         method="POST",
         body=b"",
-        headers={"X-Pitlink-Action": "1", **headers},
+        headers={"X-Pitlink-Action": "1", "Cookie": cookie, **headers},
     )
     assert json.loads(got.body) == {
         "ok": True,
@@ -383,6 +403,7 @@ async def test_the_page_by_the_boxs_mdns_name_works_and_a_rebound_name_does_not(
             await page.goto(f"http://{name}:{port}/")
             await expect(page.locator("#rows li").first).to_be_visible()
             await page.click("#pause")
+            await give_pin(page)
             await expect(page.locator("#message")).to_have_text(
                 "Paused: the box no longer answers the relay."
             )
@@ -437,6 +458,7 @@ async def test_an_installed_update_waits_for_install_now(
         await expect(page.locator("#install")).to_be_visible()
         await page.screenshot(path=str(tmp_path / "status-update.png"), full_page=True)
         await page.click("#install")
+        await give_pin(page)
         await expect(page.locator("#message")).to_contain_text(f"Restarting into version {new}")
         await wait_for(lambda: "reboot" in rauc.verbs(), what="the restart command")
         await expect_row(page, "update", "amber", f"Restarting into version {new} in slot A")
@@ -463,3 +485,148 @@ async def test_a_download_shows_its_progress(page: Page, system: System) -> None
     await expect(bar).to_have_attribute("max", str(120 * 2**20))
     await expect(bar).to_have_attribute("value", str(30 * 2**20))
     await expect(page.locator("#install")).to_be_hidden()
+
+
+# -- the box's PIN and its relay address -----------------------------------------------------
+
+
+async def test_the_pin_is_made_into_pitlink_conf_and_asked_once_per_browser_session(
+    browser: Browser, tmp_path: Path, sim
+) -> None:
+    """No STATUS_PIN: the box makes one at its first start, beside the token in pitlink.conf,
+    and the page says so when it asks for it."""
+    s = System(tmp_path, sim)
+    card = tmp_path / "card"
+    card.mkdir()
+    conf = card / "pitlink.conf"
+    token = s.token_file.read_text().strip()
+    before = f"CLOUD_URL=https://relay.example.com\nTOKEN={token}\n"
+    conf.write_text(before)
+    contexts = []
+    try:
+        await s.start_relay()
+        await s.start_agent(config_file=conf, status_pin=None)
+        text = conf.read_text()
+        assert text.startswith(before)
+        [pin] = re.findall(r"^STATUS_PIN=([0-9]{6})$", text, re.MULTILINE)
+
+        async def new_page() -> Page:
+            context = await browser.new_context(viewport={"width": 360, "height": 740})
+            contexts.append(context)
+            page = await context.new_page()
+            page.on("dialog", lambda dialog: dialog.accept())
+            await open_status(page, s)
+            return page
+
+        page = await new_page()
+        await page.click("#pause")
+        await expect(page.locator("#pinform")).to_be_visible()
+        await expect(page.locator("#pinwhere")).to_have_text(
+            "Once per browser session. It is STATUS_PIN in pitlink.conf on the card's boot "
+            "partition (the PITLINK drive), beside the token."
+        )
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360, "the PIN's form scrolls sideways on a phone"
+        await page.screenshot(path=str(tmp_path / "status-pin.png"), full_page=True)
+        await give_pin(page, "000000")
+        await expect(page.locator("#message")).to_have_text("The box says: wrong PIN.")
+        assert s.agent is not None and not s.agent.state.paused
+        await give_pin(page, pin)
+        await expect(page.locator("#message")).to_have_text(
+            "Paused: the box no longer answers the relay."
+        )
+        assert s.agent.state.paused
+        await expect(page.locator("#pinform")).to_be_hidden()
+        # The session is a cookie for this browser session only, that scripts cannot read
+        # and other sites' pages do not send.
+        [cookie] = await contexts[0].cookies()
+        assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["expires"]) == (
+            "pitlink_session",
+            True,
+            "Strict",
+            -1,
+        )
+        assert await page.evaluate("document.cookie") == ""
+        await page.click("#pause")  # Resume: not asked again
+        await expect(page.locator("#message")).to_have_text("Resumed.")
+        assert not s.agent.state.paused
+        # Another browser session is asked again.
+        other = await new_page()
+        await other.click("#pause")
+        await expect(other.locator("#pinform")).to_be_visible()
+        assert not s.agent.state.paused
+    finally:
+        for context in contexts:
+            await context.close()
+        await s.close()
+
+
+async def test_wrong_pins_on_the_page_are_slowed_down(page: Page, system: System) -> None:
+    await open_status(page, system)
+    await page.click("#pause")
+    for _ in range(5):
+        await give_pin(page, "000000")
+        await expect(page.locator("#message")).to_have_text("The box says: wrong PIN.")
+        await page.evaluate("document.getElementById('message').textContent = ''")
+    await give_pin(page)  # the right one, too late
+    await expect(page.locator("#message")).to_have_text(
+        re.compile(r"^The box says: too many wrong PINs: try again in (5[0-9]|60) s\.$")
+    )
+    assert not system.agent.state.paused
+
+
+async def test_a_relay_allowed_in_plain_http_is_a_warning(page: Page, system: System) -> None:
+    await system.stop_agent()
+    await system.start_agent(
+        wait=False, cloud_url="http://relay.pitlink.invalid", allow_plain_http=True
+    )
+    await wait_for(lambda: system.agent.state.relay_url, what="the first dial")
+    await open_status(page, system)
+    await expect_row(
+        page,
+        "plain",
+        "amber",
+        "The token crosses the network unencrypted",
+        "The relay's address is http://relay.pitlink.invalid, with ALLOW_PLAIN_HTTP on",
+        "use the relay's https:// address",
+    )
+
+
+async def test_a_plain_relay_address_is_a_red_settings_line(page: Page, tmp_path: Path) -> None:
+    """The agent as systemd runs it, given `http://` to another machine: it does not start,
+    and its page says why and what to write instead."""
+    port = free_port()
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text("CLOUD_URL=http://relay.example.com\nTOKEN_FILE=/nonexistent/token\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pits_appliance", "--config", str(conf),
+        "--status-host", "127.0.0.1", "--status-port", str(port), "--error-hold", "120",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=REPO,
+        env=dict(os.environ, INVOCATION_ID="0123456789abcdef"),
+    )  # fmt: skip
+    try:
+        await wait_for(lambda: port_open(port), what="the status port")
+        await page.goto(f"http://127.0.0.1:{port}/")
+        await expect(page.locator("#rows li")).to_have_count(1)
+        await expect_row(
+            page,
+            "settings",
+            "red",
+            "CLOUD_URL http://relay.example.com would send this box's token unencrypted: use "
+            "https://relay.example.com",
+            "Fix pitlink.conf",
+        )
+        await expect(page.locator("#pause")).to_be_hidden()
+        await expect(page.locator("#pinform")).to_be_hidden()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 20) == 2
+    assert proc.stderr is not None
+    first = (await proc.stderr.read()).decode().splitlines()[0]
+    assert "unencrypted: use https://relay.example.com" in first
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

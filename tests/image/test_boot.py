@@ -242,6 +242,10 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
                 page_up, timeout=BOOT_TIMEOUT[arch], interval=1.0, what="the status page (boot)"
             )
             booted = time.monotonic() - started
+            # The agent made the status page's PIN before serving it and appended it to
+            # pitlink.conf on the (read-only, remounted for it) boot partition, where the
+            # organiser finds it; what was there, the token among it, is there byte for byte.
+            pin = made_pin(await asyncio.to_thread(fat_get, disk, "pitlink.conf"), conf)
 
             await wait_for(
                 lambda: relay.registry.get(PITS_ID),
@@ -277,13 +281,17 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
                 what="the host name line on the console",
             )
 
-            # Pausing from the status page arms the self-test hook: it kills the agent.
-            paused = await fetch(
-                "/api/pause",
-                method="POST",
-                body=b"",
-                headers={"X-Pitlink-Action": "1", "Origin": status},
+            # Pausing from the status page arms the self-test hook: it kills the agent. The
+            # page's own headers are not enough: the button needs the box's PIN.
+            page = {"X-Pitlink-Action": "1", "Origin": status}
+            refused = await fetch("/api/pause", method="POST", body=b"", headers=page)
+            assert refused is not None and refused.code == 403, refused and refused.body
+            unlocked = await fetch(
+                "/api/pin", method="POST", body=json.dumps({"pin": pin}), headers=page
             )
+            assert unlocked is not None and unlocked.code == 200, unlocked and unlocked.body
+            page["Cookie"] = unlocked.headers["Set-Cookie"].split(";", 1)[0]
+            paused = await fetch("/api/pause", method="POST", body=b"", headers=page)
             assert paused is not None and paused.code == 200, paused and paused.body
             await wait_for(
                 lambda: "pitlink-selftest: killed" in guest.console(),
@@ -343,5 +351,17 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             raise
         finally:
             guest.stop()
+        # The restarted agent found the PIN there and added none.
+        assert made_pin(await asyncio.to_thread(fat_get, disk, "pitlink.conf"), conf) == pin
     finally:
         http.close()
+
+
+def made_pin(now: bytes, flashed: bytes) -> str:
+    """The PIN the box appended to the pitlink.conf it was flashed with (CRLF line ends, as
+    the file's own), which must be there unchanged."""
+    assert now.startswith(flashed), now
+    added = now[len(flashed) :].decode()
+    found = re.fullmatch(r"# The status page's PIN[^\r\n]*\r\nSTATUS_PIN=([0-9]{6})\r\n", added)
+    assert found is not None, added
+    return found.group(1)

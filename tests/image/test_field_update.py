@@ -58,6 +58,7 @@ from pitlink_testkit.waiting import wait_for
 pytestmark = [pytest.mark.image]
 
 PITS_ID = "club-7"
+STATUS_PIN = "975310"  # set in pitlink.conf: tests/image/test_boot.py sees the box make one
 # The trial boot, made short for the test (the defaults are 600 s and 60 s): the bad slot
 # gives up after TRIAL seconds of its health check, a good one is good after HEALTHY.
 TRIAL = 90
@@ -252,6 +253,7 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             f"CLOUD_URL=https://{RELAY_IN_GUEST}\nCLOUD_CA=relay-ca.pem\nTOKEN={token}\n"
             f"FPVTRACKSIDE=http://{SIM_IN_GUEST}\n"
             f"UPDATE_TRIAL_SECONDS={TRIAL}\nUPDATE_HEALTHY_SECONDS={HEALTHY}\n"
+            f"STATUS_PIN={STATUS_PIN}\n"
         ).encode()
         disk = tmp_path / "disk.img"
         await asyncio.to_thread(prepare_disk, image, disk, conf, front.ca.ca, selftest=False)
@@ -314,9 +316,16 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             return got or 0.0
 
         async def install_now() -> None:
+            """Install now, as the status page presses it: the box's PIN, then the button."""
+            page = {"X-Pitlink-Action": "1", "Origin": status}
+            unlocked = await http.fetch(
+                status + "/api/pin", method="POST", body=json.dumps({"pin": STATUS_PIN}),
+                headers=page, request_timeout=30,
+            )  # fmt: skip
+            page["Cookie"] = unlocked.headers["Set-Cookie"].split(";", 1)[0]
             got = await http.fetch(
                 status + "/api/install", method="POST", body=b"", raise_error=False,
-                headers={"X-Pitlink-Action": "1", "Origin": status}, request_timeout=30,
+                headers=page, request_timeout=30,
             )  # fmt: skip
             assert got.code == 200, got.body
 

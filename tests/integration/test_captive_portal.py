@@ -111,9 +111,13 @@ async def test_no_route_and_dns_failure_are_none(tmp_path, sim) -> None:
     s = System(tmp_path, sim)
     await s.start_relay()
     try:
-        # A name that cannot resolve (the .invalid TLD is reserved for exactly this).
+        # A name that cannot resolve (the .invalid TLD is reserved for exactly this); plain
+        # http to a name is refused without leave.
         await s.start_agent(
-            wait=False, cloud_url="http://relay.pitlink.invalid", check_interval=0.5
+            wait=False,
+            cloud_url="http://relay.pitlink.invalid",
+            allow_plain_http=True,
+            check_interval=0.5,
         )
         await wait_for(lambda: s.agent.state.connectivity == "none", what="none")
         assert "DNS" in s.agent.state.connectivity_detail

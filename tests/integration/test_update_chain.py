@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import tornado.httpclient
 
 from pitlink_testkit.bundles import FakeRauc, make_bundle
 from pitlink_testkit.system import System
@@ -88,11 +87,7 @@ async def test_an_offer_from_the_admin_api_is_downloaded_installed_and_restarted
     rows = connections if isinstance(connections, list) else connections.get("connections", [])
     mine = next(r for r in rows if r["pitsId"] == chain.s.pits_id)
     assert mine["update"]["state"] == "installed" and mine["update"]["version"] == NEW
-    base = f"http://127.0.0.1:{chain.agent.status_port}"
-    got = await tornado.httpclient.AsyncHTTPClient().fetch(
-        base + "/api/install", method="POST", body=b"",
-        headers={"Origin": base, "X-Pitlink-Action": "1"}, raise_error=False,
-    )  # fmt: skip
+    got = await chain.s.press("install")  # as the status page does, with the box's PIN
     assert got.code == 200, got.body
     await wait_for(lambda: "reboot" in chain.rauc.verbs(), what="the restart")
     await wait_for(lambda: chain.update_state() == "restarting", what="the relay to hear of it")

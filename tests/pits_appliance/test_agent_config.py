@@ -381,3 +381,89 @@ def test_a_cloud_ca_named_in_pitlink_conf_is_beside_it(tmp_path: Path) -> None:
         False,
         True,
     )
+
+
+# -- the status page's PIN ----------------------------------------------------------------------
+
+
+def test_the_status_pin_from_flag_environment_or_file(tmp_path: Path) -> None:
+    assert load_config(REQUIRED, env={}).status_pin is None  # made at first start
+    assert load_config([*REQUIRED, "--status-pin", "123456"], env={}).status_pin == "123456"
+    env = {"PITLINK_STATUS_PIN": "000000000001"}
+    assert load_config(REQUIRED, env=env).status_pin == "000000000001"  # leading zeros kept
+    path = conf(tmp_path, "STATUS_PIN = 654321 \nSTATUS_PIN=\n")  # the last line wins: unset
+    assert load_config(["--config", str(path), *REQUIRED], env={}).status_pin is None
+    path = conf(tmp_path, "STATUS_PIN=\nSTATUS_PIN='654321'\n")
+    assert load_config(["--config", str(path), *REQUIRED], env={}).status_pin == "654321"
+
+
+@pytest.mark.parametrize(
+    "pin", ["12345", "1234567890123", "12 3456", "12345a", "١٢٣٤٥٦", "-123456"]
+)
+def test_a_status_pin_that_is_not_6_to_12_digits_is_refused_without_repeating_it(
+    tmp_path: Path, pin: str
+) -> None:
+    """The refusal is shown on the status page, to anyone on the pits network."""
+    for argv, env in [
+        ([*REQUIRED, "--status-pin", pin], {}),
+        (REQUIRED, {"PITLINK_STATUS_PIN": pin}),
+        (["--config", str(conf(tmp_path, f"STATUS_PIN={pin}\n")), *REQUIRED], {}),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_config(argv, env=env)
+        assert (
+            str(caught.value) == "STATUS_PIN is not a PIN: use 6 to 12 digits (0-9), nothing else"
+        )
+
+
+# -- no token in clear --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "fix"),
+    [
+        ("http://relay.example.com", "https://relay.example.com"),
+        ("HTTP://relay.example.com:8000/pitlink", "https://relay.example.com:8000/pitlink"),
+        ("ws://relay.example.com/control", "wss://relay.example.com/control"),
+        ("http://192.168.1.5:8000", "https://192.168.1.5:8000"),
+        ("http://[fd00::1]:8000", "https://[fd00::1]:8000"),
+        ("http://0.0.0.0:8000", "https://0.0.0.0:8000"),
+        # Names that merely look local are names: DNS answers for them.
+        ("http://localhost.relay.example", "https://localhost.relay.example"),
+        ("http://127.0.0.1.nip.io", "https://127.0.0.1.nip.io"),
+        ("http://[::ffff:127.0.0.1]:8000", "https://[::ffff:127.0.0.1]:8000"),
+    ],
+)
+def test_a_plain_relay_address_is_refused_naming_the_fix(url: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--cloud-url", url, "--token-file", "/t"], env={})
+    assert str(caught.value) == (
+        f"CLOUD_URL {url} would send this box's token unencrypted: use {fix} "
+        "(ALLOW_PLAIN_HTTP=yes allows it on a test bench)"
+    )
+    # A second relay is checked as the first.
+    env = {"PITLINK_CLOUD_URL": f"https://a.example,{url}", "PITLINK_TOKEN_FILE": "/t"}
+    with pytest.raises(ConfigError, match="unencrypted"):
+        load_config([], env=env)
+    with pytest.raises(ConfigError, match="unencrypted"):
+        AgentConfig(cloud_url=url, token_file=Path("/t"))
+    # A lab may say it means it.
+    allowed = load_config(["--cloud-url", url, "--token-file", "/t", "--allow-plain-http"], env={})
+    assert allowed.cloud_url == url and allowed.allow_plain_http
+    assert load_config([], env={**env, "PITLINK_ALLOW_PLAIN_HTTP": "yes"}).cloud_urls == (url,)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000",
+        "http://127.1.2.3",
+        "ws://[::1]:8000",
+        "http://localhost:8000",
+        "http://LOCALHOST.",
+        "https://relay.example.com",
+        "wss://192.168.1.5",
+    ],
+)
+def test_encrypted_or_loopback_relay_addresses_need_no_leave(url: str) -> None:
+    assert load_config(["--cloud-url", url, "--token-file", "/t"], env={}).cloud_url == url

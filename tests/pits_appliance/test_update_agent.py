@@ -160,13 +160,19 @@ async def test_install_now_from_the_page_and_only_from_it(bench: Bench, tmp_path
 
     assert (await post({"Origin": base})).code == 403
     assert (await post({"Origin": "http://evil.example", "X-Pitlink-Action": "1"})).code == 403
+    assert (await post({"Origin": base, "X-Pitlink-Action": "1"})).code == 403  # no PIN
     assert "reboot" not in bench.rauc.verbs()
-    got = await post({"Origin": base, "X-Pitlink-Action": "1"})
+    page = {"Origin": base, "X-Pitlink-Action": "1"}
+    unlocked = await http.fetch(
+        base + "/api/pin", method="POST", body=json.dumps({"pin": System.status_pin}), headers=page
+    )
+    page["Cookie"] = unlocked.headers["Set-Cookie"].split(";", 1)[0]
+    got = await post(page)
     assert got.code == 200
     assert json.loads(got.body)["message"].startswith(f"Restarting into version {NEW} now")
     await wait_for(lambda: "reboot" in bench.rauc.verbs(), what="the restart")
     assert bench.states()[-1] == "restarting"
     record = json.loads((tmp_path / "state" / "update.json").read_text())
     assert (record["fromSlot"], record["toSlot"], record["version"]) == ("A", "B", NEW)
-    again = await post({"Origin": base, "X-Pitlink-Action": "1"})
+    again = await post(page)
     assert again.code == 409

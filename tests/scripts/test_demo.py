@@ -52,6 +52,15 @@ def test_the_demo_prints_urls_that_work_and_stops_only_on_ctrl_c(tmp_path: Path)
         status_page = re.search(r"status page:\s+(http://\S+)", text).group(1)
         status = json.loads(get(status_page + "status.json")[2])
         assert status["overall"] == "green", status["rows"]  # no amber token, no red line
+        # The PIN it prints opens the page's buttons.
+        pin = re.search(r"its PIN, for the buttons: ([0-9]{6}) ", text).group(1)
+        unlock = urllib.request.Request(
+            status_page + "api/pin",
+            data=json.dumps({"pin": pin}).encode(),
+            headers={"Origin": status_page.rstrip("/"), "X-Pitlink-Action": "1"},
+        )
+        with urllib.request.urlopen(unlock, timeout=10) as r:
+            assert json.loads(r.read()) == {"ok": True, "message": "PIN accepted."}
         front = re.search(r"front page: (http://\S+)", text).group(1)
         assert b"demo-pits" in get(front)[2]
         # The demo's own hint: stop the agent. The rest runs on and serves the last copies.
