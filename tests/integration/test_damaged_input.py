@@ -11,10 +11,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import tornado.web
 import tornado.websocket
 
 from cloud.keys import KeySet, keygen
+from pitlink_testkit.fpvtrackside import SERVER_HEADER
 from pitlink_testkit.loopback import free_port
 from pitlink_testkit.waiting import wait_for
 from wire import PROTOCOL_VERSION
@@ -185,3 +189,104 @@ async def test_a_damaged_offers_file_keeps_no_box_off_the_relay(tmp_path: Path, 
     errors = [r for r in records(relay_log) if r["level"] == "ERROR"]
     assert [r for r in errors if r["logger"] != "tornado.access"] == [offers]
     assert not [r for r in records(agent_log) if r["level"] == "ERROR"]
+
+
+class StandIn(tornado.web.RequestHandler):
+    """Whatever answers at FPVTrackside's address: its page at `/`, deep JSON at `/current`."""
+
+    def initialize(self, seen: list[tuple[float, str]]) -> None:
+        self.seen = seen
+
+    def get(self, path: str) -> None:
+        self.seen.append((time.monotonic(), self.request.path))
+        self.set_header("Server", SERVER_HEADER)
+        if self.request.path == "/current":
+            self.set_header("Content-Type", "application/json")
+            self.finish(b"[" * 4096)  # 4 KB of brackets: within the bound the agent reads
+        elif self.request.path == "/":
+            self.finish(b"<html><body>FPVTrackside</body></html>")
+        else:
+            self.set_status(404)
+            self.finish()
+
+
+class NotifySocket:
+    """Where systemd hears from the agent: a datagram socket the test's loop reads as they come
+    (unread, its queue fills and the agent's sends block)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.received: list[tuple[float, str]] = []
+        asyncio.get_running_loop().add_reader(self.sock, self._read)
+
+    def _read(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.received.append((time.monotonic(), self.sock.recv(4096).decode()))
+
+    def watchdogs(self) -> list[float]:
+        return [t for t, text in self.received if text.startswith("WATCHDOG=1")]
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock)
+        self.sock.close()
+
+
+async def test_deep_json_at_current_neither_ends_the_check_nor_stops_the_watchdog(
+    tmp_path: Path, procs
+) -> None:
+    jwks, _ = keys(tmp_path)
+    seen: list[tuple[float, str]] = []
+    app = tornado.web.Application([(r"(/.*)", StandIn, {"seen": seen})])
+    server = app.listen(0, "127.0.0.1")
+    stand_in_port = next(iter(server._sockets.values())).getsockname()[1]
+    notify = NotifySocket(tmp_path / "notify")
+    relay_port, status_port = free_port(), free_port()
+    start(
+        procs,
+        ["-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)],
+        tmp_path / "relay.log",
+    )
+    agent_log = tmp_path / "agent.log"
+    start(
+        procs,
+        [
+            *agent_args(
+                tmp_path,
+                relay_port=relay_port,
+                fpvtrackside=f"127.0.0.1:{stand_in_port}",
+                status_port=status_port,
+            ),
+            *("--origin-check-interval", "0.1"),
+        ],
+        agent_log,
+        NOTIFY_SOCKET=str(notify.path),
+        WATCHDOG_USEC="200000",  # WATCHDOG=1 every 0.1 s while the agent is healthy
+    )
+    try:
+        await wait_for(
+            lambda: [t for t, path in seen if path == "/current"],
+            timeout=30,
+            what="the agent to ask /current",
+        )
+        asked = next(t for t, path in seen if path == "/current")
+        # The check goes on after the answer that killed it, and so does the watchdog.
+        await wait_for(
+            lambda: len([t for t, path in seen if path == "/" and t > asked]) >= 10,
+            what="ten more FPVTrackside checks",
+        )
+        await wait_for(
+            lambda: len([t for t in notify.watchdogs() if t > asked]) >= 10,
+            what="ten more WATCHDOG=1",
+        )
+        health = await get(f"http://127.0.0.1:{status_port}/healthz")
+        assert health is not None and health.code == 200
+    finally:
+        server.stop()
+        notify.close()
+    assert not [r for r in records(agent_log) if r["level"] == "ERROR"]
+    [seen_line] = events(agent_log, "FPVTrackside seen")
+    assert "current" not in seen_line["traits"]  # deep JSON is not FPVTrackside's own answer
