@@ -80,12 +80,13 @@ class KeySet:
         self.kids: list[str] = []
         for raw in keys:
             kid = raw.get("kid") if isinstance(raw, dict) else None
-            if not isinstance(raw, dict) or raw.get("kty") not in _ALGORITHMS or not kid:
+            kty = raw.get("kty") if isinstance(raw, dict) else None
+            if not isinstance(kty, str) or kty not in _ALGORITHMS or not kid:
                 raise ValueError("every key needs kty 'oct' and a kid")
             if not isinstance(kid, str):
                 raise ValueError("every key's kid must be a string")
             try:
-                key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]])
+                key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[kty])
             except (KeyError, TypeError, ValueError, AttributeError, jwt.PyJWTError) as exc:
                 # The key's bytes are a secret: the error names its kid and the kind of fault.
                 raise ValueError(f"key {kid[:64]!r} is damaged: {type(exc).__name__}") from None

@@ -122,7 +122,7 @@ def revoke_subject(path: Path, sub: str, before: float, note: str = "") -> None:
     _append(path, f"sub={sub} before={int(before)}", note)
 
 
-def _ledger_entries(data: bytes) -> tuple[dict[str, float], int]:
+def ledger_entries(data: bytes) -> tuple[dict[str, float], int]:
     """The renewal ledger's `<token id> <expiry>` lines, and how many lines were damaged."""
     entries: dict[str, float] = {}
     damaged = 0
@@ -225,7 +225,7 @@ class KeyStore:
                 raise DamagedError(
                     f"the renewal ledger {self.renewed_path} is over {MAX_LEDGER_BYTES} bytes"
                 )
-            entries, damaged = _ledger_entries(data)
+            entries, damaged = ledger_entries(data)
             if damaged:
                 log.warning(
                     "renewal ledger: damaged lines dropped",

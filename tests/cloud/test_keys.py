@@ -400,12 +400,23 @@ DEEP = b"[" * 100_000
         b'{"keys": ' + b"[" * 900 + b"]" * 900 + b"}",
         b'{"keys": [{"kty": "oct", "kid": ' + b"[" * 900 + b"]" * 900 + b', "k": "c2Vj"}]}',
         b'{"keys": [{"kty": "oct", "kid": ["a"], "k": "c2VjcmV0"}]}',
+        b'{"keys": [{"kty": ["oct"], "kid": "a", "k": "c2VjcmV0"}]}',  # found by the fuzzer
         b'{"keys": [{"kty": "oct", "kid": "a", "k": ["c2VjcmV0"]}]}',
         b'{"keys": [{"kty": "oct", "kid": "a", "k": "c2VjcmV0"}], "x": "\xff"}',
         b"\xef\xbb\xbf\xff",
         b" " * (MAX_JWKS_BYTES + 1),
     ],
-    ids=["brackets", "deep-keys", "deep-kid", "list-kid", "list-k", "not-utf8", "bom", "too-big"],
+    ids=[
+        "brackets",
+        "deep-keys",
+        "deep-kid",
+        "list-kid",
+        "list-kty",
+        "list-k",
+        "not-utf8",
+        "bom",
+        "too-big",
+    ],
 )
 def test_load_and_keygen_refuse_any_damaged_file_with_the_reason(
     tmp_path: Path, data: bytes
