@@ -34,6 +34,8 @@ from typing import Any, BinaryIO
 from cloud import CloudError
 from wire import ErrorCode
 from wire import messages as m
+from wire.errors import DamagedError
+from wire.untrusted import DamageNotes, read_json, stamp_of
 
 log = logging.getLogger("pitlink.cloud.bundles")
 
@@ -45,6 +47,7 @@ FILE_NAME = re.compile(r"pitlink-(?P<arch>[a-z0-9]+)-(?P<version>[^/\\]+)\.raucb
 MAX_FILE_NAME = 255
 MAX_OFFERED = 10_000  # pits ids in offers.json; a box fleet is far smaller
 MAX_OFFERS_BYTES = 4 * 1024 * 1024  # offers.json: room for MAX_OFFERED offers, several times
+MAX_META_BYTES = 64 * 1024  # <id>.json: a few hundred bytes when this module writes it
 OFFERS = "offers.json"
 CHUNK = 1024 * 1024
 
@@ -98,18 +101,23 @@ class Bundle:
 
     @classmethod
     def parse(cls, data: Any) -> Bundle:
-        """From a metadata file; raises ValueError on anything not written by this module."""
+        """From a metadata file; raises ValueError (only) on anything not written by this module."""
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        bundle = cls(
-            id=str(data["id"]),
-            version=str(data["version"]),
-            arch=str(data["arch"]),
-            size=int(data["size"]),
-            sha256=str(data["sha256"]),
-            added=float(data["added"]),
-            filename=str(data.get("filename", "")),
-        )
+        try:
+            bundle = cls(
+                id=str(data["id"]),
+                version=str(data["version"]),
+                arch=str(data["arch"]),
+                size=int(data["size"]),
+                sha256=str(data["sha256"]),
+                added=float(data["added"]),
+                filename=str(data.get("filename", "")),
+            )
+        except KeyError as exc:
+            raise ValueError(f"no {str(exc)[:40]}") from None
+        except (TypeError, OverflowError) as exc:  # int() of a list, of an infinity
+            raise ValueError(f"a field of the wrong type: {exc}") from None
         if not (
             BUNDLE_ID.fullmatch(bundle.id)
             and VERSION.fullmatch(bundle.version)
@@ -179,6 +187,24 @@ def version_and_arch(
         version = version or match["version"]
         arch = arch or match["arch"]
     return check_version(version), check_arch(arch)
+
+
+def read_offers(path: Path) -> dict[str, str]:
+    """The offers in an offers file: the valid entries of a JSON object, the rest skipped.
+
+    Raises OSError, or DamagedError when the file is no JSON object (or over its bound).
+    """
+    raw = read_json(path, limit=MAX_OFFERS_BYTES)
+    if not isinstance(raw, dict):
+        raise DamagedError("not a JSON object")
+    return {
+        p: b
+        for p, b in list(raw.items())[:MAX_OFFERED]
+        if isinstance(p, str)
+        and PITS_ID.fullmatch(p)
+        and isinstance(b, str)
+        and BUNDLE_ID.fullmatch(b)
+    }
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -264,6 +290,7 @@ class BundleStore:
         root.mkdir(parents=True, exist_ok=True)
         self._offers: dict[str, str] = {}
         self._offers_stamp: tuple[int, int, int] | None = None
+        self._damaged = DamageNotes()  # metadata files said to be damaged, once per version
 
     # -- bundles ------------------------------------------------------------------------------
 
@@ -330,13 +357,20 @@ class BundleStore:
         """The bundle of that id, or None (also for a string that is no id)."""
         if not BUNDLE_ID.fullmatch(bundle_id):
             return None
+        path = self._meta(bundle_id)
         try:
-            bundle = Bundle.parse(json.loads(self._meta(bundle_id).read_bytes()))
+            bundle = Bundle.parse(read_json(path, limit=MAX_META_BYTES))
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            log.warning("bundle metadata unreadable", extra={"bundle": bundle_id})
+        except (OSError, DamagedError, ValueError) as exc:
+            # Said once per version of the file, not at every hello or tick that asks.
+            if self._damaged.first(str(path), stamp_of(path)):
+                log.warning(
+                    "bundle metadata unreadable: the bundle is not offered",
+                    extra={"bundle": bundle_id, "path": str(path), "error": str(exc)[:200]},
+                )
             return None
+        self._damaged.good(str(path))
         if bundle.id != bundle_id or not self.path_of(bundle_id).is_file():
             return None
         return bundle
@@ -360,43 +394,27 @@ class BundleStore:
     # -- offers -------------------------------------------------------------------------------
 
     def offers(self) -> dict[str, str]:
-        """pits id → bundle id, re-read if the file changed since last asked."""
+        """pits id → bundle id, re-read if the file changed since last asked.
+
+        A damaged file stands for no offers, and is said in the log once, when it is first
+        seen (and again when it changes), never at each hello or tick.
+        """
         path = self.root / OFFERS
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        stamp = stamp_of(path)  # a rename is a new inode
+        if stamp is None:
             self._offers, self._offers_stamp = {}, None
             return {}
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # a rename is a new inode
         if stamp != self._offers_stamp:
-            self._offers = self._read_offers(path)
+            try:
+                self._offers = read_offers(path)
+            except (OSError, DamagedError) as exc:
+                log.error(
+                    "offers file unreadable: no offers stand",
+                    extra={"path": str(path), "error": str(exc)[:200]},
+                )
+                self._offers = {}
             self._offers_stamp = stamp
         return dict(self._offers)
-
-    @staticmethod
-    def _read_offers(path: Path) -> dict[str, str]:
-        try:
-            with path.open("rb") as f:
-                data = f.read(MAX_OFFERS_BYTES + 1)
-            if len(data) > MAX_OFFERS_BYTES:
-                raise ValueError(f"over {MAX_OFFERS_BYTES} bytes")
-            raw = json.loads(data)
-        except (OSError, ValueError) as exc:
-            log.error(
-                "offers file unreadable: no offers stand",
-                extra={"path": str(path), "error": str(exc)[:200]},
-            )
-            return {}
-        if not isinstance(raw, dict):
-            return {}
-        return {
-            p: b
-            for p, b in list(raw.items())[:MAX_OFFERED]
-            if isinstance(p, str)
-            and PITS_ID.fullmatch(p)
-            and isinstance(b, str)
-            and BUNDLE_ID.fullmatch(b)
-        }
 
     def offered_to(self, pits_id: str) -> Bundle | None:
         """The bundle standing offered to that pits, if it is still stored."""
@@ -422,8 +440,18 @@ class BundleStore:
     ) -> list[str]:
         """Set (or, with None, remove) the offers of `which(current)`, under the folder's lock
         so that the CLI and the relays do not lose each other's changes."""
+        path = self.root / OFFERS
         with self._locked():
-            current = self._read_offers(self.root / OFFERS) if (self.root / OFFERS).exists() else {}
+            try:
+                current = read_offers(path) if path.exists() else {}
+            except (OSError, DamagedError) as exc:
+                # Writing over it would lose every offer it holds: the operator decides.
+                raise BundleError(
+                    f"the offers file {path} cannot be read ({exc}): repair or delete it, "
+                    "then try again",
+                    ErrorCode.UNAVAILABLE,
+                    503,
+                ) from None
             chosen = which(current)
             for pits_id in chosen:
                 if bundle_id is None:

@@ -49,11 +49,15 @@ from cloud.shared import BROADCAST, OP_TIMEOUT_S, P, SharedRedis, node_channel
 from cloud.shared_cache import SharedCache
 from cloud.shared_limits import SharedLimits
 from wire import CloseCode, ErrorCode, ProtocolError
+from wire.errors import DamagedError
+from wire.untrusted import DamageNotes, load_json
 
 log = logging.getLogger("pitlink.cloud.cluster")
 
 REFRESH_S = 3.0
 CONNS_TTL_S = 10
+MAX_CONNS_BYTES = 64 * 1024 * 1024  # one replica's connections: about 2 KB each
+MAX_ACTIVE_BYTES = 4096  # {"pits": "<id>", "how": "admin"}
 ACTIVE_KEY = f"{P}active"
 
 __all__ = ["HOLDER_TTL_S", "Cluster", "Remote"]
@@ -86,6 +90,7 @@ class Cluster:
         )
         self.cache = SharedCache(self.redis, ttl=cache_ttl)
         self.limits = SharedLimits(self.redis)
+        self._damaged = DamageNotes(max_kept=256)  # replicas' keys in Redis said damaged
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -250,8 +255,8 @@ class Cluster:
         """Take the active pits the cluster agreed on, unless a flag named one here."""
         raw = await self.redis.call(lambda: self.redis.client.get(ACTIVE_KEY))
         if raw:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                data = ujson.loads(raw)
+            with contextlib.suppress(DamagedError, TypeError, AttributeError):
+                data = load_json(raw, limit=MAX_ACTIVE_BYTES)
                 self._learn_active(data.get("pits"), data.get("how"))
 
     def _learn_active(self, pits_id: object, how: object) -> None:
@@ -271,10 +276,28 @@ class Cluster:
             async for key in client.scan_iter(match=f"{P}conns:*", count=100):
                 raw = await client.get(key)
                 if raw:
-                    rows.extend(ujson.loads(raw))
+                    rows.extend(self._connections_of(key, raw))
             return rows
 
         return await self.redis.call(collect)
+
+    def _connections_of(self, key: bytes | str, raw: bytes | str) -> list[dict[str, Any]]:
+        """One replica's published connections; damaged, none (said once per value)."""
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        try:
+            rows = load_json(raw, limit=MAX_CONNS_BYTES)
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise DamagedError("not a list of objects")
+        except DamagedError as exc:
+            if self._damaged.first(key, hash(raw)):
+                log.warning(
+                    "a replica's connections in Redis are damaged; not shown",
+                    extra={"key": key[:200], "error": str(exc)},
+                )
+            return []
+        self._damaged.good(key)
+        return rows
 
     async def admin(self, pits_id: str, action: Action, who: str) -> bool:
         """Send an admin action to the replica holding the pits; False if none took it."""

@@ -24,9 +24,10 @@ from typing import Any
 
 import fastjsonschema
 import jsonschema
-import ujson
 
 from wire.budget import Throttle
+from wire.errors import DamagedError
+from wire.untrusted import load_json
 
 SCHEMAS = Path(__file__).parent / "schemas"
 ENDPOINTS = (
@@ -35,6 +36,9 @@ ENDPOINTS = (
     re.compile(r"/httpfiles/(Channels)\.json"),
 )
 MAX_SHOWN = 120  # characters of an expected value or a message kept for the log and the page
+# Bodies larger than this are not checked (counted as unchecked): a pits sending a new 8 MiB
+# body again and again must not keep the relay's loop busy validating it.
+MAX_CHECKED_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ class Schemas:
         if name is None or name not in self._fast:
             return None
         try:
-            data = ujson.loads(body) if body.strip() else []
-        except ValueError as exc:  # the agent sends canonical JSON: this is not drift
+            # Bounded in depth too: a deep body that decodes would still make the check below
+            # recurse past Python's limit (jsonschema's message holds the value's repr).
+            data = load_json(body, limit=MAX_CHECKED_BYTES) if body.strip() else []
+        except DamagedError as exc:  # the agent sends canonical JSON: this is no FPVTrackside's
             return Mismatch(f"{name}.json", "", "json", "JSON", str(exc)[:MAX_SHOWN])
         try:
             self._fast[name](data)
@@ -105,9 +111,6 @@ class Schemas:
         )
 
 
-# Bodies larger than this are not checked (counted as unchecked): a pits sending a new 8 MiB
-# body again and again must not keep the relay's loop busy validating it.
-MAX_CHECKED_BYTES = 2 * 1024 * 1024
 LOG_INTERVAL_S = 300.0  # one line per endpoint and kind of mismatch every 5 minutes at most
 MAX_PITS_SHOWN = 1000  # pits whose last mismatches are kept for the admin page
 

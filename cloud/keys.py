@@ -21,13 +21,16 @@ from typing import Any
 import jwt
 
 from cloud import TokenError
+from wire.errors import DamagedError
 from wire.errors import TokenRefusal as R
 from wire.files import write_private
 from wire.settings import SettingsError
+from wire.untrusted import read_json
 
 ROLES = ("pits", "admin")
 _ALGORITHMS = {"oct": "HS256"}
 LEEWAY_S = 30.0
+MAX_JWKS_BYTES = 1024 * 1024  # a key is about 150 bytes: room for thousands
 
 
 def family_of(claims: dict[str, Any]) -> str:
@@ -76,29 +79,31 @@ class KeySet:
         self._keys: dict[str, jwt.PyJWK] = {}
         self.kids: list[str] = []
         for raw in keys:
-            if not isinstance(raw, dict) or raw.get("kty") not in _ALGORITHMS or not raw.get("kid"):
+            kid = raw.get("kid") if isinstance(raw, dict) else None
+            kty = raw.get("kty") if isinstance(raw, dict) else None
+            if not isinstance(kty, str) or kty not in _ALGORITHMS or not kid:
                 raise ValueError("every key needs kty 'oct' and a kid")
+            if not isinstance(kid, str):
+                raise ValueError("every key's kid must be a string")
             try:
-                key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[raw["kty"]])
-            except (KeyError, TypeError, ValueError, jwt.PyJWTError) as exc:
-                raise ValueError(f"key {raw['kid']!r} is damaged: {exc!r}") from None
+                key = jwt.PyJWK(raw, algorithm=_ALGORITHMS[kty])
+            except (KeyError, TypeError, ValueError, AttributeError, jwt.PyJWTError) as exc:
+                # The key's bytes are a secret: the error names its kid and the kind of fault.
+                raise ValueError(f"key {kid[:64]!r} is damaged: {type(exc).__name__}") from None
             self._keys[raw["kid"]] = key
             self.kids.append(raw["kid"])
 
     @classmethod
     def load(cls, path: Path) -> KeySet:
         """Read a JWKS file; SettingsError says in one line what is wrong with it."""
+        return cls.of_file(path, read_jwks(path))
+
+    @classmethod
+    def of_file(cls, path: Path, jwks: dict[str, Any]) -> KeySet:
+        """The key set of a JWKS document read from `path` (named in the SettingsError)."""
         try:
-            with open(path, encoding="utf-8") as f:
-                return cls(json.load(f))
-        except FileNotFoundError:
-            raise SettingsError(
-                f"the key set {path} does not exist: create it with "
-                f"`cloud-relay keygen --jwks {path}`"
-            ) from None
-        except OSError as exc:
-            raise SettingsError(f"cannot read the key set {path}: {exc.strerror}") from None
-        except (ValueError, UnicodeDecodeError) as exc:  # json's errors are ValueErrors
+            return cls(jwks)
+        except ValueError as exc:
             raise SettingsError(f"the key set {path} is not a valid JWKS file: {exc}") from None
 
     def sign(self, claims: dict[str, Any]) -> str:
@@ -203,12 +208,33 @@ def new_key(kid: str | None = None) -> dict[str, Any]:
     }
 
 
+def read_jwks(path: Path) -> dict[str, Any]:
+    """A JWKS file's JSON object; SettingsError says in one line why there is none."""
+    try:
+        jwks = read_json(path, limit=MAX_JWKS_BYTES)
+    except FileNotFoundError:
+        raise SettingsError(
+            f"the key set {path} does not exist: create it with `cloud-relay keygen --jwks {path}`"
+        ) from None
+    except OSError as exc:
+        raise SettingsError(f"cannot read the key set {path}: {exc.strerror}") from None
+    except DamagedError as exc:
+        raise SettingsError(f"the key set {path} is not a valid JWKS file: {exc}") from None
+    if not isinstance(jwks, dict):
+        raise SettingsError(f"the key set {path} is not a valid JWKS file: not a JSON object")
+    return jwks
+
+
 def keygen(path: Path, kid: str | None = None) -> str:
-    """Create the key set, or put a new signing key first in it; returns the new kid."""
+    """Create the key set, or put a new signing key first in it; returns the new kid.
+
+    An existing file that is not a valid key set is refused, never written over.
+    """
     keys: list[dict[str, Any]] = []
     if path.exists():
-        with open(path, encoding="utf-8") as f:
-            keys = list(json.load(f).get("keys", []))
+        jwks = read_jwks(path)
+        KeySet.of_file(path, jwks)  # a damaged set is refused before anything is written
+        keys = list(jwks["keys"])
     key = new_key(kid)
     if any(k.get("kid") == key["kid"] for k in keys):
         raise ValueError(f"kid {key['kid']} is already in {path}")

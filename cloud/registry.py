@@ -1,11 +1,15 @@
 """Who is connected: every pits connection, and the one live connection of each pits.
 
 A newer connection of the same pits replaces the older one (closed with 4003); the replicas'
-cluster hears of each change through the hooks.
+cluster hears of each change through the hooks, and so do the features that greet a box (the
+active pits, update offers). A hook's own trouble is that feature's: it is logged (one line a
+minute per hook, with the count of the rest) and the handshake goes on.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -34,20 +38,26 @@ class Member(Protocol):
 
 
 C = TypeVar("C", bound=Member)
+Hook = Callable[[str], None]
+
+log = logging.getLogger("pitlink.cloud.registry")
+HOOK_LOG_INTERVAL = 60.0  # seconds between two lines about the same failing hook
 
 
 class Registry(Generic[C]):
     """Every pits connection, and the one live connection of each pits."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic):
         self.metrics = metrics
+        self.clock = clock
         self.all: set[C] = set()
         self._live: dict[str, C] = {}
         # One "dropped frame" line a second per pits and reason, across its reconnections.
         self.drop_log = Throttle(1.0, max_kinds=1024)
         # Told when a pits connection is live here, or no longer (the cluster claims keys).
-        self.on_register: list[Callable[[str], None]] = []
-        self.on_unregister: list[Callable[[str], None]] = []
+        self.on_register: list[Hook] = []
+        self.on_unregister: list[Hook] = []
+        self.hook_log = Throttle(HOOK_LOG_INTERVAL)
 
     def add(self, conn: C) -> None:
         self.all.add(conn)
@@ -60,16 +70,29 @@ class Registry(Generic[C]):
         if old is not None and old is not conn:
             old.close(CloseCode.REPLACED, "replaced by a newer connection of the same pits")
         self._gauge()
-        for hook in self.on_register:
-            hook(conn.pits_id)
+        self._run(self.on_register, conn.pits_id, "register")
 
     def unregister(self, conn: C) -> None:
         self.all.discard(conn)
         if self._live.get(conn.pits_id) is conn:
             del self._live[conn.pits_id]
-            for hook in self.on_unregister:
-                hook(conn.pits_id)
+            self._run(self.on_unregister, conn.pits_id, "unregister")
         self._gauge()
+
+    def _run(self, hooks: list[Hook], pits_id: str, when: str) -> None:
+        """Run every hook; one that fails is logged (throttled) and the others still run."""
+        for hook in hooks:
+            try:
+                hook(pits_id)
+            except Exception as exc:
+                name = getattr(hook, "__qualname__", type(hook).__name__)
+                held = self.hook_log.allow(f"{when} {name}", self.clock())
+                if held is not None:
+                    log.error(
+                        "a connection hook failed; the connection goes on without it",
+                        exc_info=exc,
+                        extra={"hook": name, "when": when, "pits_id": pits_id, "suppressed": held},
+                    )
 
     def get(self, pits_id: str) -> C | None:
         return self._live.get(pits_id)

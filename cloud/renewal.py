@@ -11,6 +11,7 @@ import jwt
 
 from cloud.keys import family_of
 from cloud.keystore import KeyStore
+from wire.errors import DamagedError
 
 log = logging.getLogger("pitlink.cloud.keys")
 
@@ -35,7 +36,7 @@ class Renewals:
         jti, exp, sub = str(claims.get("jti")), float(claims["exp"]), str(claims["sub"])
         try:
             first = self.keystore.claim_renewal(jti, exp)
-        except OSError as exc:
+        except (OSError, DamagedError) as exc:
             log.error("cannot note a renewal; not renewing", extra={"error": str(exc)})
             return None
         if first and self.once is not None:

@@ -1,7 +1,9 @@
 """What replicas say to each other through Redis, typed as `wire.messages` types frames.
 
 Replicas trust each other (they share a key set and a Redis), but a message is still checked
-as it is decoded: a malformed one is None, never an exception in the listener.
+as it is decoded: a malformed one is None, never an exception in the listener. Decoding is
+wire.untrusted.load_json, bounded in depth; not in size: Redis has delivered the message
+whole by then, and a reply carries a body as large as the relay's --max-body-bytes allows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any, Literal
 import ujson
 
 from wire import ErrorCode
+from wire.errors import DamagedError
+from wire.untrusted import load_json
 
 Action = Literal["reconnect", "pause", "resume"]
 
@@ -92,7 +96,7 @@ def encode(message: ReplicaMessage) -> str:
 def decode(data: str | bytes) -> ReplicaMessage | None:
     """The message, or None when it is not one (a replica of another version, say)."""
     try:
-        raw = ujson.loads(data)
+        raw = load_json(data, limit=len(data))
         fields = {k: v for k, v in raw.items() if k != "t"}
         cls = _KINDS[raw["t"]]
         if cls is FetchReply:
@@ -101,7 +105,7 @@ def decode(data: str | bytes) -> ReplicaMessage | None:
             error = fields.get("error")
             fields["error"] = None if error is None else _code(error)
         message = cls(**fields)
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+    except (DamagedError, ValueError, TypeError, KeyError, AttributeError, binascii.Error):
         return None
     return message if _well_typed(message) else None
 

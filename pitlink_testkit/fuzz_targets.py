@@ -1,7 +1,8 @@
-"""Fuzz targets for wire/: the frame decoder, and the path normalizer with the allowlist.
+"""Fuzz targets: wire/'s frame decoder and path normalizer, and every parser of what the
+relay and the box read from disk or a local peer (pitlink_testkit.fuzz_parsers).
 
-Run through scripts/fuzz. A target takes raw bytes and raises (FuzzFinding, or whatever
-escaped from wire/) only when it found a bug:
+Run through scripts/fuzz. A target takes raw bytes and raises (FuzzFinding, ParserFinding, or
+whatever escaped from the code under test) only when it found a bug:
 
 - frames: `wire.messages.decode` from either sender, on the bytes and on the same bytes as
   text, raises nothing but ProtocolError(BAD_REQUEST); a frame that decodes re-encodes to a
@@ -10,11 +11,14 @@ escaped from wire/) only when it found a bug:
   accepts has no dot-only segment, no backslash, `%`, `//` or control character, is a fixed
   point of normalize(encode_path(.)), and the default allowlist admits it only under `/`,
   `/events` or `/httpfiles`.
+- offers, keyset, current, ... (see pitlink_testkit.fuzz_parsers): each parser raises nothing
+  but its documented refusal, RecursionError least of all.
 - canary: the paths checks over a deliberately naive normalizer (decode, collapse slashes,
   refuse nothing). It must fail at once: it proves that the checks and the crash reporting
   work. It is not part of `all`.
 
-Two engines. `atheris` (the default) is libFuzzer, coverage-guided over wire/'s bytecode.
+Two engines. `atheris` (the default) is libFuzzer, coverage-guided over the bytecode of wire/
+and of the parsers' modules.
 `hypothesis` is a Hypothesis-driven loop over generated and mutated bytes, for a machine
 where atheris has no wheel; it is not coverage-guided and finds less. Either way the seed
 inputs below come first, a crashing input is saved as `<target>-crash-<sha1>` under the
@@ -40,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import unquote
 
+from pitlink_testkit import fuzz_parsers
 from wire.errors import ErrorCode, PathError, ProtocolError
 from wire.messages import (
     CloudHello,
@@ -205,10 +210,16 @@ PATH_SEEDS: list[bytes] = [
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "frames": fuzz_frames,
     "paths": fuzz_paths,
+    **fuzz_parsers.TARGETS,
     "canary": partial(fuzz_paths, normalize=naive_normalize),
 }
-SEEDS: dict[str, list[bytes]] = {"frames": FRAME_SEEDS, "paths": PATH_SEEDS, "canary": PATH_SEEDS}
-ALL = ("frames", "paths")
+SEEDS: dict[str, list[bytes]] = {
+    "frames": FRAME_SEEDS,
+    "paths": PATH_SEEDS,
+    **fuzz_parsers.SEEDS,
+    "canary": PATH_SEEDS,
+}
+ALL = ("frames", "paths", *fuzz_parsers.TARGETS)
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -221,19 +232,23 @@ def save_crash(crash_dir: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def _instrument_wire(atheris: types.ModuleType) -> None:
-    """Coverage for wire/ and these checks only: the rest of Python is not the subject."""
-    subjects = ("wire", __name__)
+def _instrument_subjects(atheris: types.ModuleType) -> None:
+    """Coverage for wire/, the parsers' modules and these checks only: the rest of Python
+    (tornado, ujson, jsonschema) is not the subject."""
+    subjects = (*fuzz_parsers.SUBJECTS, __name__, fuzz_parsers.__name__)
     for obj in gc.get_objects():
         if isinstance(obj, types.FunctionType) and (obj.__module__ or "").startswith(subjects):
             atheris.instrument_func(obj)
 
 
-def run_atheris_child(name: str, runs: int, seed: int, crash_dir: Path, corpus: Path) -> None:
+def run_atheris_child(
+    name: str, runs: int, seed: int, crash_dir: Path, corpus: Path, scratch: Path
+) -> None:
     """Run libFuzzer in this process; it exits the process itself (77 on a crash)."""
     import atheris
 
-    _instrument_wire(atheris)
+    fuzz_parsers.set_scratch(scratch)
+    _instrument_subjects(atheris)
     crash_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.argv[0],
@@ -250,15 +265,19 @@ def run_atheris_child(name: str, runs: int, seed: int, crash_dir: Path, corpus: 
 
 
 def run_atheris(name: str, runs: int, seed: int, crash_dir: Path) -> int:
-    # libFuzzer exits without unwinding, so the seed corpus lives in a folder owned by a parent.
-    with tempfile.TemporaryDirectory(prefix=f"pitlink-fuzz-{name}-") as corpus:
+    # libFuzzer exits without unwinding, so the seed corpus (and the scratch folder the file
+    # targets write in) live in folders owned by a parent.
+    with (
+        tempfile.TemporaryDirectory(prefix=f"pitlink-fuzz-{name}-") as corpus,
+        tempfile.TemporaryDirectory(prefix=f"pitlink-fuzz-{name}-scratch-") as scratch,
+    ):
         for i, data in enumerate(SEEDS[name]):
             (Path(corpus) / f"seed-{i:03d}").write_bytes(data)
         child = [
             *(sys.executable, "-m", "pitlink_testkit.fuzz_targets"),
             *("--engine", "atheris-child", "--target", name),
             *("--runs", str(runs), "--seed", str(seed), "--crash-dir", str(crash_dir)),
-            *("--corpus", corpus),
+            *("--corpus", corpus, "--scratch", scratch),
         ]
         return subprocess.run(child, check=False).returncode
 
@@ -330,12 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crash-dir", type=Path, default=CRASH_DIR)
     parser.add_argument("--reproduce", type=Path, metavar="FILE", help="run one saved input")
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     names = list(ALL) if args.target == "all" else [args.target]
     if args.reproduce:
         return max(reproduce(name, args.reproduce) for name in names)
     if args.engine == "atheris-child":
-        run_atheris_child(args.target, args.runs, args.seed, args.crash_dir, args.corpus)
+        run_atheris_child(
+            args.target, args.runs, args.seed, args.crash_dir, args.corpus, args.scratch
+        )
         return 0  # not reached: libFuzzer exits the process
     engine = args.engine
     if engine is None:

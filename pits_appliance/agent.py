@@ -105,6 +105,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self.collect_interval = COLLECT_INTERVAL
         self._origin_failures = FailureLog()
+        self._check_failures = FailureLog()  # the check itself failing (see _watch_origin)
         self._reported_dead: set[asyncio.Task[None]] = set()
 
     # -- start and stop -----------------------------------------------------------------------
@@ -166,9 +167,27 @@ class Agent:
     # -- what runs ----------------------------------------------------------------------------
 
     async def _watch_origin(self) -> None:
-        """Check now and then that FPVTrackside answers, and which event it has open."""
+        """Check now and then that FPVTrackside answers, and which event it has open.
+
+        One check that fails in a way nobody foresaw (an answer no parser expected) must not
+        end the task: that withholds the watchdog, and systemd would restart the agent for
+        as long as FPVTrackside answers so. It is logged with its traceback, when it starts or
+        changes and every five minutes while it lasts, and the checks go on.
+        """
         while True:
-            await self.check_origin()
+            try:
+                await self.check_origin()
+            except Exception as exc:
+                failure = DialFailure("network", f"{type(exc).__name__}: {str(exc)[:200]}")
+                held = self._check_failures.should_log(failure, time.monotonic())
+                if held is not None:
+                    log.error(
+                        "the FPVTrackside check failed; it goes on",
+                        exc_info=exc,
+                        extra={"error": failure.text, "failed_since_last_line": held},
+                    )
+            else:
+                self._check_failures.reset()
             await asyncio.sleep(self.config.origin_check_interval)
 
     async def check_origin(self) -> None:

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from wire.errors import DamagedError
 from wire.files import write_private
+from wire.untrusted import read_bounded
 
 log = logging.getLogger("pitlink.pits.clock")
 
 NTP_SYNCED = Path("/run/systemd/timesync/synchronized")  # systemd-timesyncd's flag
 TOLERANCE_S = 120.0  # a clock this close to the relay's is right
 SAVE_EVERY_S = 600.0
+MAX_SAVED_BYTES = 1024  # the saved clock is one number and a newline
 
 Status = Literal["unknown", "ntp", "agrees", "set", "wrong"]
 
@@ -52,9 +56,10 @@ def read_saved(path: Path | None) -> float | None:
     if path is None:
         return None
     try:
-        return float(path.read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
+        when = float(read_bounded(path, MAX_SAVED_BYTES).decode("ascii").split()[0])
+    except (OSError, DamagedError, ValueError, IndexError):
         return None
+    return when if math.isfinite(when) else None
 
 
 class WallClock:

@@ -17,10 +17,12 @@ path) leaves no link, and the page says to open any web page instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
+
+from wire.errors import DamagedError
+from wire.untrusted import load_json
 
 State = Literal["full", "portal", "limited", "none", "unknown"]
 STATES: tuple[State, ...] = ("full", "portal", "limited", "none", "unknown")
@@ -51,6 +53,7 @@ class Verdict:
 
 
 MAX_PORTAL_URL = 2000
+MAX_CAPTIVE_API_BYTES = 64 * 1024  # RFC 8908's answer is a few hundred bytes
 
 
 def portal_link(url: object) -> str | None:
@@ -110,8 +113,8 @@ def combine(http: Verdict, https: Verdict | None) -> Verdict:
 def parse_captive_api(body: bytes) -> Verdict | None:
     """An RFC 8908 captive portal API answer: `{"captive": bool, "user-portal-url": ...}`."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        doc = load_json(body, limit=MAX_CAPTIVE_API_BYTES)
+    except DamagedError:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("captive"), bool):
         return None

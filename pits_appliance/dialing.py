@@ -11,7 +11,6 @@ and the status page puts the two together when the probe has found a portal.
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 from dataclasses import dataclass
@@ -19,8 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from pits_appliance import ConfigError
-from wire.errors import CloseCode, TokenRefusal
+from wire.errors import CloseCode, DamagedError, TokenRefusal
 from wire.session import Closing, Policy, close_policy
+from wire.untrusted import load_json
 
 Kind = Literal[
     "token",
@@ -35,6 +35,7 @@ Kind = Literal[
 ]
 
 LOG_EVERY_S = 300.0
+MAX_REFUSAL_BYTES = 64 * 1024  # the relay's 401 body is under 200 bytes
 
 # What the box says when the relay refuses its token, by the reason in the relay's 401 body.
 TOKEN_WORDS: dict[str, str] = {
@@ -67,8 +68,8 @@ class DialFailure:
 def token_reason(body: bytes | None) -> str | None:
     """The `reason` of a relay's 401 body, if it names one this box knows."""
     try:
-        reason = json.loads(body or b"")["error"]["reason"]
-    except (ValueError, KeyError, TypeError):
+        reason = load_json(body or b"", limit=MAX_REFUSAL_BYTES)["error"]["reason"]
+    except (DamagedError, KeyError, TypeError, IndexError):
         return None
     return reason if isinstance(reason, str) and reason in TOKEN_WORDS else None
 

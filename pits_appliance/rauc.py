@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import platform
 import re
 import shlex
@@ -19,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wire.errors import DamagedError
 from wire.messages import MAX_SW_VERSION
+from wire.untrusted import load_json
 
 MAX_OUTPUT = 64 * 1024  # of stdout or stderr kept from one run
+MAX_RAUC_JSON = MAX_OUTPUT
 MAX_SHOWN = 300  # characters of RAUC's message shown on the page and sent to the relay
 _SLOT = re.compile(r"(?:^|\s)rauc\.slot=([A-Za-z0-9_.-]{1,16})(?:\s|$)")
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -159,10 +161,11 @@ class Rauc:
 
 
 def _json(out: bytes) -> dict[str, Any]:
+    """RAUC's JSON answer (a bundle's description, the slots' status) as an object."""
     try:
-        doc = json.loads(out.decode("utf-8", "replace"))
-    except ValueError:
-        raise RaucError("RAUC's answer is not JSON") from None
+        doc = load_json(out.decode("utf-8", "replace"), limit=MAX_RAUC_JSON)
+    except DamagedError as exc:
+        raise RaucError(f"RAUC's answer is not JSON we can read: {exc}") from None
     if not isinstance(doc, dict):
         raise RaucError("RAUC's answer is not a JSON object")
     return doc

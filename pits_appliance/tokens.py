@@ -21,12 +21,15 @@ from typing import Any
 import jwt
 
 from pits_appliance import ConfigError
+from wire.errors import DamagedError
 from wire.files import write_private
 from wire.messages import MAX_TOKEN  # the protocol's own bound on a `token` frame
+from wire.untrusted import MAX_DEPTH, read_bounded, within_depth
 
 log = logging.getLogger("pitlink.pits.tokens")
 
 _JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+MAX_TOKEN_FILE = MAX_TOKEN + 1024  # a token, and room for blank lines around it
 
 
 def fingerprint(token: str) -> str:
@@ -40,9 +43,11 @@ def claims_of(token: str) -> dict[str, Any] | None:
         return None
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, RecursionError):  # pyjwt's own JSON decoding, of a hostile payload
         return None
-    return dict(claims) if isinstance(claims, dict) else None
+    if not isinstance(claims, dict) or not within_depth(claims, MAX_DEPTH):
+        return None
+    return dict(claims)
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -99,6 +104,16 @@ def renewal_problem(current: str, offered: str) -> str | None:
     return None
 
 
+def read_token_file(path: Path) -> str:
+    """A token file's text, stripped; DamagedError when it is too big or not ASCII (a token
+    is base64url and dots), OSError when it cannot be read."""
+    data = read_bounded(path, MAX_TOKEN_FILE)
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise DamagedError("bytes that are not ASCII text") from None
+
+
 class TokenStore:
     """The token file, the previous token beside it, and the token from the settings.
 
@@ -120,17 +135,19 @@ class TokenStore:
     def current(self) -> str:
         """The token to dial with; ConfigError with a plain message when there is none."""
         try:
-            token = self.path.read_text(encoding="utf-8").strip()
+            token = read_token_file(self.path)
         except OSError as exc:
             raise ConfigError(f"cannot read the token file {self.path}: {exc.strerror}") from None
+        except DamagedError as exc:
+            raise ConfigError(f"the token file {self.path} holds no token: {exc}") from None
         if not token:
             raise ConfigError(f"the token file {self.path} is empty")
         return token
 
     def previous(self) -> str | None:
         try:
-            return self.prev_path.read_text(encoding="utf-8").strip() or None
-        except OSError:
+            return read_token_file(self.prev_path) or None
+        except (OSError, DamagedError):
             return None
 
     # -- changes ------------------------------------------------------------------------------

@@ -33,8 +33,10 @@ from typing import Any
 
 from pits_appliance.download import BundleDownload, Stop, bundles_url, sha256_file
 from pits_appliance.rauc import Rauc, RaucError, clean
+from wire.errors import DamagedError
 from wire.files import write_private
 from wire.messages import Offer, UpdateReport
+from wire.untrusted import DamageNotes, read_json, stamp_of
 
 log = logging.getLogger("pitlink.pits.update")
 
@@ -51,13 +53,26 @@ NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
 OTHER = {"A": "B", "B": "A"}
 
 
+_DAMAGED = DamageNotes(max_kept=16)  # state files said to be damaged, once per version
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A state file's JSON object; None when there is none, or it is damaged (said once)."""
     try:
-        with path.open("rb") as f:
-            doc = json.loads(f.read(MAX_STATE_FILE).decode("utf-8", "replace"))
-    except (OSError, ValueError):
+        doc = read_json(path, limit=MAX_STATE_FILE)
+        if not isinstance(doc, dict):
+            raise DamagedError("not a JSON object")
+    except FileNotFoundError:
         return None
-    return doc if isinstance(doc, dict) else None
+    except (OSError, DamagedError) as exc:
+        if _DAMAGED.first(str(path), stamp_of(path)):
+            log.warning(
+                "update state file unreadable; taken as absent",
+                extra={"path": str(path), "error": str(exc)},
+            )
+        return None
+    _DAMAGED.good(str(path))
+    return doc
 
 
 @dataclass(frozen=True)

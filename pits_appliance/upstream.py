@@ -21,7 +21,6 @@ sees it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from wire import ProtocolError
 from wire import messages as m
+from wire.errors import DamagedError
+from wire.untrusted import load_json
 
 if TYPE_CHECKING:
     from pits_appliance.origin import Origin, OriginReply
@@ -62,11 +63,11 @@ def server_header(value: str | None) -> str | None:
 
 def answers_current(status: int, body: bytes) -> bool:
     """Is this FPVTrackside's own answer to GET /current (and not its page)?"""
-    if status != 200 or len(body) > MAX_CURRENT_BYTES:
+    if status != 200:
         return False
     try:
-        doc = json.loads(body.decode("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError):
+        doc = load_json(body, limit=MAX_CURRENT_BYTES)
+    except DamagedError:  # its page, or whatever else answers there
         return False
     return (
         isinstance(doc, dict)

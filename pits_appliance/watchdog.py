@@ -40,6 +40,8 @@ from pits_appliance.httpclient import HTTPClient
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.recovery import RECONNECT, RERESOLVE, RESTART_NETWORK, Recovery
 from pits_appliance.state import AgentState
+from wire.errors import DamagedError
+from wire.untrusted import read_bounded
 
 log = logging.getLogger("pitlink.pits.watchdog")
 
@@ -130,8 +132,11 @@ def captive_api_uri(links: Path = NETWORKD_LINKS) -> str | None:
         return None
     for file in files:
         try:
-            uri = captive_api_from_networkd(file.read_text())
-        except OSError:
+            # networkd's own file, but what it holds came from the venue's DHCP server.
+            uri = captive_api_from_networkd(
+                read_bounded(file, 64 * 1024).decode("utf-8", "replace")
+            )
+        except (OSError, DamagedError):
             continue
         if uri:
             return uri

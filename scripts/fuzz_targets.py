@@ -1,6 +1,7 @@
-"""Run the fuzz targets over wire/; scripts/fuzz runs this inside .venv, with atheris if it can.
+"""Run the fuzz targets (wire/ and the parsers of files and local answers); scripts/fuzz runs
+this inside .venv, with atheris if it can.
 
-The targets are pitlink_testkit.fuzz_targets, where the tests import them from.
+The targets are pitlink_testkit.fuzz_targets and fuzz_parsers, where the tests import them from.
 """
 
 import sys

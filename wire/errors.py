@@ -3,9 +3,11 @@
 Exception tree::
 
     WireError                 root of everything this package raises
-    └── ProtocolError         carries an ErrorCode; what goes back to the peer as an `error`
-        ├── PathError         a path refused by normalization or the allowlist
-        └── ContentError      a `.json` body that does not decode (BAD_CONTENT)
+    ├── ProtocolError         carries an ErrorCode; what goes back to the peer as an `error`
+    │   ├── PathError         a path refused by normalization or the allowlist
+    │   └── ContentError      a `.json` body that does not decode (BAD_CONTENT)
+    └── DamagedError          JSON from a file or a local peer that cannot be used
+                              (wire.untrusted.load_json says why)
 """
 
 from __future__ import annotations
@@ -143,3 +145,8 @@ class ContentError(ProtocolError):
 
     def __init__(self, message: str):
         super().__init__(ErrorCode.BAD_CONTENT, message)
+
+
+class DamagedError(WireError):
+    """Bytes from outside (a file, a portal, Redis) that are not usable JSON: the message says
+    why in plain words, without quoting them."""

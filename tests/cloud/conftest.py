@@ -24,8 +24,8 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def registry(metrics: Metrics) -> Registry:
-    return Registry(metrics)
+def registry(metrics: Metrics, clock: FakeClock) -> Registry:
+    return Registry(metrics, clock=clock)
 
 
 Connect = Callable[..., tuple[PitsConnection, FakeTransport]]

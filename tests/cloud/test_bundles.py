@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 from cloudfakes import frame, value
 
-from cloud.bundles import MAX_OFFERS_BYTES, BundleError, BundleStore
+from cloud.bundles import MAX_META_BYTES, MAX_OFFERS_BYTES, BundleError, BundleStore
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from cloud.updates import Updates, wants_offer
@@ -228,3 +229,111 @@ def test_reports_are_kept_counted_and_end_offers_for_that_version(
     assert again.update == rolled and transport2.frames("offer") == []
     failed = m.UpdateReport(state="failed", version=bundle.version)
     assert wants_offer(None, failed, bundle) and not wants_offer(None, rolled, bundle)
+
+
+# -- damaged files (issue 25): nothing read from the folder raises past its parser -----------------
+
+
+def error_lines(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith(message)]
+
+
+@pytest.mark.provokes_error(
+    "pitlink.cloud.bundles",
+    r"^offers file unreadable",
+    why="offers.json is 100,000 opening brackets, then changes to another damage",
+)
+def test_a_deeply_nested_offers_file_stands_for_no_offers_and_is_said_once(
+    updates: Updates,
+    store: BundleStore,
+    connect,
+    registry: Registry,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bundle = store.add_file(bundle_file(tmp_path))
+    offers = store.root / "offers.json"
+    offers.write_bytes(b"[" * 100_000)  # the attack: RecursionError out of json.loads
+    for _n in range(3):  # every hello, and every tick, asks for the offers
+        conn, transport = connect("p1", hello=False)
+        conn.on_text(hello("p1"))
+        assert conn.state == "open" and registry.get("p1") is conn
+        assert transport.frames("offer") == [] and transport.closes == []
+        assert updates.refresh() == []
+    [line] = error_lines(caplog, "offers file unreadable")
+    assert line.path == str(offers) and "not JSON" in line.error  # type: ignore[attr-defined]
+    # Changed (still damaged, otherwise): said again, once.
+    offers.write_bytes(b'{"a":' * 40 + b"1" + b"}" * 40)
+    assert store.offers() == {} and store.offers() == {}
+    lines = error_lines(caplog, "offers file unreadable")
+    assert len(lines) == 2 and "nested more than" in lines[1].error  # type: ignore[attr-defined]
+    # Repaired: the offer stands again and reaches the box at the next tick.
+    offers.write_text(json.dumps({"p1": bundle.id}))
+    assert updates.refresh() == ["p1"]
+    assert transport.frames("offer")[0].message == bundle.offer()
+
+
+@pytest.mark.provokes_error(
+    "pitlink.cloud.bundles", r"^offers file unreadable", why="offers.json is damaged"
+)
+def test_a_change_to_a_damaged_offers_file_is_refused_and_loses_nothing(
+    store: BundleStore, tmp_path: Path
+) -> None:
+    bundle = store.add_file(bundle_file(tmp_path))
+    offers = store.root / "offers.json"
+    damaged = b'{"p1": "' + bundle.id.encode() + b'", \xff'
+    offers.write_bytes(damaged)
+    assert store.offers() == {}
+    for change in (
+        lambda: store.offer(bundle.id, ["p2"]),
+        lambda: store.withdraw(["p1"]),
+        lambda: store.remove(bundle.id),
+    ):
+        with pytest.raises(BundleError, match=r"offers file .* cannot be read .*repair or delete"):
+            change()
+    assert offers.read_bytes() == damaged and store.get(bundle.id) == bundle
+    offers.unlink()
+    assert store.offer(bundle.id, ["p2"]) == bundle and store.offers() == {"p2": bundle.id}
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        b"[" * 100_000,
+        b'{"id": ' + b"[" * 900 + b"]" * 900 + b"}",  # decodes; str() of it would recurse
+        b"\xff\xfe",
+        b"[]",
+        b'{"id": 1}',
+        None,  # the right fields, with a size of 1e400 (an infinity int() refuses)
+        b" " * (MAX_META_BYTES + 1),
+    ],
+)
+def test_a_damaged_bundle_record_is_no_bundle_and_is_said_once(
+    updates: Updates,
+    store: BundleStore,
+    connect,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    meta: bytes | None,
+) -> None:
+    bundle = store.add_file(bundle_file(tmp_path))
+    path = store.root / f"{bundle.id}.json"
+    good = path.read_bytes()
+    if meta is None:
+        meta = good.replace(f'"size": {bundle.size}'.encode(), b'"size": 1e400')
+        assert meta != good
+    store.offer(bundle.id, ["p1"])
+    path.write_bytes(meta)
+    for _n in range(3):
+        conn, transport = connect("p1", hello=False)
+        conn.on_text(hello("p1"))
+        assert conn.state == "open" and transport.frames("offer") == []
+        assert updates.refresh() == [] and store.bundles() == [] and store.get(bundle.id) is None
+    [line] = error_lines(caplog, "bundle metadata unreadable")
+    assert line.path == str(path) and line.bundle == bundle.id  # type: ignore[attr-defined]
+    # Repaired: offered at the next tick; damaged again later: said again.
+    path.write_bytes(good)
+    assert updates.refresh() == ["p1"]
+    path.write_bytes(meta)
+    assert store.get(bundle.id) is None
+    assert len(error_lines(caplog, "bundle metadata unreadable")) == 2

@@ -13,7 +13,16 @@ import jwt
 import pytest
 
 from cloud import TokenError
-from cloud.keys import LEEWAY_S, KeySet, Revocations, family_of, keygen, new_key
+from cloud.keys import (
+    LEEWAY_S,
+    MAX_JWKS_BYTES,
+    KeySet,
+    Revocations,
+    family_of,
+    keygen,
+    new_key,
+)
+from wire.settings import SettingsError
 
 NOW = 1_700_000_000.0
 TTL = 600
@@ -379,3 +388,43 @@ def test_load_refuses_a_damaged_file_with_value_error(tmp_path: Path, text: str)
     path.write_text(text)
     with pytest.raises(ValueError):
         KeySet.load(path)
+
+
+DEEP = b"[" * 100_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        DEEP,
+        b'{"keys": ' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"keys": [{"kty": "oct", "kid": ' + b"[" * 900 + b"]" * 900 + b', "k": "c2Vj"}]}',
+        b'{"keys": [{"kty": "oct", "kid": ["a"], "k": "c2VjcmV0"}]}',
+        b'{"keys": [{"kty": ["oct"], "kid": "a", "k": "c2VjcmV0"}]}',  # found by the fuzzer
+        b'{"keys": [{"kty": "oct", "kid": "a", "k": ["c2VjcmV0"]}]}',
+        b'{"keys": [{"kty": "oct", "kid": "a", "k": "c2VjcmV0"}], "x": "\xff"}',
+        b"\xef\xbb\xbf\xff",
+        b" " * (MAX_JWKS_BYTES + 1),
+    ],
+    ids=[
+        "brackets",
+        "deep-keys",
+        "deep-kid",
+        "list-kid",
+        "list-kty",
+        "list-k",
+        "not-utf8",
+        "bom",
+        "too-big",
+    ],
+)
+def test_load_and_keygen_refuse_any_damaged_file_with_the_reason(
+    tmp_path: Path, data: bytes
+) -> None:
+    path = tmp_path / "jwks.json"
+    path.write_bytes(data)
+    with pytest.raises(SettingsError, match=f"the key set {path} is not a valid JWKS file: .+"):
+        KeySet.load(path)
+    with pytest.raises(SettingsError, match="not a valid JWKS file"):
+        keygen(path, "new")
+    assert path.read_bytes() == data  # keygen wrote nothing over it

@@ -10,8 +10,18 @@ import pytest
 
 from cloud import TokenError
 from cloud.keys import Revocations, keygen
-from cloud.keystore import KeyStore, read_revoked, revoke, revoked_path_for
+from cloud.keystore import (
+    MAX_LEDGER_BYTES,
+    MAX_REVOKED_BYTES,
+    KeyStore,
+    read_revoked,
+    revoke,
+    revoked_path_for,
+)
+from cloud.renewal import Renewals
 from pitlink_testkit.clock import FakeClock
+from wire.errors import DamagedError
+from wire.settings import SettingsError
 
 
 def touch_later(path) -> None:
@@ -174,3 +184,81 @@ def test_the_renewal_ledger_can_live_in_a_state_directory(tmp_path) -> None:
     assert store.claim_renewal("t1", exp=2000.0, now=1000.0) is True
     assert (tmp_path / "state" / "renewed").read_text().split() == ["t1", "2000"]
     assert not (tmp_path / "etc" / "jwks.json.renewed").exists()
+
+
+# -- damaged files (issue 25): what the relay reads from disk never raises past its parser -------
+
+
+def test_bytes_that_are_not_utf8_spoil_only_their_line(tmp_path) -> None:
+    """Before, the whole list raised UnicodeDecodeError out of maybe_reload, into every verify."""
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks)
+    token = store.issue(sub="p", role="pits", ttl=600)
+    jti = store.verify(token)["jti"]
+    path = revoked_path_for(jwks)
+    path.write_bytes(b"\xff\xfe garbage\n" + jti.encode() + b"  # lost\n")
+    store.maybe_reload(force=True)
+    with pytest.raises(TokenError, match="revoked"):
+        store.verify(token)
+    assert KeyStore(jwks).revoked.ids == store.revoked.ids  # and at start
+    with pytest.raises(ValueError, match=f"revocation list {path} cannot be read .*repair it"):
+        revoke(path, "another", "")
+    assert path.read_bytes().startswith(b"\xff\xfe")  # not written over
+
+
+@pytest.mark.provokes_error(
+    "pitlink.cloud.keys",
+    r"^revocation list not reloaded, keeping the last good one$",
+    why="the revocation list grows past its bound",
+)
+def test_a_revocation_list_past_its_bound_keeps_the_last_good_one(
+    tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    path = revoked_path_for(jwks)
+    revoke(path, "abc")
+    store = KeyStore(jwks)
+    with path.open("ab") as f:
+        f.truncate(MAX_REVOKED_BYTES + 1)
+    for _ in range(3):
+        store.maybe_reload(force=True)
+    assert store.revoked.ids == frozenset({"abc"})
+    [line] = [r for r in caplog.records if r.getMessage().startswith("revocation list not")]
+    assert line.path == str(path) and f"over {MAX_REVOKED_BYTES} bytes" in line.error  # type: ignore[attr-defined]
+    with pytest.raises(SettingsError, match=f"cannot read the revocation list {path}: over"):
+        KeyStore(jwks)  # at start: no relay that would let revoked tokens in
+    with pytest.raises(ValueError, match="cannot be read"):
+        revoke(path, "def")
+
+
+def test_damaged_ledger_lines_are_dropped_and_said(tmp_path, caplog) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks)
+    store.renewed_path.write_bytes(
+        b"t1 2000\n\xff\xfe 2000\nt2 nan\nt3 inf\nt4\nt5 2000 extra\nt6 1e999\n\n"
+    )
+    assert store.claim_renewal("t1", exp=2000.0, now=1000.0) is False  # still known
+    assert store.claim_renewal("t9", exp=2000.0, now=1000.0) is True
+    assert store.renewed_path.read_text().split() == ["t1", "2000", "t9", "2000"]
+    dropped = [
+        r for r in caplog.records if r.getMessage() == "renewal ledger: damaged lines dropped"
+    ]
+    assert [r.lines for r in dropped] == [6, 6]  # type: ignore[attr-defined]
+
+
+@pytest.mark.provokes_error(
+    "pitlink.cloud.keys", r"^cannot note a renewal; not renewing$", why="the ledger is too big"
+)
+async def test_a_ledger_past_its_bound_renews_nothing(tmp_path) -> None:
+    jwks = tmp_path / "jwks.json"
+    keygen(jwks, "a")
+    store = KeyStore(jwks)
+    with store.renewed_path.open("wb") as f:
+        f.truncate(MAX_LEDGER_BYTES + 1)
+    with pytest.raises(DamagedError, match=f"over {MAX_LEDGER_BYTES} bytes"):
+        store.claim_renewal("t1", exp=2000.0, now=1000.0)
+    claims = store.verify(store.issue(sub="p", role="pits", ttl=600))
+    assert await Renewals(store).renew(claims) is None

@@ -192,3 +192,30 @@ def test_the_pits_remembered_for_the_admin_are_bounded(
         drift.seen(f"p{i}", "/events/e1/Event.json", bad_event())
     assert drift.first("p0") is None  # the oldest forgotten
     assert drift.first(f"p{MAX_PITS_SHOWN}") is not None
+
+
+DEEP = b"[" * 1000 + b"]" * 1000  # decodes (ujson goes to 1024), but its repr recurses
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        DEEP,
+        b"[" + DEEP + b"]",
+        b'[{"Laps":[' + DEEP + b"]}]",
+        b'[{"ID":' + DEEP + b"}]",
+        b'[{"a":' * 500 + b"1" + b"}]" * 500,
+        b"[" * 100_000,
+    ],
+    ids=["top", "item", "lap", "id", "objects", "unclosed"],
+)
+def test_a_deep_body_is_drift_not_a_recursion_error(
+    schemas: Schemas, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    """Before, jsonschema raised RecursionError out of the relay's serving of a new body."""
+    drift, metrics = watch(schemas, Clock(), caplog)
+    for path in ("/events/e/r/Race.json", "/events/e/Event.json", "/httpfiles/Channels.json"):
+        found = drift.seen("p1", path, body)
+        assert found is not None and found.kind == "json", found
+        assert "nested more than" in found.message or "not JSON" in found.message
+    assert metrics.schema_mismatches.labels("Race.json")._value.get() == 1

@@ -315,3 +315,43 @@ async def test_bounded_redis_is_not_warned_about(pair: Pair, caplog) -> None:
     started = caplog.get_records("setup")  # the replicas started in the fixture
     assert any(r.getMessage() == "relay listening" for r in started)
     assert not [r for r in started if "maxmemory" in r.getMessage()]
+
+
+async def test_damaged_values_in_redis_are_skipped_not_raised(pair: Pair, caplog) -> None:
+    """JSON from Redis goes through wire.untrusted like a file: a damaged value hides itself."""
+    from cloud.shared import BROADCAST, P
+
+    caplog.set_level(logging.WARNING, logger="pitlink.cloud.cluster")
+    token = pair.s.keys.issue(sub="alice", role="admin", ttl=600)
+    headers = {"Authorization": f"Bearer {token}"}
+    client = pair.b.cluster.redis.client
+    deep = b"[" * 100_000
+    await client.set(f"{P}conns:X", deep, ex=60)
+    await client.set(f"{P}conns:Y", b'{"not": "a list"}', ex=60)
+    await client.set(f"{P}conns:Z", b"[" * 900 + b"]" * 900, ex=60)
+    await client.set(f"{P}active", deep)
+    for data in (deep, b'{"t": "takeover", "pits": ' + b"[" * 900 + b"]" * 900 + b"}", b"\xff"):
+        await client.publish(BROADCAST, data)
+
+    async def rows() -> list:
+        got = await pair.get(pair.b, "/admin/api/connections", headers=headers)
+        assert got.code == 200, got.body
+        return json.loads(got.body)["connections"]
+
+    await wait_for(rows, what="B to list A's connection")
+    for _ in range(3):
+        assert [(r["pitsId"], r["node"]) for r in await rows()] == [(pair.s.pits_id, "A")]
+    await pair.b.cluster.load_active()
+    damaged = [r for r in caplog.records if r.getMessage().startswith("a replica's connections")]
+    assert sorted(r.key.rsplit(":", 1)[1] for r in damaged) == ["X", "Y", "Z"]  # once each
+    # The replicas' listeners live on: an admin action from B still reaches A's connection.
+    sessions = pair.s.agent.link.sessions
+    got = await pair.get(
+        pair.b,
+        f"/admin/api/pits/{pair.s.pits_id}/reconnect",
+        method="POST",
+        body="{}",
+        headers=headers,
+    )
+    assert got.code == 200
+    await wait_for(lambda: pair.s.agent.link.sessions > sessions, what="the reconnect on A")

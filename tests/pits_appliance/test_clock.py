@@ -112,7 +112,10 @@ def test_the_time_is_saved_now_and_then_and_only_forward(tmp_path: Path) -> None
 
 
 def test_a_damaged_saved_time_is_no_time(tmp_path: Path) -> None:
-    (tmp_path / "clock").write_text("tomorrow\n")
+    for damaged in (b"tomorrow\n", b"\xff\xfe", b"nan\n", b"inf\n", b"1" * 5000, b""):
+        (tmp_path / "clock").write_bytes(damaged)
+        assert read_saved(tmp_path / "clock") is None, damaged
+    (tmp_path / "clock").write_bytes(b"1800000000" + b" " * 2000)  # past its bound: not read
     assert read_saved(tmp_path / "clock") is None
     assert read_saved(tmp_path / "none") is None
     assert read_saved(None) is None

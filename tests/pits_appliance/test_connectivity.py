@@ -124,6 +124,9 @@ def test_schedule_short_interval() -> None:
         (b"[]", None),
         (b"<html>", None),
         (b"\xff", None),
+        (b"[" * 100_000, None),  # before: RecursionError out of the portal check
+        (b'{"captive": true, "x": ' + b"[" * 900 + b"]" * 900 + b"}", None),
+        (b'{"captive": true, "x": "' + b"x" * 70_000 + b'"}', None),
     ],
 )
 def test_parse_captive_api(body: bytes, expected: Verdict | None) -> None:

@@ -42,7 +42,20 @@ def test_a_refused_token_says_why_in_plain_words(reason: str, words: str) -> Non
     assert words in failure.text
 
 
-@pytest.mark.parametrize("body", [None, b"", b"<html>", refusal(None), refusal("dunno")])
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        b"",
+        b"<html>",
+        refusal(None),
+        refusal("dunno"),
+        b"[" * 100_000,  # before: RecursionError out of the dial's failure handling
+        b'{"error": ' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"error": {"reason": ["expired"]}}',
+        b'{"error": []}',
+    ],
+)
 def test_a_refusal_without_a_known_reason_is_still_a_refusal(body: bytes | None) -> None:
     failure = classify(tornado.httpclient.HTTPClientError(401), URL, status=401, body=body)
     assert (failure.kind, failure.text, failure.reason) == ("token", TOKEN_REFUSED, None)

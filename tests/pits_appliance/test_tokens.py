@@ -11,7 +11,7 @@ import pytest
 
 from cloud.keys import KeySet, keygen
 from pits_appliance import ConfigError
-from pits_appliance.tokens import TokenStore, fingerprint, renewal_problem
+from pits_appliance.tokens import TokenStore, claims_of, fingerprint, renewal_problem
 
 
 @pytest.fixture
@@ -186,3 +186,53 @@ def test_unreadable_or_empty_token_file_is_a_plain_error(tmp_path: Path) -> None
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         TokenStore(tmp_path / "empty").current()
+
+
+# -- damaged input (issue 25) -----------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 3000,
+        b'{"sub": ' + b"[" * 900 + b"]" * 900 + b"}",
+        b'{"sub": "club-7", "role": "pits", "exp": ' + b"[" * 900 + b"]" * 900 + b"}",
+    ],
+)
+def test_a_renewal_whose_claims_are_deep_json_is_dropped(
+    tmp_path: Path, keys: KeySet, payload: bytes
+) -> None:
+    """A relay (or whoever speaks as one) sends a token whose payload is deeply nested."""
+    current = issue(keys)
+    store = store_with(tmp_path, current)
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    offered = f"{header}.{b64(payload)}.{b64(b'sig')}"
+    assert claims_of(offered) is None
+    assert renewal_problem(current, offered) == "not a token"
+    assert store.offer(offered) is False
+    assert store.current() == current
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b"\xff\xfe not text\n", "holds no token: bytes that are not ASCII text"),
+        (b"eyJ" + b"a" * 10_000, "holds no token: over"),
+        (b"\n \n", "is empty"),
+    ],
+)
+def test_a_damaged_token_file_is_a_plain_config_error(
+    tmp_path: Path, keys: KeySet, data: bytes, says: str
+) -> None:
+    store = store_with(tmp_path, issue(keys))
+    store.path.write_bytes(data)
+    with pytest.raises(ConfigError, match=f"the token file {store.path} {says}"):
+        store.current()
+    store.prev_path.write_bytes(data)
+    assert store.previous() is None

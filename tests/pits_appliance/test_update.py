@@ -20,7 +20,14 @@ from pitlink_testkit.bundles import (
 )
 from pitlink_testkit.waiting import wait_for
 from pits_appliance import update as update_module
-from pits_appliance.rauc import Rauc, booted_slot, box_compatible, image_version, rauc_message
+from pits_appliance.rauc import (
+    Rauc,
+    RaucError,
+    booted_slot,
+    box_compatible,
+    image_version,
+    rauc_message,
+)
 from pits_appliance.state import AgentState
 from pits_appliance.status_view import view
 from pits_appliance.update import MAX_LOCAL_CHECKED, Updater, bundles_url
@@ -493,3 +500,41 @@ def test_the_update_line_in_plain_words() -> None:
     none = view(AgentState(sw_version=OLD, update={"available": False, "whyNot": "no slots"}))
     row = next(r for r in none["rows"] if r["key"] == "update")
     assert row["text"] == "No updates on this box: no slots." and not none["canInstall"]
+
+
+# -- damaged state (issue 25): what the box reads from disk never raises past its reader ------
+
+
+DEEP_VERSION = b'{"version": ' + b"[" * 900 + b"]" * 900 + b', "toSlot": "B"}'
+
+
+async def test_damaged_state_files_are_absent_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, str() of a deep `version` raised RecursionError out of start(): the agent
+    could not start, and systemd restarted it into the same file."""
+    rauc = FakeRauc(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "update.json").write_bytes(DEEP_VERSION)
+    (state / "update-report.json").write_bytes(b"[" * 100_000)
+    (state / "update-handled.json").write_bytes(b'{"sha256": "\xff"}')
+    for _ in range(2):  # the agent restarts: nothing more is said of the same files
+        updater, _ = make_updater(tmp_path, rauc)
+        await updater.start()
+        assert updater.report is None and updater.pending is None
+        assert updater._handled() == []
+    lines = [r for r in caplog.records if r.getMessage().startswith("update state file")]
+    assert sorted(Path(r.path).name for r in lines) == [  # type: ignore[attr-defined]
+        "update-handled.json",
+        "update-report.json",
+        "update.json",
+    ]
+
+
+async def test_a_damaged_rauc_answer_is_a_rauc_error(tmp_path: Path) -> None:
+    rauc = FakeRauc(tmp_path)
+    for answer in (b"[" * 100_000, b'{"booted": ' + b"[" * 900 + b"]" * 900 + b"}", b"[]"):
+        rauc.status.write_bytes(answer)
+        with pytest.raises(RaucError, match="RAUC's answer is not"):
+            await Rauc(rauc.command).boot_status()

@@ -107,6 +107,9 @@ def test_the_server_header_is_cleaned_and_bounded(header: str | None, shown: str
         (200, b'{"Other": null}', False),
         (200, b'{"CurrentRace": null, "pad": "' + b"x" * 5000 + b'"}', False),
         (200, b"\xff\xfe", False),
+        (200, b"[" * 4096, False),  # the attack: RecursionError out of the check, every time
+        (200, b"[" * 4097, False),
+        (200, b'{"CurrentRace": ' + b"[" * 900 + b"]" * 900 + b"}", False),
         (404, b'{"CurrentRace": null}', False),
     ],
 )

@@ -1,5 +1,6 @@
 """The fuzz harness (scripts/fuzz, scripts/fuzz_targets.py): a short run of each engine finds
-nothing in wire/, and finds the bug the canary target plants, saving the input that shows it.
+nothing in wire/ nor in the parsers of files and local answers, and finds the bug the canary
+target plants, saving the input that shows it.
 
 Long runs are for people (`scripts/fuzz --runs 1000000 --seed 0`); this proves in CI that the
 harness still works. The atheris engine runs where atheris is installed in .venv (scripts/fuzz
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pitlink_testkit import fuzz_targets
-from pitlink_testkit.fuzz_targets import SEEDS, TARGETS, FuzzFinding, check_accepted_path
+from pitlink_testkit import fuzz_parsers, fuzz_targets
+from pitlink_testkit.fuzz_targets import ALL, SEEDS, TARGETS, FuzzFinding, check_accepted_path
 from wire.paths import Allowlist
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +36,7 @@ ENGINES = [
 ]
 # Hypothesis runs an order of magnitude fewer inputs per second than libFuzzer.
 RUNS = {"atheris": 2000, "hypothesis": 200}
+PARSERS = list(fuzz_parsers.TARGETS)
 
 
 def fuzz(tmp_path: Path, *args: str, wrapper: bool = True) -> subprocess.CompletedProcess[str]:
@@ -68,6 +70,15 @@ def mutations(seeds: list[bytes], count: int) -> list[bytes]:
 def test_targets_pass_on_seeds_and_mutations(name: str) -> None:
     assert len(SEEDS[name]) >= 10
     for data in SEEDS[name] + mutations(SEEDS[name], 500):
+        TARGETS[name](data)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", PARSERS)
+def test_parser_targets_pass_on_seeds_and_mutations(name: str) -> None:
+    """Every seed list holds the inputs that raised RecursionError before issue 25's fixes."""
+    assert b"[" * 5000 in SEEDS[name] and name in ALL
+    for data in SEEDS[name] + mutations(SEEDS[name], 200):
         TARGETS[name](data)
 
 
@@ -113,8 +124,9 @@ def test_fuzz_finds_nothing_in_wire(tmp_path: Path, engine: str) -> None:
     result = fuzz(tmp_path, "--engine", engine, "--runs", str(runs), "--seed", "1")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert output.count(f"Done {runs} runs") == 2, output
-    assert f"fuzz: frames, paths: {runs} runs each ({engine}), nothing found" in output
+    assert output.count(f"Done {runs} runs") == len(ALL), output
+    assert f"fuzz: {', '.join(ALL)}: {runs} runs each ({engine}), nothing found" in output
+    assert ALL[:2] == ("frames", "paths") and set(PARSERS) <= set(ALL)
     assert not (tmp_path / "crashes").exists() or not any((tmp_path / "crashes").iterdir())
 
 
