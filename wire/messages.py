@@ -7,8 +7,6 @@ object, a missing field, a wrong type) raises ProtocolError(BAD_REQUEST), never 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import uuid
@@ -18,91 +16,78 @@ from typing import Any, Literal
 import ujson
 
 from wire.errors import ErrorCode, ProtocolError
+from wire.fields import (
+    MAX_BUNDLE_ID as MAX_BUNDLE_ID,
+)
+from wire.fields import (
+    MAX_BUNDLE_SIZE as MAX_BUNDLE_SIZE,
+)
+from wire.fields import (
+    MAX_CONTENT_TYPE as MAX_CONTENT_TYPE,
+)
+from wire.fields import (
+    MAX_DETAILS as MAX_DETAILS,
+)
+from wire.fields import (
+    MAX_ETAG as MAX_ETAG,
+)
+from wire.fields import (
+    MAX_FEATURE as MAX_FEATURE,
+)
+from wire.fields import (
+    MAX_FEATURES as MAX_FEATURES,
+)
+from wire.fields import (
+    MAX_LIMITS as MAX_LIMITS,
+)
+from wire.fields import (
+    MAX_MESSAGE as MAX_MESSAGE,
+)
+from wire.fields import (
+    MAX_PATH as MAX_PATH,
+)
+from wire.fields import (
+    MAX_PITS_ID as MAX_PITS_ID,
+)
+from wire.fields import (
+    MAX_SERVER as MAX_SERVER,
+)
+from wire.fields import (
+    MAX_SLOT as MAX_SLOT,
+)
+from wire.fields import (
+    MAX_SW_VERSION as MAX_SW_VERSION,
+)
+from wire.fields import (
+    MAX_TOKEN as MAX_TOKEN,
+)
+from wire.fields import (
+    MAX_TRAITS as MAX_TRAITS,
+)
+from wire.fields import (
+    MAX_UPSTREAM_VERSION as MAX_UPSTREAM_VERSION,
+)
+from wire.fields import (
+    RESPONSE_STATUSES as RESPONSE_STATUSES,
+)
+from wire.fields import bad as _bad
+from wire.fields import features_of as _features
+from wire.fields import get as _get
+from wire.fields import printable as _printable
+from wire.fields import (
+    reply_parts,
+    reply_payload,
+)
+from wire.fields import scalar as _scalar
+from wire.push import FROM_CLOUD, FROM_PITS, TYPES, PushMessage
 
 MAX_ID_LENGTH = 128
 Sender = Literal["cloud", "pits"]
-
-# Bounds on what a peer may send: a field past its bound makes the frame malformed. The relay
-# shows hello fields to every admin tab, so an 8 MiB `swVersion` must never get that far.
-MAX_PITS_ID = 64
-MAX_SW_VERSION = 64
-MAX_FEATURES = 32
-MAX_FEATURE = 64
-MAX_LIMITS = 32
-MAX_PATH = 2048
-MAX_ETAG = 256
-MAX_CONTENT_TYPE = 200
-MAX_MESSAGE = 1024
-MAX_DETAILS = 16
-MAX_TOKEN = 8192
-MAX_SLOT = 16
-MAX_BUNDLE_ID = 64
-MAX_BUNDLE_SIZE = 4 * 1024**3  # a whole root filesystem, compressed; far above any real one
-MAX_SERVER = 64  # FPVTrackside's Server header, as the agent saw it
-MAX_UPSTREAM_VERSION = 32
-MAX_TRAITS = 8
-
-# The statuses a `response` may carry: 200, 304 to a conditional fetch, and the origin's own
-# errors. Anything else (1xx, 204, a redirect) is not something the relay can serve as data.
-RESPONSE_STATUSES = frozenset({200, 304, *range(400, 600)})
-
-# RFC 9110 media type: type "/" subtype, then parameters; tokens and quoted strings only.
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_MEDIA_TYPE = re.compile(
-    rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|\"[^\"\\\x00-\x1f\x7f]*\"))*"
-)
-_ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
-_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 
 
 def new_id() -> str:
     """A fresh frame id (uuid4: unique across connections and restarts)."""
     return uuid.uuid4().hex
-
-
-def _bad(message: str, frame_id: str | None = None) -> ProtocolError:
-    details = {"id": frame_id} if frame_id else None
-    return ProtocolError(ErrorCode.BAD_REQUEST, message, details)
-
-
-def _get(
-    p: dict[str, Any],
-    key: str,
-    kind: type | tuple[type, ...],
-    *,
-    optional: bool = False,
-    max_len: int | None = None,
-) -> Any:
-    if key not in p or p[key] is None:
-        if optional:
-            return None
-        raise _bad(f"payload lacks {key}")
-    value = p[key]
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise _bad(f"payload field {key} has the wrong type")
-    if max_len is not None and isinstance(value, str | list | dict) and len(value) > max_len:
-        raise _bad(f"payload field {key} is longer than {max_len}")
-    return value
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, bool | int | float) or (
-        isinstance(value, str) and len(value) <= MAX_FEATURE
-    )
-
-
-def _features(p: dict[str, Any], key: str) -> tuple[str, ...]:
-    features = _get(p, key, list, optional=True, max_len=MAX_FEATURES) or []
-    if not all(isinstance(f, str) and len(f) <= MAX_FEATURE for f in features):
-        raise _bad(f"{key} must be strings of at most {MAX_FEATURE} characters")
-    return tuple(features)
-
-
-def _printable(p: dict[str, Any], key: str, max_len: int) -> str | None:
-    value = _get(p, key, str, optional=True, max_len=max_len)
-    if value is not None and not _PRINTABLE.fullmatch(value):
-        raise _bad(f"payload field {key} must be printable ASCII")
-    return value  # type: ignore[no-any-return]
 
 
 # What a relay takes beyond protocol version 1 as first published, named in its hello's
@@ -258,41 +243,11 @@ class Response:
     body: bytes | None = None
 
     def payload(self) -> dict[str, Any]:
-        headers: dict[str, str] = {}
-        if self.etag is not None:
-            headers["ETag"] = self.etag
-        if self.content_type is not None:
-            headers["Content-Type"] = self.content_type
-        p: dict[str, Any] = {"status": self.status, "headers": headers}
-        if self.body is not None:
-            p["bodyB64"] = base64.b64encode(self.body).decode("ascii")
-        return p
+        return reply_payload(self.status, self.etag, self.content_type, self.body)
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> Response:
-        status = _get(p, "status", int)
-        if not 100 <= status <= 599:
-            raise _bad("status out of range")
-        if status not in RESPONSE_STATUSES:
-            raise _bad(f"status {status} is not one a response may carry")
-        headers = _get(p, "headers", dict, optional=True, max_len=8) or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-            raise _bad("headers must map strings to strings")
-        lowered = {k.lower(): v for k, v in headers.items()}
-        etag, content_type = lowered.get("etag"), lowered.get("content-type")
-        if etag is not None and (len(etag) > MAX_ETAG or not _ETAG.fullmatch(etag)):
-            raise _bad("ETag is malformed")
-        if content_type is not None and (
-            len(content_type) > MAX_CONTENT_TYPE or not _MEDIA_TYPE.fullmatch(content_type)
-        ):
-            raise _bad("Content-Type is malformed")
-        body_b64 = _get(p, "bodyB64", str, optional=True)
-        body = None
-        if body_b64 is not None:
-            try:
-                body = base64.b64decode(body_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise _bad("bodyB64 is not base64") from None
+        status, etag, content_type, body = reply_parts(p)
         return cls(status=status, etag=etag, content_type=content_type, body=body)
 
 
@@ -489,6 +444,7 @@ Message = (
     | Offer
     | UpdateReport
     | FpvTrackside
+    | PushMessage
 )
 
 _TYPE_OF: dict[type, str] = {
@@ -503,6 +459,7 @@ _TYPE_OF: dict[type, str] = {
     Offer: "offer",
     UpdateReport: "update",
     FpvTrackside: "fpvtrackside",
+    **TYPES,
 }
 
 # What each side may send.
@@ -515,6 +472,7 @@ _PARSERS: dict[Sender, dict[str, Any]] = {
         "pong": Pong,
         "token": Token,
         "offer": Offer,
+        **FROM_CLOUD,
     },
     "pits": {
         "hello": PitsHello,
@@ -524,6 +482,7 @@ _PARSERS: dict[Sender, dict[str, Any]] = {
         "pong": Pong,
         "update": UpdateReport,
         "fpvtrackside": FpvTrackside,
+        **FROM_PITS,
     },
 }
 
