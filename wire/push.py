@@ -9,7 +9,7 @@ relay, and a new box with an old relay, by pulling.
 |---|---|---|
 | `watch` | relay → box | `{paths, intervalMs}`: the paths spectators read lately; the box re-reads them every `intervalMs` and pushes what changed (replaces the last `watch`) |
 | `change` | box → relay | `{path, status: 200, headers: {ETag, Content-Type?}, bodyB64}`: a watched file's new body, as a `response` would carry it |
-| `watching` | box → relay | `{paths, intervalMs}`: every path the box watches now (the race running now, and the relay's); sent when that changes |
+| `watching` | box → relay | `{paths, intervalMs, race?}`: every path the box watches now (the race running now, and the relay's), and `race`, the path of the race running now's `Race.json` (absent between events); sent when either changes |
 | `still` | box → relay | `{}`: every watched path was read again and none changed (at most once an interval) |
 | `fpvtrackside-event` | box → relay | `{event}`: an event FPVTrackside's ExtensionMode sent the box, cleaned (wire.fpvtevents) |
 """
@@ -59,17 +59,26 @@ class Watch:
 
 @dataclass(frozen=True, kw_only=True)
 class Watching:
-    """Box to relay: every path it watches now, and how often it reads them again."""
+    """Box to relay: every path it watches now, how often it reads them again, and which is
+    the race running now (the path of its `Race.json`, one of `paths`)."""
 
     paths: tuple[str, ...]
     interval_ms: int
+    race: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"paths": list(self.paths), "intervalMs": self.interval_ms}
+        p: dict[str, Any] = {"paths": list(self.paths), "intervalMs": self.interval_ms}
+        if self.race is not None:
+            p["race"] = self.race
+        return p
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> Watching:
-        return cls(paths=_paths(p), interval_ms=_interval(p))
+        paths = _paths(p)
+        race = get(p, "race", str, optional=True, max_len=MAX_PATH)
+        if race is not None and race not in paths:
+            raise bad("race must be one of the paths watched")
+        return cls(paths=paths, interval_ms=_interval(p), race=race)
 
 
 @dataclass(frozen=True, kw_only=True)

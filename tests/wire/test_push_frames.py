@@ -41,6 +41,12 @@ def frame(payload: dict[str, Any], kind: str, sender: m.Sender = "pits") -> Any:
     [
         (Watch(paths=("/events/e/Results.json", "/"), interval_ms=1000), "cloud"),
         (Watching(paths=("/events/e/r/Race.json",), interval_ms=200), "pits"),
+        (
+            Watching(
+                paths=("/events/e/r/Race.json",), interval_ms=200, race="/events/e/r/Race.json"
+            ),
+            "pits",
+        ),
         (Change(path="/events/e/r/Race.json", etag=etag_of(BODY), body=BODY), "pits"),
         (
             Change(path="/x.js", etag=etag_of(b"x"), body=b"x", content_type="text/javascript"),
@@ -105,3 +111,8 @@ def test_an_event_is_cleaned_on_receipt_too() -> None:
     assert "paths" not in got.event and got.event["fpvtVersion"] == "2.77"
     with pytest.raises(ProtocolError, match="event refused"):
         frame({"event": {**DETECTION, "type": "Unknown"}}, "fpvtrackside-event")
+
+
+def test_the_race_running_now_is_one_of_the_paths_watched() -> None:
+    with pytest.raises(ProtocolError, match="race must be one of the paths watched"):
+        frame({"paths": ["/a"], "intervalMs": 200, "race": "/b"}, "watching")
