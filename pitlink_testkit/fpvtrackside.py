@@ -25,6 +25,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ from typing import Any
 import tornado.netutil
 import tornado.web
 
+from pitlink_testkit.fpvtrackside_extension import ExtensionSender, ExtensionSettings
+from pitlink_testkit.fpvtrackside_messages import Notifier
 from pitlink_testkit.fpvtrackside_pages import EVENT_PLACEHOLDER, EVENT_RE
 from pitlink_testkit.fpvtrackside_race import NULL_DATE, LiveEvent, dump_json, format_date
 from pitlink_testkit.fpvtrackside_web import (
@@ -55,6 +58,8 @@ __all__ = [
     "NULL_DATE",
     "SERVER_HEADER",
     "VERSIONS",
+    "ExtensionSender",
+    "ExtensionSettings",
     "LiveEvent",
     "Reply",
     "Simulator",
@@ -87,6 +92,13 @@ class Simulator:
     change it at runtime, as an upgrade at the venue would): "2.70" as the fixture's (event
     files with no Content-Type), "2.71" (event files as ``application/json``), "2.76" (also
     ``GET /current``). ``server`` is its Server header (Windows' http.sys by default).
+
+    ``notification_url`` turns FPVTrackside's ExtensionMode on (a generated event only): from
+    ``start()`` its events go to that URL as the real program sends them (``extension`` is the
+    sender, with its counts and ``drop_next``; ``extension_settings`` its constants; events are
+    stamped by ``wall_clock``). ``event_before_file`` sends a detection's event before the race
+    file has it (FPVTrackside writes first); ``restart_extension()`` is FPVTrackside restarted.
+    ``photos`` gives every pilot a photo, so that events carry ``photoPath`` strings.
     """
 
     def __init__(
@@ -98,11 +110,22 @@ class Simulator:
         pilots: int = 6,
         idle_timeout: float = IDLE_TIMEOUT_S,
         version: str = "2.70",
+        notification_url: str | None = None,
+        extension_settings: ExtensionSettings | None = None,
+        event_before_file: bool = False,
+        photos: bool = False,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if lap_interval is not None and lap_interval <= 0:
             raise ValueError("lap_interval must be positive, or None to disable the live race")
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+        if notification_url is not None and root is not None:
+            raise ValueError("ExtensionMode needs a generated event (no root) whose race runs")
+        self.notification_url = notification_url
+        self.extension_settings = extension_settings or ExtensionSettings()
+        self.extension: ExtensionSender | None = None
+        self.wall_clock = wall_clock
         self.version = version
         self.server = SERVER_HEADER
         self.slow: float = 0.0
@@ -124,7 +147,8 @@ class Simulator:
             tmp = Path(tempfile.mkdtemp(prefix="fpvtrackside-sim-"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, ignore_errors=True)
             try:
-                self._live = LiveEvent(tmp, seed=seed, pilots=pilots)
+                self._live = LiveEvent(tmp, seed=seed, pilots=pilots, photos=photos)
+                self._live.event_before_file = event_before_file
             except BaseException:
                 self._cleanup()
                 raise
@@ -201,6 +225,8 @@ class Simulator:
         if self._live is not None and self.lap_interval is not None:
             self._task = asyncio.create_task(self._run_live(self.lap_interval), name="live-race")
         log.info("serving %s on %s, event %s", self.root, self.url, self.event_id)
+        if self.notification_url is not None:
+            self._open_extension(self.notification_url)
         return self._address[1]
 
     async def stop(self) -> None:
@@ -210,6 +236,7 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._close_extension()
         if self._server is not None:
             self._server.stop()
             await self._server.close_all_connections()
@@ -232,6 +259,47 @@ class Simulator:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    @property
+    def event_before_file(self) -> bool:
+        """Whether a detection's ExtensionMode event goes before the race file has it."""
+        return self._live is not None and self._live.event_before_file
+
+    @event_before_file.setter
+    def event_before_file(self, value: bool) -> None:
+        if self._live is None:
+            raise RuntimeError("no generated event")
+        self._live.event_before_file = value
+
+    async def restart_extension(self) -> ExtensionSender:
+        """FPVTrackside restarted (or the event opened again): the sender closes, and a new one
+        starts over, ``seq`` from 1 and Hello until acknowledged. The new sender."""
+        if self.notification_url is None or self._server is None:
+            raise RuntimeError("ExtensionMode is not on, or the simulator is not running")
+        await self._close_extension()
+        return self._open_extension(self.notification_url)
+
+    def _open_extension(self, url: str) -> ExtensionSender:
+        assert self._live is not None  # the constructor refused ExtensionMode without one
+        notifier = Notifier(self._live, self.extension_settings)
+        sender = ExtensionSender(
+            url,
+            hello=notifier.hello,
+            settings=self.extension_settings,
+            clock=self.wall_clock,
+        )
+        notifier.sender = sender
+        self._live.listener = notifier
+        self.extension = sender
+        sender.start()
+        log.info("ExtensionMode on: events go to %s", url)
+        return sender
+
+    async def _close_extension(self) -> None:
+        if self._live is not None:
+            self._live.listener = None
+        if self.extension is not None:
+            await self.extension.close()
 
     def advance(self) -> None:
         """Add one lap detection to the live race (what the background task does each interval)."""

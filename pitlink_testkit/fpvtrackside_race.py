@@ -13,9 +13,10 @@ import dataclasses
 import datetime as dt
 import json
 import random
+import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pitlink_testkit.fpvtrackside_pages import EVENT_MANAGER_JS, INDEX_HTML, STYLE_CSS
 
@@ -38,6 +39,7 @@ CHANNEL_COLORS = ("#FF0000", "#0000FF", "#FFFF00", "#FF00FF", "#32F000", "#FFFFF
 POINTS = (10, 7, 5, 3, 2, 1, 0, 0)
 MAX_HEAT = 4
 MIN_LAP_SECONDS = 5.0
+_DATE = re.compile(r"(\d{4})/(\d{2})/(\d{2}) (\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?")
 
 
 def format_date(when: dt.datetime) -> str:
@@ -46,6 +48,16 @@ def format_date(when: dt.datetime) -> str:
     text = f"{when.year:04d}/{when.month:02d}/{when.day:02d} {when.hour}:{when:%M:%S}"
     millis = when.microsecond // 1000  # .NET's F specifiers truncate, they do not round
     return f"{text}.{millis:03d}".rstrip("0") if millis else text
+
+
+def parse_date(text: str) -> dt.datetime:
+    """The moment a date FPVTrackside wrote (``format_date``'s inverse) names, to the millisecond."""
+    match = _DATE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a date as FPVTrackside writes one: {text!r}")
+    year, month, day, hour, minute, second, millis = match.groups()
+    when = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+    return when + dt.timedelta(milliseconds=int((millis or "0").ljust(3, "0")))
 
 
 def dump_json(objs: list[Json]) -> bytes:
@@ -87,6 +99,22 @@ def _pilot(name: str, pilot_id: str) -> Json:
     }
 
 
+class RaceListener(Protocol):
+    """What FPVTrackside's race and result managers announce, each at the moment they do.
+
+    ``race_changed``: another race is the current one; ``race_scheduled``: its start time is
+    chosen; ``race_started``; ``detected``: one detection, already in ``race["Detections"]``;
+    ``results_changed``: the race's results are saved; ``race_ended``.
+    """
+
+    def race_changed(self, race: Json) -> None: ...
+    def race_scheduled(self, race: Json) -> None: ...
+    def race_started(self, race: Json) -> None: ...
+    def detected(self, race: Json, detection: Json) -> None: ...
+    def results_changed(self, race: Json) -> None: ...
+    def race_ended(self, race: Json) -> None: ...
+
+
 @dataclasses.dataclass
 class _Flight:
     """One pilot's progress through the running race."""
@@ -105,9 +133,15 @@ class LiveEvent:
     Ids, names and times all come from ``random.Random(seed)`` and a simulated clock, so a seed
     and a number of steps always give the same bytes. Files are rewritten in place (truncate and
     write, no rename) as FPVTrackside does.
+
+    ``listener`` (set it after construction) hears of each moment FPVTrackside raises an event
+    for, as FPVTrackside orders them against its writes: a detection after the race file has
+    it (before, with ``event_before_file``); the results after ``Results.json`` is written, then
+    the end; then the next race loaded, scheduled and started. ``photos`` gives every pilot a
+    photo (``PhotoPath`` relative to FPVTrackside's folder, as it keeps one it found).
     """
 
-    def __init__(self, root: Path, *, seed: int, pilots: int) -> None:
+    def __init__(self, root: Path, *, seed: int, pilots: int, photos: bool = False) -> None:
         if not 1 <= pilots <= 8:
             raise ValueError(f"pilots must be 1..8 (one Raceband channel each), not {pilots}")
         self.root = root
@@ -123,6 +157,9 @@ class LiveEvent:
         raceband = [c["ID"] for c in self.channels if c["Band"] == "Raceband"]
         self._event_channels = sorted(rng.sample(raceband, pilots))
         self.pilots = [_pilot(name, self._new_id()) for name in rng.sample(PILOT_NAMES, pilots)]
+        if photos:
+            for pilot in self.pilots:
+                pilot["PhotoPath"] = f"pilots\\{pilot['Name'].lower()}.jpg"
         self._channel_of = {
             p["ID"]: c for p, c in zip(self.pilots, self._event_channels, strict=True)
         }
@@ -134,6 +171,8 @@ class LiveEvent:
         self.races_finished = 0
         self._current = 0
         self._flights: list[_Flight] = []
+        self.listener: RaceListener | None = None
+        self.event_before_file = False
         for _ in range(3):
             self._add_round()
         (root / "httpfiles").mkdir(parents=True, exist_ok=True)
@@ -152,30 +191,35 @@ class LiveEvent:
         """The race that is running now."""
         return self.races[self._current]
 
+    @property
+    def next_race(self) -> Json | None:
+        """The race after the one running now, if the schedule has one yet."""
+        following = self._current + 1
+        return self.races[following] if following < len(self.races) else None
+
     def step(self) -> None:
         """Record the next lap detection; after the last one, write results and start the next race."""
         race, rng = self.current_race, self._rng
         flight = min((f for f in self._flights if f.lap < self.laps), key=lambda f: f.next)
         when, number = flight.next, flight.lap + 1
         detection_id = self._new_id()
-        race["Detections"].append(
-            {
-                "TimingSystemIndex": 0,
-                "Channel": flight.channel,
-                "Time": format_date(when),
-                "Peak": rng.randint(600, 1000),
-                "TimingSystemType": "LapRF",
-                "Pilot": flight.pilot,
-                "LapNumber": number,
-                "Valid": True,
-                "ValidityType": "Auto",
-                "IsLapEnd": True,
-                "RaceSector": 0,
-                "IsHoleshot": number == 0,
-                "ID": detection_id,
-                "ExternalID": 0,
-            }
-        )
+        detection = {
+            "TimingSystemIndex": 0,
+            "Channel": flight.channel,
+            "Time": format_date(when),
+            "Peak": rng.randint(600, 1000),
+            "TimingSystemType": "LapRF",
+            "Pilot": flight.pilot,
+            "LapNumber": number,
+            "Valid": True,
+            "ValidityType": "Auto",
+            "IsLapEnd": True,
+            "RaceSector": number * 100,  # lap x 100 + timing system index
+            "IsHoleshot": number == 0,
+            "ID": detection_id,
+            "ExternalID": 0,
+        }
+        race["Detections"].append(detection)
         race["Laps"].append(
             {
                 "Detection": detection_id,
@@ -190,13 +234,17 @@ class LiveEvent:
         flight.lap, flight.last = number, when
         flight.next = when + dt.timedelta(seconds=max(MIN_LAP_SECONDS, rng.gauss(flight.pace, 1.5)))
         self.clock = max(self.clock, when)
-        if any(f.lap < self.laps for f in self._flights):
-            self._write_race(race)
-            return
-        self.clock += dt.timedelta(seconds=rng.uniform(0.3, 1.0))
-        race["End"] = format_date(self.clock)
+        running = any(f.lap < self.laps for f in self._flights)
+        if not running:
+            self.clock += dt.timedelta(seconds=rng.uniform(0.3, 1.0))
+            race["End"] = format_date(self.clock)
+        if self.listener is not None and self.event_before_file:
+            self.listener.detected(race, detection)
         self._write_race(race)
-        self._finish_race(race)
+        if self.listener is not None and not self.event_before_file:
+            self.listener.detected(race, detection)
+        if not running:
+            self._finish_race(race)
 
     def _finish_race(self, race: Json) -> None:
         for position, flight in enumerate(sorted(self._flights, key=lambda f: f.last), 1):
@@ -216,12 +264,18 @@ class LiveEvent:
                 }
             )
         self._write(self.dir / "Results.json", self.results)
+        # FPVTrackside saves the results (and tells of them) before it tells of the end.
+        if self.listener is not None:
+            self.listener.results_changed(race)
+            self.listener.race_ended(race)
         self.races_finished += 1
         self._current += 1
         if self._current == len(self.races):
             self._add_round()
             self._write_schedule()
             self._write_race(self.current_race)
+        if self.listener is not None:
+            self.listener.race_changed(self.current_race)
         self.clock += dt.timedelta(seconds=self._rng.uniform(45.0, 120.0))
         self._start_race()
 
@@ -238,7 +292,11 @@ class LiveEvent:
             )
             for pc in race["PilotChannels"]
         ]
+        if self.listener is not None:
+            self.listener.race_scheduled(race)
         self._write_race(race)
+        if self.listener is not None:
+            self.listener.race_started(race)
 
     def _add_round(self) -> None:
         number, round_id = len(self.rounds) + 1, self._new_id()
@@ -292,7 +350,8 @@ class LiveEvent:
                 }
             )
 
-    def _event_record(self) -> Json:
+    def event_record(self) -> Json:
+        """The event as ``Event.json`` has it now."""
         return {
             "EventType": "Race",
             "Name": f"Simulated Event ({self._day:%b} {self._day.day})",
@@ -338,7 +397,7 @@ class LiveEvent:
         }
 
     def _write_schedule(self) -> None:
-        self._write(self.dir / "Event.json", [self._event_record()])
+        self._write(self.dir / "Event.json", [self.event_record()])
         self._write(self.dir / "Rounds.json", self.rounds)
 
     def _write_race(self, race: Json) -> None:
