@@ -97,7 +97,8 @@ class Simulator:
     ``start()`` its events go to that URL as the real program sends them (``extension`` is the
     sender, with its counts and ``drop_next``; ``extension_settings`` its constants; events are
     stamped by ``wall_clock``). ``event_before_file`` sends a detection's event before the race
-    file has it (FPVTrackside writes first); ``restart_extension()`` is FPVTrackside restarted.
+    file has it (FPVTrackside writes first): the file gets it ``file_lag`` seconds after the
+    event has gone. ``restart_extension()`` is FPVTrackside restarted.
     ``photos`` gives every pilot a photo, so that events carry ``photoPath`` strings.
     """
 
@@ -113,6 +114,7 @@ class Simulator:
         notification_url: str | None = None,
         extension_settings: ExtensionSettings | None = None,
         event_before_file: bool = False,
+        file_lag: float = 0.5,
         photos: bool = False,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -120,12 +122,16 @@ class Simulator:
             raise ValueError("lap_interval must be positive, or None to disable the live race")
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+        if file_lag < 0:
+            raise ValueError("file_lag must be 0 or more seconds")
         if notification_url is not None and root is not None:
             raise ValueError("ExtensionMode needs a generated event (no root) whose race runs")
         self.notification_url = notification_url
         self.extension_settings = extension_settings or ExtensionSettings()
         self.extension: ExtensionSender | None = None
         self.wall_clock = wall_clock
+        self.file_lag = file_lag
+        self._notifier: Notifier | None = None
         self.version = version
         self.server = SERVER_HEADER
         self.slow: float = 0.0
@@ -281,7 +287,7 @@ class Simulator:
 
     def _open_extension(self, url: str) -> ExtensionSender:
         assert self._live is not None  # the constructor refused ExtensionMode without one
-        notifier = Notifier(self._live, self.extension_settings)
+        notifier = Notifier(self._live, self.extension_settings, file_lag=self.file_lag)
         sender = ExtensionSender(
             url,
             hello=notifier.hello,
@@ -290,7 +296,7 @@ class Simulator:
         )
         notifier.sender = sender
         self._live.listener = notifier
-        self.extension = sender
+        self._notifier, self.extension = notifier, sender
         sender.start()
         log.info("ExtensionMode on: events go to %s", url)
         return sender
@@ -300,6 +306,8 @@ class Simulator:
             self._live.listener = None
         if self.extension is not None:
             await self.extension.close()
+        if self._notifier is not None:
+            self._notifier.flush()  # no race file left behind its events
 
     def advance(self) -> None:
         """Add one lap detection to the live race (what the background task does each interval)."""

@@ -69,6 +69,10 @@ class Outcome:
     detail: str = ""
 
 
+# An event in the queue: seq, type, body, what to call once it has gone.
+_Queued = tuple[int, str, bytes, Callable[[], None] | None]
+
+
 def stamp(seconds: float) -> str:
     """``ts`` of an event made at ``seconds`` (Unix time): ``yyyy-MM-ddTHH:mm:ss.fffZ``."""
     when = dt.datetime.fromtimestamp(seconds, dt.UTC)
@@ -109,7 +113,7 @@ class ExtensionSender:
         self.max_in_flight = 0
         self.outcomes: collections.deque[Outcome] = collections.deque(maxlen=OUTCOMES_KEPT)
         self._withhold: list[tuple[int, str | None]] = []  # [count, type or any]
-        self._queue: collections.deque[tuple[int, str, bytes]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         self._pending = 0  # queued plus in flight, against the capacity
         self._wake = asyncio.Event()
         self._acked = asyncio.Event()
@@ -124,6 +128,11 @@ class ExtensionSender:
         """TCP connections made to the Extension so far (keep-alive keeps this low)."""
         return self._connections.opened
 
+    @property
+    def busy(self) -> int:
+        """Events queued or in flight."""
+        return self._pending
+
     def start(self) -> None:
         """Begin: Hello now and every ``hello_interval`` until acknowledged; the queue's worker."""
         self.hello_task = asyncio.create_task(self._hellos(), name="extension-hello")
@@ -134,21 +143,29 @@ class ExtensionSender:
         uses its ``seq``, so a receiver sees a gap, as after a PUT lost on the way."""
         self._withhold.append((count, kind))
 
-    def send(self, kind: str, fields: Json, *, at: float | None = None) -> int:
-        """Make the event (stamped, numbered) and queue it, or drop it when the queue is full;
-        its ``seq``."""
+    def send(
+        self,
+        kind: str,
+        fields: Json,
+        *,
+        at: float | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> int:
+        """Make the event (stamped ``at``, numbered) and queue it, or drop it when the queue is
+        full; its ``seq``. ``then`` is called once the event has gone: answered, failed or
+        dropped."""
         seq, body = self._make(kind, fields, at)
         if self._closed:
-            return seq
-        if self._withheld(kind):
+            self._outcome(seq, kind, "dropped", "closed", then)
+        elif self._withheld(kind):
             self.withheld += 1
-            self._outcome(seq, kind, "withheld")
+            self._outcome(seq, kind, "withheld", "", then)
         elif self._pending >= self.settings.capacity:
             self.dropped += 1
-            self._outcome(seq, kind, "dropped", "queue full")
+            self._outcome(seq, kind, "dropped", "queue full", then)
         else:
             self._pending += 1
-            self._queue.append((seq, kind, body))
+            self._queue.append((seq, kind, body, then))
             self._wake.set()
         return seq
 
@@ -157,10 +174,10 @@ class ExtensionSender:
         the request in flight let finish (at most ``timeout``), the connections closed."""
         self._closed = True
         while self._queue:
-            seq, kind, _ = self._queue.popleft()
+            seq, kind, _, then = self._queue.popleft()
             self._pending -= 1
             self.dropped += 1
-            self._outcome(seq, kind, "dropped", "closed")
+            self._outcome(seq, kind, "dropped", "closed", then)
         tasks = [t for t in (self.hello_task, *self._attempts) if t is not None]
         for task in tasks:
             task.cancel()
@@ -193,9 +210,18 @@ class ExtensionSender:
                 return True
         return False
 
-    def _outcome(self, seq: int, kind: str, result: str, detail: str = "") -> None:
+    def _outcome(
+        self,
+        seq: int,
+        kind: str,
+        result: str,
+        detail: str = "",
+        then: Callable[[], None] | None = None,
+    ) -> None:
         self.outcomes.append(Outcome(seq, kind, result, detail))
         log.debug("event seq=%d type=%s %s %s", seq, kind, result, detail)
+        if then is not None:
+            then()
 
     async def _hellos(self) -> None:
         # A timer, as FPVTrackside's: an attempt every interval, whether the last has ended or not.
@@ -224,37 +250,44 @@ class ExtensionSender:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-            seq, kind, body = self._queue.popleft()
+            seq, kind, body, then = self._queue.popleft()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                await self._put(seq, kind, body)
+                await self._put(seq, kind, body, then)
             finally:
                 self.in_flight -= 1
                 self._pending -= 1
 
-    async def _put(self, seq: int, kind: str, body: bytes) -> int | None:
+    async def _put(
+        self, seq: int, kind: str, body: bytes, then: Callable[[], None] | None = None
+    ) -> int | None:
         """One PUT within the timeout; its status, or None. Counted and told, never raised."""
         self.sent += 1
         try:
             async with asyncio.timeout(self.settings.timeout):
                 status = await self._connections.put(body)
         except TimeoutError:
-            self._failure(seq, kind, "timeout")
+            self._failure(seq, kind, "timeout", then)
             return None
         except Failed as exc:
-            self._failure(seq, kind, str(exc))
+            self._failure(seq, kind, str(exc), then)
             return None
+        except asyncio.CancelledError:
+            self._outcome(seq, kind, "failed", "closed", then)
+            raise
         if 200 <= status < 300:
             self.acknowledged += 1
-            self._outcome(seq, kind, "acknowledged", str(status))
+            self._outcome(seq, kind, "acknowledged", str(status), then)
         else:
-            self._failure(seq, kind, f"HTTP {status}")
+            self._failure(seq, kind, f"HTTP {status}", then)
         return status
 
-    def _failure(self, seq: int, kind: str, why: str) -> None:
+    def _failure(
+        self, seq: int, kind: str, why: str, then: Callable[[], None] | None = None
+    ) -> None:
         self.failed += 1
-        self._outcome(seq, kind, "failed", why)
+        self._outcome(seq, kind, "failed", why, then)
         # FPVTrackside logs a failure once per kind of error (and none during the handshake).
         if kind != "Hello" and why.split(":")[0] not in self._failures_told:
             self._failures_told.add(why.split(":")[0])

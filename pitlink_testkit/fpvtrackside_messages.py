@@ -13,6 +13,7 @@ local time taken as UTC); an event's ``ts`` is the moment it was made, by the se
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import re
@@ -343,20 +344,57 @@ class Messages:
 
 class Notifier:
     """FPVTrackside's ExtensionNotifier: hears of the race's moments (a ``RaceListener``), builds
-    each event then and there, and hands it to the sender; each detection once."""
+    each event then and there, and hands it to the sender; each detection once.
 
-    def __init__(self, live: LiveEvent, settings: ExtensionSettings) -> None:
+    A race file to be written after its detection's event (the simulator's
+    ``event_before_file``) is written ``file_lag`` seconds after the event has gone, or at once
+    by ``flush``.
+    """
+
+    def __init__(self, live: LiveEvent, settings: ExtensionSettings, *, file_lag: float = 0.0):
         self.messages = Messages(live, settings)
         self.live = live
+        self.file_lag = file_lag
         self.sender: ExtensionSender | None = None  # set before the first moment is told
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._writes: dict[asyncio.TimerHandle, Callable[[], None]] = {}
+
+    def flush(self) -> None:
+        """Write now every race file still waiting for its lag."""
+        for handle, write in list(self._writes.items()):
+            handle.cancel()
+            del self._writes[handle]
+            write()
+
+    def _after_lag(self, write: Callable[[], None]) -> Callable[[], None]:
+        """A callback that writes ``file_lag`` seconds after it is called."""
+
+        def gone() -> None:
+            handle: asyncio.TimerHandle
+
+            def run() -> None:
+                self._writes.pop(handle, None)
+                write()
+
+            handle = asyncio.get_running_loop().call_later(self.file_lag, run)
+            self._writes[handle] = write
+
+        return gone
 
     def hello(self) -> Json:
         return self.messages.hello()
 
-    def _send(self, kind: str, fields: Json, at: float | None = None) -> None:
+    def _send(
+        self,
+        kind: str,
+        fields: Json,
+        at: float | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         if self.sender is not None:
-            self.sender.send(kind, fields, at=at)
+            self.sender.send(kind, fields, at=at, then=then)
+        elif then is not None:
+            then()
 
     def race_changed(self, race: Json) -> None:
         self._send("RaceLoaded", self.messages.race_loaded(race))
@@ -373,13 +411,16 @@ class Notifier:
     def race_started(self, race: Json) -> None:
         self._send("RaceStart", self.messages.start(race))
 
-    def detected(self, race: Json, detection: Json) -> None:
+    def detected(self, race: Json, detection: Json, then: Callable[[], None] | None = None) -> None:
         if detection["ID"] in self._recent:
+            if then is not None:
+                then()
             return
         self._recent[detection["ID"]] = None
         while len(self._recent) > RECENT_DETECTIONS:
             self._recent.popitem(last=False)
-        self._send("DetectionExt", self.messages.detection(race, detection))
+        gone = None if then is None else self._after_lag(then)
+        self._send("DetectionExt", self.messages.detection(race, detection), then=gone)
 
     def results_changed(self, race: Json) -> None:
         self._send("RaceResult", self.messages.result(race))

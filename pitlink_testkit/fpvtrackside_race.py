@@ -15,6 +15,7 @@ import json
 import random
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,14 +104,17 @@ class RaceListener(Protocol):
     """What FPVTrackside's race and result managers announce, each at the moment they do.
 
     ``race_changed``: another race is the current one; ``race_scheduled``: its start time is
-    chosen; ``race_started``; ``detected``: one detection, already in ``race["Detections"]``;
+    chosen; ``race_started``; ``detected``: one detection, already in ``race["Detections"]``
+    (``then``, when given, writes the race file: to be called once the event has gone);
     ``results_changed``: the race's results are saved; ``race_ended``.
     """
 
     def race_changed(self, race: Json) -> None: ...
     def race_scheduled(self, race: Json) -> None: ...
     def race_started(self, race: Json) -> None: ...
-    def detected(self, race: Json, detection: Json) -> None: ...
+    def detected(
+        self, race: Json, detection: Json, then: Callable[[], None] | None = None
+    ) -> None: ...
     def results_changed(self, race: Json) -> None: ...
     def race_ended(self, race: Json) -> None: ...
 
@@ -136,7 +140,7 @@ class LiveEvent:
 
     ``listener`` (set it after construction) hears of each moment FPVTrackside raises an event
     for, as FPVTrackside orders them against its writes: a detection after the race file has
-    it (before, with ``event_before_file``); the results after ``Results.json`` is written, then
+    it (with ``event_before_file``, the file is written once the event has gone); the results after ``Results.json`` is written, then
     the end; then the next race loaded, scheduled and started. ``photos`` gives every pilot a
     photo (``PhotoPath`` relative to FPVTrackside's folder, as it keeps one it found).
     """
@@ -238,10 +242,13 @@ class LiveEvent:
         if not running:
             self.clock += dt.timedelta(seconds=rng.uniform(0.3, 1.0))
             race["End"] = format_date(self.clock)
-        if self.listener is not None and self.event_before_file:
-            self.listener.detected(race, detection)
-        self._write_race(race)
-        if self.listener is not None and not self.event_before_file:
+        if self.listener is None:
+            self._write_race(race)
+        elif self.event_before_file:  # the file gets it (as it is now) once the event has gone
+            path, body = self._race_file(race), dump_json([race])
+            self.listener.detected(race, detection, then=lambda: self._write_bytes(path, body))
+        else:
+            self._write_race(race)
             self.listener.detected(race, detection)
         if not running:
             self._finish_race(race)
@@ -400,14 +407,21 @@ class LiveEvent:
         self._write(self.dir / "Event.json", [self.event_record()])
         self._write(self.dir / "Rounds.json", self.rounds)
 
+    def _race_file(self, race: Json) -> Path:
+        return self.dir / race["ID"] / "Race.json"
+
     def _write_race(self, race: Json) -> None:
-        self._write(self.dir / race["ID"] / "Race.json", [race])
+        self._write(self._race_file(race), [race])
+
+    @classmethod
+    def _write(cls, path: Path, objs: list[Json]) -> None:
+        cls._write_bytes(path, dump_json(objs))
 
     @staticmethod
-    def _write(path: Path, objs: list[Json]) -> None:
+    def _write_bytes(path: Path, body: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:  # in place, like File.WriteAllText: readers can see it torn
-            f.write(dump_json(objs))
+            f.write(body)
 
     def _new_id(self) -> str:
         return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
