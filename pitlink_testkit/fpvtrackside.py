@@ -11,9 +11,14 @@ Two modes: ``Simulator(root=DIR)`` serves an existing web root read-only (e.g. t
 event); ``Simulator(seed=N)`` generates a seeded event in a temporary directory and runs a live
 race in it, one lap detection every ``lap_interval`` seconds or per ``advance()`` call.
 
+``Simulator(notification_url=URL)`` also turns on FPVTrackside's ExtensionMode: the live race's
+events go to URL, one PUT each, as the real program sends them.
+
 The parts, one module each: the generated event and its race (``fpvtrackside_race``), the web
-server (``fpvtrackside_web``) and its pages (``fpvtrackside_pages``), and the command line
-(``fpvtrackside_cli``, run by ``python scripts/fpvtrackside_sim.py``).
+server (``fpvtrackside_web``) and its pages (``fpvtrackside_pages``), ExtensionMode's events
+(``fpvtrackside_messages``), its sender (``fpvtrackside_extension``) and HTTP client
+(``fpvtrackside_http``), and the command line (``fpvtrackside_cli``, run by
+``python scripts/fpvtrackside_sim.py``).
 """
 
 from __future__ import annotations
