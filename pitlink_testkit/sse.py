@@ -145,6 +145,7 @@ async def subscribe(
         length = int(sub.headers.get("content-length", "0"))
         sub.body = await reader.readexactly(length)
         sub.ended = True
+        await sub.close()  # a refusal: nothing more to read
         return sub
     sub._task = asyncio.ensure_future(sub._read())
     return sub

@@ -132,3 +132,139 @@ async def test_the_relays_own_paths_are_never_asked_of_a_pits(relay: System) -> 
         assert box.fetched == []
     finally:
         await box.close()
+
+
+async def test_resume_after_a_cut_replays_what_was_missed(relay: System) -> None:
+    box = await pushing_box(relay)
+    sub = await feed(relay)
+    await box.watching([RACE], race=RACE)
+    await box.change(RACE, b'{"lap": 1}')
+    await sub.wait_event("change")
+    seen = sub.last_id
+    await sub.close()
+    # Cut: two changes happen meanwhile.
+    second = await box.change(RACE, b'{"lap": 2}')
+    third = await box.change(RACE, b'{"lap": 3}')
+    channel = relay.relay.live.feed.channels[PITS]
+    await wait_for(lambda: channel.n == 5, what="both changes")
+    again = await feed(relay, last_id=seen)
+    try:
+        await again.wait_event("change", 2)
+        assert [e.data["etag"] for e in again.events] == [second, third]  # nothing else
+        epoch = seen.split("-")[0]
+        assert [e.id for e in again.events] == [f"{epoch}-4", f"{epoch}-5"]
+    finally:
+        await again.close()
+    # The same through the query, as a page that cannot set the header does.
+    by_query = await feed(relay, f"{LIVE}?lastEventId={seen}")
+    try:
+        await by_query.wait_event("change", 2)
+        assert [e.kind for e in by_query.events] == ["change", "change"]
+    finally:
+        await by_query.close()
+
+
+@pytest.mark.parametrize("last_id", ["garbage", "1-1", "ffffffffffffffff-999", "x" * 500])
+async def test_resume_from_an_unknown_id_gives_the_snapshot(relay: System, last_id: str) -> None:
+    box = await pushing_box(relay)
+    await box.watching([RACE, RESULTS], race=RACE)
+    race = await box.change(RACE, b'{"lap": 1}')
+    results = await box.change(RESULTS, b"[]")
+    channel = relay.relay.live.feed.channels[PITS]
+    await wait_for(lambda: channel.n == 4, what="the changes")
+    sub = await feed(relay, last_id=last_id)
+    try:
+        await sub.wait_event("change", 2)
+        assert [e.kind for e in sub.events] == ["pits", "race", "change", "change"]
+        assert {e.data["path"]: e.data["etag"] for e in sub.of("change")} == {
+            RACE: race,
+            RESULTS: results,
+        }
+        assert {e.id for e in sub.events} == {f"{channel.epoch}-4"}
+    finally:
+        await sub.close()
+
+
+async def test_the_feed_says_when_the_box_goes_and_comes_back(relay: System) -> None:
+    box = await pushing_box(relay)
+    sub = await feed(relay)
+    try:
+        first = await sub.wait_event("pits")
+        await box.close()
+        gone = await sub.wait_event("pits", 2)
+        assert gone.data["connected"] is False and gone.data["since"] >= first.data["since"]
+        assert gone.id.split("-")[0] == first.id.split("-")[0]
+        await pushing_box(relay, push=False)
+        back = await sub.wait_event("pits", 3)
+        assert back.data["connected"] is True and back.data["pushing"] is False
+        assert int(back.id.split("-")[0], 16) > int(first.id.split("-")[0], 16)
+        assert back.id.endswith("-1")
+    finally:
+        await sub.close()
+
+
+async def test_keep_alive_comments_keep_a_quiet_feed_open(tmp_path: Path, sim: Simulator) -> None:
+    s = System(tmp_path, sim)
+    await s.start_relay(feed_heartbeat=0.05)
+    sub = await feed(s)
+    try:
+        await sub.wait("two keep-alive comments", lambda x: x.comments.count("keep-alive") >= 2)
+    finally:
+        await sub.close()
+        await s.close()
+
+
+async def test_an_http_1_0_feed_ends_with_its_connection(relay: System) -> None:
+    sub = await feed(relay, version="HTTP/1.0")
+    try:
+        assert sub.status == 200 and "transfer-encoding" not in sub.headers
+        assert sub.headers["connection"] == "close"
+        await sub.wait_event("race")
+    finally:
+        await sub.close()
+
+
+@pytest.mark.parametrize("admin_host", [None, "admin.localhost"])
+async def test_the_feed_on_a_pits_host(tmp_path: Path, sim: Simulator, admin_host) -> None:
+    """`--pits-domain`: at `/pitlink/live` on the pits' own host. On the relay's own name,
+    `/pits/<id>/pitlink/live` is sent on to it as every pits path is (without an admin host),
+    or served there (with one); `/pitlink` on a pits' host is never FPVTrackside's page."""
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None, pits_domain="localhost", admin_host=admin_host)
+    port = s.relay_port
+    try:
+        box = await pushing_box(s)
+        sub = await subscribe(port, "/pitlink/live", host=f"{PITS}.localhost:{port}")
+        await box.watching([RACE], race=RACE)
+        etag = await box.change(RACE, b"{}")
+        assert (await sub.wait_event("change")).data["etag"] == etag
+        assert sub.of("pits")[0].data["pitsId"] == PITS
+        await sub.close()
+        if admin_host is None:
+            on_relay = await s.get(
+                f"/pits/{PITS}/pitlink/live?lastEventId=a-1",
+                headers={"Host": f"localhost:{port}"},
+                follow_redirects=False,
+            )
+            assert on_relay.code == 308
+            assert on_relay.headers["Location"] == (
+                f"http://{PITS}.localhost:{port}/pitlink/live?lastEventId=a-1"
+            )
+        else:
+            served = await subscribe(port, LIVE, host=f"localhost:{port}")
+            assert (await served.wait_event("change")).data["etag"] == etag
+            await served.close()
+        for path in ("/pitlink", "/pitlink/", "/pitlink/nothing"):
+            got = await s.get(path, headers={"Host": f"{PITS}.localhost:{port}"}, method="GET")
+            assert got.code in (403, 404), path
+        assert box.fetched == []
+        # Another pits' host names another feed; the admin's host has none.
+        other = await subscribe(port, "/pitlink/live", host=f"other.localhost:{port}")
+        assert (await other.wait_event("pits")).data["pitsId"] == "other"
+        await other.close()
+        if admin_host is not None:
+            admin = await s.get("/pits/club/pitlink/live", headers={"Host": admin_host})
+            assert admin.code == 404
+    finally:
+        await close_boxes()
+        await s.close()
