@@ -167,7 +167,6 @@ class CloudRelay:
             hosts=self.hosts,
             pits_moved=self.pits_moved,
             server=f"TornadoServer/{tornado.version}",
-            spawn=self._spawn,
             clock=clock,
         )
         if self.cluster is not None:

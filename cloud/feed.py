@@ -82,6 +82,8 @@ class Channel:
         self.subscribers: set[Listener] = set()
         self.here = False  # the box is connected to this replica (we number its events)
         self.alive_until = 0.0  # another replica holds it: its last sign of life, and then some
+        self.lost_sight: dict[str, Any] | None = None  # what we said before we lost sight of it
+        self.known = False  # heard a `pits` event, or restored: the snapshot can be trusted
         self.connected = False
         self.since: float | None = None
         self.pushing = False
@@ -99,10 +101,12 @@ class Channel:
         self.ring.clear()
         self.ring_bytes = 0
         self.race, self.watched, self.changes = None, (), {}
+        self.lost_sight = None
 
     def apply(self, kind: str, data: dict[str, Any]) -> None:
         """What an event says of the pits, kept for the snapshot."""
         if kind == "pits":
+            self.known = True
             self.connected = bool(data.get("connected"))
             self.since = data.get("since")
             self.pushing = bool(data.get("pushing"))
@@ -180,19 +184,33 @@ class Channel:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Take a state another replica saved (cloud.feed_replicas) where this one knows less:
+        what it heard since (it is newer) stays."""
         epoch, n = state.get("epoch"), state.get("n")
         if not isinstance(epoch, str) or not EVENT_ID.fullmatch(f"{epoch}-0"):
             return
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 10**18:
             return
-        self.new_epoch(epoch)
-        self.n = n
-        self.apply("pits", state)
-        self.apply("race", {"path": state.get("race")})
+        if self.epoch is not None and int(epoch, 16) < int(self.epoch, 16):
+            return
+        if epoch != self.epoch:
+            self.new_epoch(epoch)
+        if n > self.n:
+            self.forget_past()
+            self.n = n
+        heard = self.changes
+        self.changes = {}
         for change in state.get("changes") or []:
             if isinstance(change, dict):
                 self.apply("change", change)
-        self.apply(WATCHING, {"paths": state.get("watched")})
+        for change in heard.values():
+            self.apply("change", change)
+        if not self.watched:
+            self.apply(WATCHING, {"paths": state.get("watched")})
+        if self.race is None:
+            self.apply("race", {"path": state.get("race")})
+        if not self.known:
+            self.apply("pits", state)
 
 
 # Told of every event this replica numbers, to publish it to the others.
@@ -292,6 +310,12 @@ class Feed:
         elif epoch != ch.epoch:
             return  # an older connection's, late
         ch.alive_until = now + ALIVE_FOR_S
+        if not ch.known and kind == ALIVE:
+            ch.connected = True  # held and alive on another replica; the rest is unknown
+        if ch.lost_sight is not None and kind != "pits":
+            ch.apply("pits", ch.lost_sight)  # it was there all along
+            ch.lost_sight = None
+            self._tell(ch)
         if kind == ALIVE:
             if n != ch.n:
                 ch.forget_past()  # events were lost on the way
@@ -309,14 +333,20 @@ class Feed:
 
     def expire(self, now: float) -> None:
         """A box another replica held and that gave no sign of life (that replica gone, or
-        Redis): offline, as far as this replica can tell."""
+        Redis): offline, as far as this replica can tell, until it hears of it again."""
         for ch in list(self.channels.values()):
             if not ch.here and ch.connected and ch.alive_until and now > ch.alive_until:
+                ch.lost_sight = ch.pits_event()
                 ch.apply("pits", {"connected": False, "since": self.wall(), "pushing": False})
                 ch.forget_past()
-                raw = sse("pits", ch.pits_event(), ch.event_id)
-                for sub in list(ch.subscribers):
-                    sub.send(raw, chunk(raw))
+                self._tell(ch)
+
+    def _tell(self, ch: Channel) -> None:
+        """Where the box stands as this replica sees it, to its subscribers only (not numbered:
+        its id is the last event's)."""
+        raw = sse("pits", ch.pits_event(), ch.event_id)
+        for sub in list(ch.subscribers):
+            sub.send(raw, chunk(raw))
 
     # -- subscribers -----------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import tornado.ioloop
 
@@ -47,7 +47,6 @@ class Live:
         hosts: HostRouting | None,
         pits_moved: bool,
         server: str,
-        spawn: Callable[[Awaitable[None]], None],
         clock: Callable[[], float] = time.monotonic,
     ):
         self.clock = clock
@@ -58,8 +57,13 @@ class Live:
             per_client=config.feed_per_client,
         )
         self.replicas = (
-            None if cluster is None else FeedReplicas(cluster.redis, self.feed, clock=clock)
+            None
+            if cluster is None
+            else FeedReplicas(
+                cluster.redis, self.feed, cluster.cache, clock=clock, forget=self._forget
+            )
         )
+        self.cache = serving.cache
         if cluster is not None and self.replicas is not None:
             cluster.on_feed = self.replicas.heard
         self.push = PushIntake(
@@ -70,12 +74,7 @@ class Live:
             metrics=metrics,
             max_body_bytes=config.max_body_bytes,
             clock=clock,
-            share=None
-            if cluster is None
-            else lambda pits_id, path, body, etag: cluster.cache.put(
-                pits_id, path, body, etag, 0.0
-            ),
-            spawn=spawn,
+            share=None if self.replicas is None else self.replicas.share,
         )
         registry.on_register.append(self.push.connected)
         registry.on_unregister.append(self.push.disconnected)
@@ -96,6 +95,13 @@ class Live:
         )
         self.heartbeat_every = config.feed_heartbeat
         self._heartbeat: tornado.ioloop.PeriodicCallback | None = None
+
+    def _forget(self, pits_id: str, path: str, etag: str) -> None:
+        """Another replica's box changed `path`: our older copy goes (the shared one is new)."""
+        key = (pits_id, "GET", path)
+        entry = self.cache.get(key)
+        if entry is not None and entry.etag != etag:
+            self.cache.forget(key)
 
     def tick(self) -> None:
         """From the relay's tick: `watch` frames, feeds of boxes gone elsewhere, replicas."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,8 +59,8 @@ PUSH_BURST = 200.0
 MAX_CONFIRMED = 192  # paths whose pushed ETag is remembered, per box
 TYPE_OF = {Change: "change", Still: "still", Watching: "watching", FpvtEvent: "fpvtrackside-event"}
 
-# Shares a pushed body with the other replicas (cloud.shared_cache), in the background.
-Share = Callable[[str, str, bytes, str], Awaitable[None]]
+# Shares a pushed body with the other replicas (cloud.feed_replicas), in the background.
+Share = Callable[[str, str, bytes, str], None]
 
 
 @dataclass(eq=False)
@@ -102,7 +102,6 @@ class PushIntake:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         share: Share | None = None,
-        spawn: Callable[[Awaitable[None]], None] | None = None,
     ):
         self.registry = registry
         self.serving = serving
@@ -113,7 +112,6 @@ class PushIntake:
         self.clock = clock
         self.wall = wall
         self.share = share
-        self.spawn = spawn
         self._states: dict[str, PushState] = {}
         serving.push = self
 
@@ -207,8 +205,8 @@ class PushIntake:
         if is_json_path(path) and self.serving.drift is not None:
             self.serving.drift.seen(pits_id, path, body)  # a warning at most: still served
         self.serving.pushed(pits_id, path, body, msg.etag)
-        if self.share is not None and self.spawn is not None:
-            self.spawn(self.share(pits_id, path, body, msg.etag))
+        if self.share is not None:
+            self.share(pits_id, path, body, msg.etag)
         state.newest_change = self.wall()
         self.feed.publish(pits_id, "change", {"path": path, "etag": msg.etag, "size": len(body)})
 

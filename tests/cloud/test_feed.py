@@ -171,6 +171,9 @@ def test_another_replicas_events_are_taken_in_order_and_gaps_end_resuming(feed: 
     feed.expire(100.0 + feed_module.ALIVE_FOR_S + 1)
     assert not ch.connected
     assert events(sub.raw)[-1][2]["connected"] is False
+    # Heard of again (Redis back): there all along, and the subscribers are told.
+    feed.heard("p1", epoch, 5, "alive", {}, now=200.0)
+    assert ch.connected and events(sub.raw)[-1][2] == pits
 
 
 def test_a_state_restored_from_redis_gives_the_snapshot(feed: Feed) -> None:
