@@ -497,10 +497,14 @@ async def relay_front(
 
     async def up() -> bool:
         try:
-            got = await s.http.fetch(f"http://127.0.0.1:{plain}/healthz", raise_error=False)
+            # Plain HTTP answers only the connectivity check: everything else is a redirect to
+            # https, as deploy/nginx-pitlink.conf has it.
+            got = await s.http.fetch(
+                f"http://127.0.0.1:{plain}/generate_204", raise_error=False, follow_redirects=False
+            )
         except OSError:
             return False
-        return got.code == 200
+        return got.code == 204
 
     try:
         await wait_for(up, what="nginx in front of the relay")
