@@ -47,6 +47,7 @@ from cloud.hosts import DNS_LABEL, HostRouting
 from cloud.http_base import Stalls, log_request
 from cloud.keystore import KeyStore
 from cloud.live import Live
+from cloud.race_page import RACE_PAGE, RacePageHandler
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
@@ -236,6 +237,7 @@ class CloudRelay:
         public: list[Any] = [
             (r"/control", ControlHandler, args),
             (r"/pits-api/bundles/([0-9a-f]{16})", BundleDownloadHandler, args),
+            (r"/pits/[^/]+" + RACE_PAGE, RacePageHandler, args),
             (r"/pits/.*", DataHandler, args),
             (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
             (r"/healthz", HealthHandler, args),
@@ -301,6 +303,7 @@ class CloudRelay:
         app.add_handlers(
             DNS_LABEL.pattern + r"\." + domain,
             [
+                (RACE_PAGE, RacePageHandler, args),
                 (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
                 (r"/[^/]*/?", DataHandler, args),  # the page, and where pushState left it
                 catch_all,
@@ -313,7 +316,7 @@ class CloudRelay:
                 (r"/pits/.*", PitsHostRedirect, args),
                 (r"/(?:events|httpfiles)(?:/.*)?", PitsHostRedirect, args),
             ]
-            own = [rule for rule in public if rule[1] is not DataHandler]
+            own = [rule for rule in public if rule[1] not in (DataHandler, RacePageHandler)]
             app.add_handlers(domain, [*moved, *own, *self._admin_rules(), catch_all])
 
     def _admin_on_host(self, app: tornado.web.Application) -> None:

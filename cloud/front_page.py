@@ -48,6 +48,10 @@ class FrontPageHandler(BaseHandler):
             "address: every path FPVTrackside serves is there, "
             "<code>events/&lt;event id&gt;/Race.json</code> and the rest, refreshed about "
             "every second.</p>"
+            "<p>A pits' <code>pitlink/race</code> is a live page of the race running now, for "
+            "phones and, with <code>?overlay=1</code>, for a stream; its "
+            "<code>pitlink/live</code> is a feed (Server-Sent Events) of every change as it "
+            "happens, for dashboards.</p>"
         )
 
     def _row(self, origin: Origin, pits_id: str, since: float, active: bool) -> str:
@@ -56,7 +60,11 @@ class FrontPageHandler(BaseHandler):
         # Its own host with --pits-domain (its page works there unchanged), else its path.
         own = self.relay.pits_url(pits_id, origin)
         root = xhtml_escape(own) if own is not None else f"/pits/{quoted}/"
-        links = [f'<a href="{root}">race page</a>']
+        links = [
+            f'<a href="{root}">race page</a>',
+            f'<a href="{root}pitlink/race">live race</a>',
+            f'<a href="{root}pitlink/live">live feed</a>',
+        ]
         event = self._event_of(pits_id)
         if event is not None:
             links += [
@@ -69,9 +77,19 @@ class FrontPageHandler(BaseHandler):
         note = (
             " (active: also at <code>/events/…</code>, <code>/httpfiles/…</code>)" if active else ""
         )
-        minutes = max(0, int(time.time() - since) // 60)
+        now = time.time()
+        minutes = max(0, int(now - since) // 60)
+        live = self.relay.live.push.describe(pits_id)
+        changed = live.get("newestChangeAt")
+        pushing = (
+            "pulled on request"
+            if not live.get("pushing")
+            else "pushing changes"
+            + (f", newest {max(0, int(now - changed))} s ago" if changed is not None else "")
+        )
         return (
-            f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min: "
+            f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min, "
+            f"<span class=push>{pushing}</span>: "
             + " · ".join(links)
             + "</li>"
         )
