@@ -10,7 +10,9 @@ request from nginx."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -162,3 +164,29 @@ async def test_told_neither_the_relay_says_so_at_start(
         assert got.headers["Location"].startswith("http://club-a.")
     warned = [r.getMessage() for r in caplog.records if r.name == "pitlink.cloud"]
     assert any("give --public-url (or --trusted-proxy)" in line for line in warned)
+
+
+async def test_the_live_feed_passes_nginx_unbuffered(front: Front) -> None:
+    """The feed's first event (a few dozen bytes) arrives through nginx while the stream stays
+    open: a buffering proxy would hold it until the buffer filled or the stream ended."""
+    context = ssl.create_default_context(cafile=str(front.ca.ca))
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", front.tls, ssl=context, server_hostname=f"club-a.{DOMAIN}"
+    )
+    try:
+        writer.write(
+            f"GET /pitlink/live HTTP/1.1\r\nHost: club-a.{DOMAIN}:{front.tls}\r\n"
+            "Accept: text/event-stream\r\n\r\n".encode()
+        )
+        got = b""
+        async with asyncio.timeout(20):
+            while b"event: pits" not in got:
+                chunk = await reader.read(4096)
+                assert chunk, f"the feed ended: {got!r}"
+                got += chunk
+        head = got.partition(b"\r\n\r\n")[0].decode().lower()
+        assert head.startswith("http/1.1 200")
+        assert "content-type: text/event-stream; charset=utf-8" in head
+        assert '"pitsId":"club-a"' in got.decode().replace(" ", "")
+    finally:
+        writer.close()
