@@ -27,7 +27,7 @@ from cloud.cache import Cache
 from cloud.clients import Clients, Origin, PublicAddress, parse_networks
 from cloud.cluster import Cluster
 from cloud.config import CloudConfig
-from cloud.control import ControlSettings, PitsConnection, Transport
+from cloud.control import FEATURES, ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
 from cloud.drift import DriftWatch, Schemas
 from cloud.front_page import FrontPageHandler
@@ -47,8 +47,8 @@ from cloud.hosts import DNS_LABEL, HostRouting
 from cloud.http_base import Stalls, log_request
 from cloud.keystore import KeyStore
 from cloud.live import Live
-from cloud.race_page import RACE_PAGE, RacePageHandler
 from cloud.metrics import Metrics
+from cloud.race_page import RACE_PAGE, RacePageHandler
 from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
@@ -56,6 +56,7 @@ from cloud.renewal import Renewals
 from cloud.routing import Router
 from cloud.updates import Updates
 from wire import CloseCode, ErrorCode
+from wire.push import FEATURE_PUSH
 from wire.settings import SettingsError
 
 log = logging.getLogger("pitlink.cloud")
@@ -203,6 +204,7 @@ class CloudRelay:
                 "fetchTimeoutMs": int(config.fetch_timeout * 1000),
             },
             refuse_id=None if self.hosts is None else self.hosts.refusal,
+            features=tuple(f for f in FEATURES if not (config.no_push and f == FEATURE_PUSH)),
         )
         self.app = self.make_app()
         self.hits = Hits(
@@ -402,6 +404,10 @@ class CloudRelay:
     def active_pits_id(self) -> str | None:
         """The active pits, or None when there is none."""
         return self.active.pits_id
+
+    def push_of(self, pits_id: str) -> dict[str, Any]:
+        """Does this pits' box push, and when it last changed a file (cloud.push)."""
+        return self.live.push.describe(pits_id)
 
     def _live_ids(self) -> list[str]:
         return [conn.pits_id for conn in self.registry.live()]

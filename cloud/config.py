@@ -118,6 +118,12 @@ class CloudConfig:
         "do not check new bodies from pits against FPVTrackside's JSON Schemas (upstream drift)",
         switch=True,
     )
+    no_push: bool = setting(
+        False,
+        "do not take pushes from boxes: every pits is pulled from as by a relay before push "
+        "(for comparisons; the live feed then tells only of boxes connecting and going)",
+        switch=True,
+    )
     ttl: tuple[tuple[str, float], ...] = setting(
         (),
         "freshness for matching paths (`*` one segment, `**` any depth); repeatable",

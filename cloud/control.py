@@ -46,6 +46,10 @@ class Transport(Protocol):
     def close(self, code: int, reason: str) -> None: ...
 
 
+# What this relay takes beyond protocol version 1 as first published (wire.messages).
+FEATURES = (m.FEATURE_FPVTRACKSIDE, FEATURE_PUSH)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ControlSettings:
     """Liveness and handshake timings of pits connections."""
@@ -62,6 +66,8 @@ class ControlSettings:
     drop_burst: float = 100.0
     drop_rate: float = 1.0
     limits: dict[str, Any] = field(default_factory=dict)
+    # What the relay's hello offers (`--no-push` leaves out push: every box is pulled from).
+    features: tuple[str, ...] = FEATURES
     # `--pits-domain`: each pits is served at a host name of its own, so its id must be one;
     # this says why an id cannot be (HostRouting.refusal), None when any id will do.
     refuse_id: Callable[[str], str | None] | None = None
@@ -85,8 +91,6 @@ UpdateListener = Callable[["PitsConnection", m.UpdateReport], None]
 PushListener = Callable[["PitsConnection", Any], str | None]
 PUSH_TYPES = tuple(FROM_PITS.values())  # wire.push
 
-# What this relay takes beyond protocol version 1 as first published (wire.messages).
-FEATURES = (m.FEATURE_FPVTRACKSIDE, FEATURE_PUSH)
 FPVTRACKSIDE_LOG_S = 60.0  # one "pits FPVTrackside changed" line a minute per connection
 
 
@@ -135,7 +139,7 @@ class PitsConnection:
                 protocol_version=PROTOCOL_VERSION,
                 server_time_ms=int(wall() * 1000),
                 limits=settings.limits,
-                features=FEATURES,
+                features=settings.features,
             ),
             expect_pits_id=pits_id,
             wall=wall,

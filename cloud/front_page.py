@@ -79,7 +79,7 @@ class FrontPageHandler(BaseHandler):
         )
         now = time.time()
         minutes = max(0, int(now - since) // 60)
-        live = self.relay.live.push.describe(pits_id)
+        live = self.relay.push_of(pits_id)
         changed = live.get("newestChangeAt")
         pushing = (
             "pulled on request"
@@ -89,9 +89,7 @@ class FrontPageHandler(BaseHandler):
         )
         return (
             f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min, "
-            f"<span class=push>{pushing}</span>: "
-            + " · ".join(links)
-            + "</li>"
+            f"<span class=push>{pushing}</span>: " + " · ".join(links) + "</li>"
         )
 
     def _event_of(self, pits_id: str) -> str | None:

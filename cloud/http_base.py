@@ -66,6 +66,8 @@ class RelayParts(Protocol):
 
     def active_pits_id(self) -> str | None: ...
 
+    def push_of(self, pits_id: str) -> dict[str, Any]: ...
+
 
 class Stalls:
     """A response the client stops taking is not kept waiting for it.

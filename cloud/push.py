@@ -122,7 +122,12 @@ class PushIntake:
         if conn is None:
             return
         hello = conn.hello
-        pushing = hello is not None and FEATURE_PUSH in hello.features
+        # Both must name it: a relay run with --no-push takes no push, whatever a box says.
+        pushing = (
+            hello is not None
+            and FEATURE_PUSH in hello.features
+            and FEATURE_PUSH in conn.settings.features
+        )
         if pushing:
             self._states[pits_id] = PushState(
                 conn, TokenBucket(PUSH_RATE, PUSH_BURST, self.clock())

@@ -123,9 +123,11 @@ async def test_the_feed_of_a_pits_never_seen_says_so(relay: System) -> None:
 async def test_the_relays_own_paths_are_never_asked_of_a_pits(relay: System) -> None:
     box = await pushing_box(relay, files={"/pitlink/live": b"not the feed"})
     try:
-        for path in ("/pitlink/live", "/pitlink", "/pitlink/race", "/pit%6Cink/live"):
+        for path in ("/pitlink/live", "/pitlink", "/pitlink/other", "/pit%6Cink/live"):
             got = await relay.get(f"/pits/{PITS}{path}", method="HEAD")
             assert got.code in (403, 404), path
+        page = await relay.get(f"/pits/{PITS}/pitlink/race")  # the relay's own live page
+        assert page.code == 200 and page.headers["Content-Type"].startswith("text/html")
         got = await relay.get(f"/pits/{PITS}/pit%6Cink/live")
         assert got.code == 403
         assert "relay's own" in json.loads(got.body)["error"]["message"]
@@ -265,6 +267,42 @@ async def test_the_feed_on_a_pits_host(tmp_path: Path, sim: Simulator, admin_hos
         if admin_host is not None:
             admin = await s.get("/pits/club/pitlink/live", headers={"Host": admin_host})
             assert admin.code == 404
+    finally:
+        await close_boxes()
+        await s.close()
+
+
+async def test_a_relay_run_with_no_push_pulls_from_a_box_that_would_push(
+    tmp_path: Path, sim: Simulator
+) -> None:
+    """`--no-push` (for comparisons with pulling): the relay's hello leaves push out, a push
+    frame is refused, and spectators are served by pulling as before push."""
+    s = System(tmp_path, sim)
+    await s.start_relay(client_rate=None, no_push=True)
+    try:
+        box = await pushing_box(s, files={RACE: b'[{"ID": "r1"}]'})
+        relay = s.relay
+        assert relay is not None
+        conn = relay.registry.get(PITS)
+        assert conn is not None and "push" not in conn.settings.features
+        sub = await feed(s)
+        pits = await sub.wait_event("pits")
+        assert pits.data["pushing"] is False
+        await box.change(RACE, b'[{"ID": "r2"}]')
+
+        async def dropped() -> bool:
+            text = (await s.http.fetch(s.url + "/metrics")).body.decode()
+            return any(
+                line.startswith("pitlink_frames_dropped_total{") and float(line.split()[-1]) >= 1
+                for line in text.splitlines()
+            )
+
+        await wait_for(dropped, what="the push frame dropped")
+        got = await s.http.fetch(s.url + f"/pits/{PITS}{RACE}")
+        assert json.loads(got.body) == [{"ID": "r1"}]  # pulled from the box, not the push
+        assert RACE in box.fetched
+        assert sub.of("change") == []
+        await sub.close()
     finally:
         await close_boxes()
         await s.close()
