@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
