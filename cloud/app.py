@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import re
 import socket
 import time
 from collections.abc import Callable
@@ -20,8 +19,6 @@ import tornado.web
 
 from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
-from cloud.admin_http import AdminAPIHandler, AdminPageHandler, BundleUploadHandler
-from cloud.bundle_http import BundleDownloadHandler
 from cloud.bundles import BundleStore
 from cloud.cache import Cache
 from cloud.clients import Clients, Origin, PublicAddress, parse_networks
@@ -30,32 +27,21 @@ from cloud.config import CloudConfig
 from cloud.control import FEATURES, ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
 from cloud.drift import DriftWatch, Schemas
-from cloud.front_page import FrontPageHandler
-from cloud.handlers import (
-    ControlHandler,
-    DataHandler,
-    Generate204Handler,
-    HealthHandler,
-    MetricsHandler,
-    NoSuchPitsHandler,
-    PitsHostRedirect,
-    ReadyHandler,
-)
 from cloud.hitfirst import HitFirst
 from cloud.hits import Hits
-from cloud.hosts import DNS_LABEL, HostRouting
-from cloud.http_base import Stalls, log_request
+from cloud.hosts import HostRouting
+from cloud.http_base import Stalls
 from cloud.keystore import KeyStore
 from cloud.live import Live
 from cloud.metrics import Metrics
-from cloud.race_page import RACE_PAGE, RacePageHandler
 from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
 from cloud.renewal import Renewals
+from cloud.routes import Layout, admin_app, public_app
 from cloud.routing import Router
 from cloud.updates import Updates
-from wire import CloseCode, ErrorCode
+from wire import CloseCode
 from wire.push import FEATURE_PUSH
 from wire.settings import SettingsError
 
@@ -229,103 +215,15 @@ class CloudRelay:
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
 
     def make_app(self) -> tornado.web.Application:
-        """The public application; the admin's routes too unless they have an origin of their own.
-
-        Pits content is served under the relay's name, so a page from a pits shares the
-        relay's origin. `--admin-host` or `--admin-port` give the admin page and API another
-        origin, where no pits content is ever served.
-        """
-        args: dict[str, Any] = {"relay": self}
-        public: list[Any] = [
-            (r"/control", ControlHandler, args),
-            (r"/pits-api/bundles/([0-9a-f]{16})", BundleDownloadHandler, args),
-            (r"/pits/[^/]+" + RACE_PAGE, RacePageHandler, args),
-            (r"/pits/.*", DataHandler, args),
-            (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
-            (r"/healthz", HealthHandler, args),
-            (r"/readyz", ReadyHandler, args),
-            (r"/generate_204", Generate204Handler, args),
-            (r"/metrics", MetricsHandler, args),
-            (r"/", FrontPageHandler, args),
-        ]
-        own_origin = (
-            self.config.admin_host is not None
-            or self.config.admin_port is not None
-            or self.config.pits_domain is not None
-        )
-        app = tornado.web.Application(
-            public if own_origin else public + self._admin_rules(),
-            # A frame carries a base64 body (4/3 of its size) plus the envelope.
-            websocket_max_message_size=self.config.max_body_bytes * 4 // 3 + 64 * 1024,
-            default_handler_class=_NotFound,
-            default_handler_args=args,
-            log_function=log_request,
-        )
-        if self.config.admin_host is not None and self.config.admin_port is None:
-            self._admin_on_host(app)
-        if self.hosts is not None:
-            self._pits_on_hosts(app, public)
-        return app
+        """The public application (cloud.routes)."""
+        return public_app(self._layout())
 
     def make_admin_app(self) -> tornado.web.Application:
-        """The admin listener's application (`--admin-port`): the admin's routes and nothing else."""
-        args: dict[str, Any] = {"relay": self}
-        if self.config.admin_host is not None:
-            app = tornado.web.Application(
-                [],
-                default_handler_class=_NotFound,
-                default_handler_args=args,
-                log_function=log_request,
-            )
-            self._admin_on_host(app)
-            return app
-        return tornado.web.Application(
-            self._admin_rules(),
-            default_handler_class=_NotFound,
-            default_handler_args=args,
-            log_function=log_request,
-        )
+        """The admin listener's application (`--admin-port`, cloud.routes)."""
+        return admin_app(self._layout())
 
-    def _admin_rules(self) -> list[Any]:
-        args: dict[str, Any] = {"relay": self}
-        return [
-            (r"/admin/?", AdminPageHandler, args),
-            (r"/admin/api/bundles/upload", BundleUploadHandler, args),
-            (r"/admin/api/(.*)", AdminAPIHandler, args),
-        ]
-
-    def _pits_on_hosts(self, app: tornado.web.Application, public: list[Any]) -> None:
-        """`--pits-domain`: each pits at its own host, served as FPVTrackside serves its root;
-        the relay's own name keeps its own routes and the admin (unless it has an origin of
-        its own), and sends pits paths on to the pits' host."""
-        assert self.hosts is not None
-        args: dict[str, Any] = {"relay": self}
-        domain = re.escape(self.hosts.pits_domain)
-        catch_all = (r".*", _NotFound, args)
-        app.add_handlers(
-            DNS_LABEL.pattern + r"\." + domain,
-            [
-                (RACE_PAGE, RacePageHandler, args),
-                (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
-                (r"/[^/]*/?", DataHandler, args),  # the page, and where pushState left it
-                catch_all,
-            ],
-        )
-        # Any other name under the domain is no pits': never the relay's own routes.
-        app.add_handlers(r".+\." + domain, [(r".*", NoSuchPitsHandler, args)])
-        if self.pits_moved:
-            moved = [
-                (r"/pits/.*", PitsHostRedirect, args),
-                (r"/(?:events|httpfiles)(?:/.*)?", PitsHostRedirect, args),
-            ]
-            own = [rule for rule in public if rule[1] not in (DataHandler, RacePageHandler)]
-            app.add_handlers(domain, [*moved, *own, *self._admin_rules(), catch_all])
-
-    def _admin_on_host(self, app: tornado.web.Application) -> None:
-        """The admin's routes on `--admin-host` only; every other path there is a 404."""
-        assert self.config.admin_host is not None
-        catch_all = (r".*", _NotFound, {"relay": self})
-        app.add_handlers(re.escape(self.config.admin_host), [*self._admin_rules(), catch_all])
+    def _layout(self) -> Layout:
+        return Layout(self, self.config, self.hosts, self.pits_moved)
 
     # -- used by handlers ---------------------------------------------------------------------
 
@@ -522,10 +420,3 @@ def _bind(port: int, host: str) -> list[socket.socket]:
             errno.EACCES: "ports below 1024 need privileges: use a higher one behind a proxy",
         }.get(exc.errno or 0, exc.strerror)
         raise SettingsError(f"cannot listen on {host}:{port}: {why}") from None
-
-
-class _NotFound(DataHandler):
-    """Anything unrouted: a JSON 404, with CORS like every other answer."""
-
-    async def _serve(self, *, head: bool) -> None:
-        self.write_json_error(ErrorCode.DENIED, "no such endpoint", 404)

@@ -149,6 +149,11 @@ def main() -> None:
             # As the newest FPVTrackside answers: the status and admin pages say which it is.
             "--fpvtrackside-version",
             "2.76",
+            # FPVTrackside's ExtensionMode, turned on as an organiser would: every race event is
+            # PUT to the box at once (until the agent is up, Hellos are retried every 2 s).
+            "--extension-mode",
+            "--notification-url",
+            f"http://127.0.0.1:{status_port}/fpvtrackside/events",
         ],
     )
     start(
@@ -205,6 +210,9 @@ def main() -> None:
 Pitlink demo is running: FPVTrackside simulator (live race), cloud relay, pits agent.
 
   Spectators, through the relay:
+    {base}/pitlink/race                        the live race: every lap as it happens (phones;
+                                               add ?overlay=1 for a stream overlay in OBS)
+    {base}/pitlink/live                        the live feed (Server-Sent Events) for dashboards
     {base}/                                    FPVTrackside's page: follows the race running now
     {base}/events/{event}/{race}/Race.json   the race running now, a lap at a time
     {base}/events/{event}/Event.json           (Races lists every race, in order)
