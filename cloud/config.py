@@ -237,7 +237,11 @@ class CloudConfig:
         positive_int,
     )
     feed_per_client: int = setting(
-        8, "live feed subscribers one client address may hold at once", positive_int
+        # A venue's Wi-Fi, or a mobile network's shared IPv4 address, is one client to the
+        # relay and many phones on the race page: the bound is for a flood, not a crowd.
+        100,
+        "live feed subscribers one client address may hold at once",
+        positive_int,
     )
     feed_heartbeat: float = setting(
         15.0,

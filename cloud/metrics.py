@@ -155,7 +155,7 @@ class Metrics:
         )
         self.feed_dropped = Counter(
             P + "feed_dropped",
-            "Feed subscribers cut off, by why (`slow`: too much unsent; `stalled`; `shutdown`)",
+            "Feed subscribers cut off, by why (`slow`: too much unsent; `shutdown`; one that takes nothing for --write-timeout is in pitlink_stalled_writes_total)",
             ["reason"],
             registry=r,
         )
