@@ -102,8 +102,10 @@ class Admin:
         cluster: Cluster | None = None,
         drift: Callable[[str], Seen | None] | None = None,
         pits_url: Callable[[str, Origin | None], str | None] | None = None,
+        live: Callable[[str], dict[str, Any]] | None = None,
     ):
         self.registry = registry
+        self.live = live  # does a box push, and when it last changed a file (cloud.push)
         self.drift = drift
         self.pits_url = pits_url  # `--pits-domain`: each pits' own address
         self.cache = cache
@@ -134,6 +136,8 @@ class Admin:
             row["node"] = here
             seen = None if self.drift is None else self.drift(conn.pits_id)
             row["schemaMismatch"] = None if seen is None else _mismatch(seen)
+            if self.live is not None:
+                row.update(self.live(conn.pits_id))
             rows.append(row)
         if self.cluster is not None:
             others = await self.cluster.all_connections() or []
@@ -148,6 +152,11 @@ class Admin:
             row["connectedForS"] = round(now - float(row.get("since") or now), 1)
             row.setdefault("lastSeenS", None)
             row.setdefault("schemaMismatch", None)
+            row.setdefault("pushing", False)
+            changed = row.get("newestChangeAt")
+            row["newestChangeS"] = (
+                None if not isinstance(changed, int | float) else round(max(0.0, now - changed), 1)
+            )
             own = None if self.pits_url is None else self.pits_url(row["pitsId"], origin)
             row["url"] = own
             row["host"] = None if own is None else urlsplit(own).hostname

@@ -46,6 +46,7 @@ from cloud.hits import Hits
 from cloud.hosts import DNS_LABEL, HostRouting
 from cloud.http_base import Stalls, log_request
 from cloud.keystore import KeyStore
+from cloud.live import Live
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
@@ -151,6 +152,25 @@ class CloudRelay:
             self.client_limits.remote = cluster.limits
             self.registry.on_register.append(lambda p: self._spawn(cluster.holders.claim(p)))
             self.registry.on_unregister.append(lambda p: self._spawn(cluster.holders.release(p)))
+        self.live = Live(
+            config,
+            registry=self.registry,
+            serving=self.serving,
+            allowlist=self.public_allowlist,
+            metrics=self.metrics,
+            cluster=self.cluster,
+            clients=self.clients,
+            client_limits=self.client_limits,
+            stalls=self.stalls,
+            drain=self.drain,
+            relay_path=self.router.relay_path,
+            hosts=self.hosts,
+            pits_moved=self.pits_moved,
+            server=f"TornadoServer/{tornado.version}",
+            clock=clock,
+        )
+        if self.cluster is not None:
+            self.cluster.describe_more = self.live.push.describe
         self.renewals = Renewals(
             self.keystore, once=None if self.cluster is None else self.cluster.limits.claim_once
         )
@@ -165,6 +185,7 @@ class CloudRelay:
             updates=self.updates,
             cluster=self.cluster,
             drift=self.serving.drift.first if self.serving.drift is not None else None,
+            live=self.live.push.describe,
             pits_url=None if self.hosts is None else self.pits_url,
         )
         self.control_settings = ControlSettings(
@@ -333,6 +354,7 @@ class CloudRelay:
         self.keystore.maybe_reload()
         self.registry.tick()
         self.updates.refresh()
+        self.live.tick()
 
     def new_connection(
         self, claims: dict[str, Any], transport: Transport, *, kid: str | None = None
@@ -348,6 +370,7 @@ class CloudRelay:
             clock=self.clock,
             renew=self.renewals.renew,
             on_update=self.updates.reported,
+            on_push=self.live.push.take,
         )
         self.registry.add(conn)
         return conn
@@ -401,8 +424,11 @@ class CloudRelay:
             sockets = _bind(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
-        self.server = self._http_server(HitFirst(self.hits, self.app, self.stalls.watch))
+        self.server = self._http_server(
+            HitFirst(self.hits, self.app, self.stalls.watch, self.live.gate)
+        )
         self.server.add_sockets(sockets)
+        self.live.start()
         self.port = sockets[0].getsockname()[1]
         if self.config.admin_port is not None:
             address = self.config.admin_address or self.config.host
@@ -452,6 +478,7 @@ class CloudRelay:
         self.drain.draining = True
         if self.server is not None:
             self.server.stop()
+        self.live.feed.close_all()  # EventSource dials again at once, and lands elsewhere
         if not await self.drain.wait(grace):
             log.warning("grace period over", extra={"in_flight": self.drain.count})
         for conn in list(self.registry.all):
@@ -467,6 +494,7 @@ class CloudRelay:
             server.stop()
         for conn in list(self.registry.all):
             conn.close(CloseCode.GOING_AWAY, "relay shutting down")
+        await self.live.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         for server in servers:

@@ -98,6 +98,10 @@ class Cache:
         self._entries.move_to_end(key)
         return entry
 
+    def forget(self, key: CacheKey) -> None:
+        """Drop one entry (a newer body is elsewhere: the shared cache has it)."""
+        self._remove(key)
+
     def purge(self, pits_id: str | None = None, prefix: str = "/") -> int:
         """Remove entries of one pits (or all) whose path starts with `prefix`; returns count."""
         doomed = [

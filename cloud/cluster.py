@@ -40,6 +40,7 @@ from cloud.replica_messages import (
     Action,
     ActiveChoice,
     AdminAction,
+    FeedEvent,
     FetchReply,
     FetchRequest,
     Takeover,
@@ -92,6 +93,9 @@ class Cluster:
         self.limits = SharedLimits(self.redis)
         self._damaged = DamageNotes(max_kept=256)  # replicas' keys in Redis said damaged
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_feed: Callable[[FeedEvent], None] | None = None  # cloud.feed_replicas
+        # More of each connection for the admin view (cloud.push: does it push).
+        self.describe_more: Callable[[str], dict[str, Any]] | None = None
 
     @property
     def up(self) -> bool:
@@ -189,7 +193,10 @@ class Cluster:
             await asyncio.sleep(REFRESH_S if self.redis.up else min(REFRESH_S, 1.0))
 
     async def _publish_connections(self) -> None:
-        rows = ujson.dumps([dict(c.describe(), node=self.node_id) for c in self.registry.live()])
+        more = self.describe_more or (lambda _: {})
+        rows = ujson.dumps(
+            [dict(c.describe(), **more(c.pits_id), node=self.node_id) for c in self.registry.live()]
+        )
         key = f"{P}conns:{self.node_id}"
         await self.redis.call(lambda: self.redis.client.set(key, rows, ex=CONNS_TTL_S))
 
@@ -229,6 +236,8 @@ class Cluster:
             self._admin_here(message)
         elif isinstance(message, ActiveChoice):
             self._learn_active(message.pits, message.how)
+        elif isinstance(message, FeedEvent) and self.on_feed is not None:
+            self.on_feed(message)
 
     # -- the active pits ------------------------------------------------------------------------
 

@@ -225,6 +225,19 @@ class CloudConfig:
         "bundle download, a feed, any answer",
         positive_float,
     )
+    feed_max_subscribers: int = setting(
+        20_000,
+        "live feed subscribers (`<pits base>/pitlink/live`) this process holds, all pits",
+        positive_int,
+    )
+    feed_per_client: int = setting(
+        8, "live feed subscribers one client address may hold at once", positive_int
+    )
+    feed_heartbeat: float = setting(
+        15.0,
+        "seconds between the feed's keep-alive comments (proxies close a silent connection)",
+        positive_float,
+    )
     bundle_dir: Path | None = setting(  # noqa: RUF009 (setting() is a field())
         None,
         "a writable folder of update bundles and their offers (shared by all replicas); "

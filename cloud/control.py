@@ -21,6 +21,7 @@ from cloud.registry import Registry
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.budget import Throttle
+from wire.push import FEATURE_PUSH, FROM_PITS
 from wire.session import (
     Closing,
     Dropped,
@@ -80,9 +81,12 @@ class ControlSettings:
 Renewer = Callable[[dict[str, Any]], Awaitable[str | None]]
 # Told of each `update` frame a pits sends (cloud.updates counts and logs them).
 UpdateListener = Callable[["PitsConnection", m.UpdateReport], None]
+# Takes each push frame a pits sends (cloud.push); why it is refused, or None.
+PushListener = Callable[["PitsConnection", Any], str | None]
+PUSH_TYPES = tuple(FROM_PITS.values())  # wire.push
 
 # What this relay takes beyond protocol version 1 as first published (wire.messages).
-FEATURES = (m.FEATURE_FPVTRACKSIDE,)
+FEATURES = (m.FEATURE_FPVTRACKSIDE, FEATURE_PUSH)
 FPVTRACKSIDE_LOG_S = 60.0  # one "pits FPVTrackside changed" line a minute per connection
 
 
@@ -112,6 +116,7 @@ class PitsConnection:
         wall: Callable[[], float] = time.time,
         renew: Renewer | None = None,
         on_update: UpdateListener | None = None,
+        on_push: PushListener | None = None,
     ):
         self.pits_id = pits_id
         self.claims = claims
@@ -146,6 +151,7 @@ class PitsConnection:
         self.paused = False
         self._renew = renew
         self._on_update = on_update
+        self._on_push = on_push
         # Where this box's update stands: its last `update` frame, else its hello's.
         self._update: m.UpdateReport | None = None
         self.offered: str | None = None  # the bundle id last offered over this connection
@@ -372,6 +378,11 @@ class PitsConnection:
                         "suppressed": held,
                     },
                 )
+            return
+        if isinstance(msg, PUSH_TYPES):
+            refused = self._on_push(self, msg) if self._on_push else "no push taken here"
+            if refused is not None:
+                self._act(self.session.drop("push_refused", refused, self.clock()))
             return
         if not isinstance(msg, m.Response | m.Error):
             return  # past the session, a pits sends only replies and reports

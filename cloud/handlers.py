@@ -142,7 +142,9 @@ class PitsHostRedirect(BaseHandler):
     def get(self) -> None:
         try:
             check_method(self.request.method or "")
-            pits_id, path = self.relay.route(normalize_path(self.request.path))
+            public = normalize_path(self.request.path)
+            # The relay's own paths of a pits (its live feed) move with it.
+            pits_id, path = self.relay.router.relay_path(public) or self.relay.route(public)
         except ProtocolError as exc:
             self.write_json_error(exc.code, exc.message)
             return

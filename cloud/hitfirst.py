@@ -1,5 +1,6 @@
 """The public listener's first look at each request: a fresh cache hit is answered at once
-(cloud.hits), everything else goes to the application.
+(cloud.hits), a live feed subscription is started (cloud.feed_http), everything else goes to
+the application.
 
 Below RequestHandler on purpose: a hit needs no handler, route or access line, only its
 prepared response. Everything Hits declines goes to the application unchanged, but for its
@@ -13,6 +14,7 @@ from typing import Any
 import tornado.httputil
 import tornado.web
 
+from cloud.feed_http import FeedGate, FeedRequest
 from cloud.hits import Hit, Hits
 from cloud.hosts import same_host
 
@@ -20,10 +22,17 @@ from cloud.hosts import same_host
 class HitFirst(tornado.httputil.HTTPServerConnectionDelegate):
     """The public listener's delegate: fresh hits here, the rest to `app`."""
 
-    def __init__(self, hits: Hits, app: tornado.web.Application, watch: Any):
+    def __init__(
+        self,
+        hits: Hits,
+        app: tornado.web.Application,
+        watch: Any,
+        feeds: FeedGate | None = None,
+    ):
         self.hits = hits
         self.app = app
         self.watch = watch  # cloud.http_base.Stalls.watch: a hit's write has a deadline too
+        self.feeds = feeds
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
@@ -42,6 +51,7 @@ class _HitOrApp(tornado.httputil.HTTPMessageDelegate):
         self.server_conn = server_conn
         self.request_conn = request_conn
         self.hit: Hit | None = None
+        self.feed: FeedRequest | None = None
         self.app: tornado.httputil.HTTPMessageDelegate | None = None
 
     def headers_received(
@@ -58,13 +68,14 @@ class _HitOrApp(tornado.httputil.HTTPMessageDelegate):
             if same != host:
                 headers["Host"] = same
         context = getattr(self.request_conn, "context", None)  # HTTP1Connection's: the peer
-        self.hit = self.parent.hits.answer(
-            start_line.method,
-            start_line.path,
-            start_line.version,
-            headers,
-            getattr(context, "remote_ip", ""),
-        )
+        method, path, version = start_line.method, start_line.path, start_line.version
+        peer = getattr(context, "remote_ip", "")
+        feeds = self.parent.feeds
+        if feeds is not None:
+            self.feed = feeds.match(method, path, version, headers, peer)
+            if self.feed is not None:
+                return None
+        self.hit = self.parent.hits.answer(method, path, version, headers, peer)
         if self.hit is not None:
             return None
         self.app = self.parent.app.start_request(self.server_conn, self.request_conn)
@@ -80,6 +91,10 @@ class _HitOrApp(tornado.httputil.HTTPMessageDelegate):
         # finished before that would make Tornado close the connection after it.
         if self.app is not None:
             self.app.finish()
+            return
+        if self.feed is not None:
+            assert self.parent.feeds is not None
+            self.parent.feeds.begin(self.feed, self.request_conn)
             return
         assert self.hit is not None
         # One pre-encoded block, which HTTP1Connection.write takes in place of write_headers

@@ -22,6 +22,7 @@ from cloud.metrics import Metrics
 from cloud.ratelimit import SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Relay
+from cloud.routing import Router
 from wire import ErrorCode
 from wire.budget import Throttle
 from wire.errors import HTTP_STATUS
@@ -48,6 +49,7 @@ class RelayParts(Protocol):
     admin: Admin
     clock: Callable[[], float]
     stalls: Stalls
+    router: Router
     port: int | None  # the public listener's
 
     def route(self, path: str, host: str | None = None) -> tuple[str, str]: ...

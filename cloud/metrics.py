@@ -128,6 +128,37 @@ class Metrics:
             "Client connections closed because they took nothing of a response for --write-timeout",
             registry=r,
         )
+        self.push_frames = Counter(
+            P + "push_frames",
+            "Push frames from boxes (`change`, `still`, `watching`, `fpvtrackside-event`), "
+            "by outcome (`taken`, `refused`)",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.watch_sent = Counter(
+            P + "watch_sent", "`watch` frames sent to boxes (what spectators read)", registry=r
+        )
+        self.feed_subscribers = Gauge(
+            P + "feed_subscribers", "Live feed subscribers on this process", registry=r
+        )
+        self.feed_events = Counter(
+            P + "feed_events",
+            "Events sent on the live feeds, by kind (`pits`, `race`, `change`, `fpvtrackside`)",
+            ["kind"],
+            registry=r,
+        )
+        self.feed_refused = Counter(
+            P + "feed_refused",
+            "Feed subscriptions refused, by limit (`client`, `process`, `rate`, `draining`)",
+            ["limit"],
+            registry=r,
+        )
+        self.feed_dropped = Counter(
+            P + "feed_dropped",
+            "Feed subscribers cut off, by why (`slow`: too much unsent; `stalled`; `shutdown`)",
+            ["reason"],
+            registry=r,
+        )
         self.tasks = Gauge(P + "asyncio_tasks", "Tasks alive on the event loop", registry=r)
         self.tasks.set_function(_count_tasks)
 

@@ -11,6 +11,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from cloud.cache import Cache, CacheKey, Entry, Served
 from cloud.cluster import Cluster
@@ -71,6 +72,17 @@ NEGATIVE = frozenset(
 MAX_NEGATIVE = 10_000
 
 
+class PushedCopies(Protocol):
+    """What the relay asks of the boxes that push (cloud.push.PushIntake): is a copy confirmed
+    by its box lately, and who reads what."""
+
+    def note(self, pits_id: str, path: str, now: float) -> None: ...
+
+    def confirmed(self, pits_id: str, path: str, entry: Entry, now: float) -> bool: ...
+
+    def pushed_since(self, pits_id: str, path: str, since: float) -> Entry | None: ...
+
+
 class Relay:
     """Answers (pits id, normalized path) from the cache, revalidating with the pits when due."""
 
@@ -104,6 +116,7 @@ class Relay:
         self._flights: Flights[CacheKey, asyncio.Future[Served]] = Flights()
         self._negative: OrderedDict[CacheKey, tuple[float, Served | ProtocolError]] = OrderedDict()
         self.cluster: Cluster | None = None  # see share()
+        self.push: PushedCopies | None = None  # the boxes that push (cloud.push)
         self.waiting = 0  # public requests waiting on a revalidation
 
     def share(self, cluster: Cluster) -> None:
@@ -122,9 +135,26 @@ class Relay:
         The fast path of a hit (cloud.hits) asks this; it counts the hit itself.
         """
         entry, ttl, now = self._lookup((pits_id, "GET", path))
-        if entry is not None and entry.age(now) < ttl:
+        push = self.push
+        if push is not None:
+            push.note(pits_id, path, now)
+        if entry is not None and self._fresh(pits_id, path, entry, ttl, now):
             return entry, ttl, now
         return None
+
+    def _fresh(self, pits_id: str, path: str, entry: Entry, ttl: float, now: float) -> bool:
+        """Within its freshness window, or a copy its box confirms (a watched path it pushes)."""
+        if entry.age(now) < ttl:
+            return True
+        return self.push is not None and self.push.confirmed(pits_id, path, entry, now)
+
+    def pushed(self, pits_id: str, path: str, body: bytes, etag: str) -> Entry:
+        """A body its box pushed (checked by cloud.push): the cache entry, fetched now."""
+        key: CacheKey = (pits_id, "GET", path)
+        entry = Entry(body=body, etag=etag, fetched_at=self.clock())
+        self.cache.put(key, entry)
+        self._negative.pop(key, None)
+        return entry
 
     def _lookup(self, key: CacheKey) -> tuple[Entry | None, float, float]:
         """(the cached entry or None, the path's freshness window, now)."""
@@ -146,7 +176,9 @@ class Relay:
         """
         key: CacheKey = (pits_id, "GET", path)
         entry, ttl, now = self._lookup(key)
-        if entry is not None and entry.age(now) < ttl:
+        if self.push is not None:
+            self.push.note(pits_id, path, now)
+        if entry is not None and self._fresh(pits_id, path, entry, ttl, now):
             self.metrics.cache_hits.inc()
             return _served(entry, "HIT", ttl)
         negative = self._negative_answer(key, entry, ttl, now)
@@ -287,8 +319,14 @@ class Relay:
             timeout_ms=max(1, int(self.fetch_timeout * 1000) - 250),
             if_none_match=entry.etag if entry is not None else None,
         )
+        asked = self.clock()
         reply = await conn.fetch(fetch, self.fetch_timeout, frame_id=request_id)
         now = self.clock()
+        newer = None if self.push is None else self.push.pushed_since(pits_id, path, asked)
+        if newer is not None:
+            # The box pushed this path while the fetch was on its way: its body is newer than
+            # the reply's (which may have been read before), and is the cache entry already.
+            return _served(newer, "HIT", ttl)
         if reply.status == 304 and entry is not None and reply.etag in (None, entry.etag):
             self.metrics.cache_bytes_saved.inc(len(entry.body))
             refreshed = self.cache.refresh(key, now)

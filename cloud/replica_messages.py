@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from wire.errors import DamagedError
 from wire.untrusted import load_json
 
 Action = Literal["reconnect", "pause", "resume"]
+EPOCH = re.compile(r"[0-9a-f]{1,16}")  # a feed's epoch (cloud.feed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +75,19 @@ class ActiveChoice:
     how: str | None
 
 
-ReplicaMessage = FetchRequest | FetchReply | Takeover | AdminAction | ActiveChoice
+@dataclass(frozen=True, kw_only=True)
+class FeedEvent:
+    """An event of a pits' live feed, numbered by the replica holding the box (cloud.feed)."""
+
+    node: str
+    pits: str
+    epoch: str
+    n: int
+    kind: str
+    data: dict[str, Any]
+
+
+ReplicaMessage = FetchRequest | FetchReply | Takeover | AdminAction | ActiveChoice | FeedEvent
 
 _KINDS: dict[str, type[ReplicaMessage]] = {
     "fetch": FetchRequest,
@@ -81,6 +95,7 @@ _KINDS: dict[str, type[ReplicaMessage]] = {
     "takeover": Takeover,
     "admin": AdminAction,
     "active": ActiveChoice,
+    "feed": FeedEvent,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 
@@ -126,6 +141,16 @@ def _well_typed(message: ReplicaMessage) -> bool:
         return isinstance(message.id, str) and isinstance(message.status, int)
     if isinstance(message, Takeover):
         return isinstance(message.pits, str) and isinstance(message.node, str)
+    if isinstance(message, FeedEvent):
+        return (
+            all(isinstance(v, str) for v in (message.node, message.pits, message.kind))
+            and isinstance(message.epoch, str)
+            and EPOCH.fullmatch(message.epoch) is not None
+            and isinstance(message.n, int)
+            and not isinstance(message.n, bool)
+            and 0 <= message.n < 10**18
+            and isinstance(message.data, dict)
+        )
     if isinstance(message, AdminAction):
         return message.action in ("reconnect", "pause", "resume") and isinstance(message.pits, str)
     return message.pits is None or isinstance(message.pits, str)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from cloud.shared import P, SharedRedis
 
@@ -34,16 +35,23 @@ class SharedCache:
     async def put(self, pits_id: str, path: str, body: bytes, etag: str, age: float) -> None:
         """Share a body. What FPVTrackside answers for a file it does not have (an empty body,
         `[]` once canonical) expires in a minute: random paths must not fill Redis for hours."""
-        key = self._key(pits_id, path)
-        ttl = min(self.ttl, NOT_FOUND_TTL_S) if body in (b"", b"[]") else self.ttl
 
         async def put() -> None:
             pipe = self.redis.client.pipeline(transaction=False)
-            pipe.hset(key, mapping={"b": body, "e": etag, "f": str(time.time() - age)})
-            pipe.expire(key, max(1, int(ttl)))
+            self.put_in(pipe, pits_id, path, body, etag, age)
             await pipe.execute()
 
         await self.redis.call(put)
+
+    def put_in(
+        self, pipe: Any, pits_id: str, path: str, body: bytes, etag: str, age: float
+    ) -> None:
+        """`put`, as commands added to a pipeline (cloud.feed_replicas: before the change's
+        event, so that a replica that hears of the change finds the body)."""
+        key = self._key(pits_id, path)
+        ttl = min(self.ttl, NOT_FOUND_TTL_S) if body in (b"", b"[]") else self.ttl
+        pipe.hset(key, mapping={"b": body, "e": etag, "f": str(time.time() - age)})
+        pipe.expire(key, max(1, int(ttl)))
 
     async def purge(self, pits_id: str | None, prefix: str) -> int:
         pattern = f"{P}cache:{pits_id or '*'}:{prefix}*"

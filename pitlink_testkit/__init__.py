@@ -9,7 +9,8 @@
 - `keys`: `make_keys`, a fresh key set whose secrets the log check looks for.
 - `system`: `System`, the simulator, a relay and an agent on loopback.
 - `control`: the relay's control WebSocket with the test playing the pits.
-- `fpvtrackside`: the FPVTrackside simulator (`python scripts/fpvtrackside_sim.py` runs it).
+- `fpvtrackside`: the FPVTrackside simulator, its web server and its ExtensionMode events, in
+  `fpvtrackside_*` parts (`python scripts/fpvtrackside_sim.py` runs it).
 - `fuzz_targets`: the fuzz targets over wire/ (`scripts/fuzz` runs them).
 - `flags_doc`: the flag tables in docs/ (`scripts/flags_doc.py` writes and checks them).
 

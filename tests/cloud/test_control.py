@@ -39,7 +39,7 @@ def test_start_sends_the_cloud_hello(connect) -> None:
         protocol_version=PROTOCOL_VERSION,
         server_time_ms=WALL_MS,
         limits={"maxBodyBytes": 1234},
-        features=("fpvtrackside",),
+        features=("fpvtrackside", "push"),
     )
     assert hello.ts == WALL_MS
     assert conn.state == "handshake"

@@ -7,6 +7,7 @@ import pytest
 from cloud.replica_messages import (
     ActiveChoice,
     AdminAction,
+    FeedEvent,
     FetchReply,
     FetchRequest,
     Takeover,
@@ -22,6 +23,7 @@ MESSAGES = [
     Takeover(pits="p1", node="B"),
     AdminAction(action="pause", pits="p1", who="alice"),
     ActiveChoice(pits=None, how=None),
+    FeedEvent(node="A", pits="p1", epoch="18f3a", n=7, kind="change", data={"path": "/r.json"}),
 ]
 
 
@@ -40,6 +42,10 @@ def test_round_trip(message: object) -> None:
         b'{"t": "reply", "id": "r", "status": "200"}',
         b'{"t": "admin", "action": "reboot", "pits": "p", "who": "x"}',
         b'{"t": "nope"}',
+        b'{"t": "feed", "node": "A", "pits": "p", "epoch": "XY", "n": 1, "kind": "k", "data": {}}',
+        b'{"t": "feed", "node": "A", "pits": "p", "epoch": "ab", "n": -1, "kind": "k", "data": {}}',
+        b'{"t": "feed", "node": "A", "pits": "p", "epoch": "ab", "n": true, "kind": "k", "data": {}}',
+        b'{"t": "feed", "node": "A", "pits": "p", "epoch": "ab", "n": 1, "kind": "k", "data": []}',
         b'{"t": "takeover", "pits": "p", "node": "B", "extra": 1}',
         b"[]",
         b"\xff\xfe",

@@ -15,10 +15,7 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,31 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEEP = b"[" * 100_000
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    yield running
-    for proc in running:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start(
-    procs: list[subprocess.Popen[bytes]], args: list[str], log: Path, **env: str
-) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as err:  # the child has its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **env),
-            cwd=REPO,
-        )
-    procs.append(proc)
-    return proc
 
 
 def records(log: Path) -> list[dict]:
@@ -128,10 +100,9 @@ async def test_a_damaged_offers_file_keeps_no_box_off_the_relay(tmp_path: Path, 
     bundles.mkdir()
     (bundles / "offers.json").write_bytes(DEEP)
     sim_port, relay_port, status_port = free_port(), free_port(), free_port()
-    start(procs, ["scripts/fpvtrackside_sim.py", "--port", str(sim_port)], tmp_path / "sim.log")
+    procs.start(["scripts/fpvtrackside_sim.py", "--port", str(sim_port)], tmp_path / "sim.log")
     relay_log = tmp_path / "relay.log"
-    start(
-        procs,
+    procs.start(
         [
             *("-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)),
             *("--bundle-dir", str(bundles), "--ping-interval", "1", "--ping-timeout", "10"),
@@ -139,8 +110,7 @@ async def test_a_damaged_offers_file_keeps_no_box_off_the_relay(tmp_path: Path, 
         relay_log,
     )
     agent_log = tmp_path / "agent.log"
-    start(
-        procs,
+    procs.start(
         agent_args(
             tmp_path,
             relay_port=relay_port,
@@ -245,14 +215,12 @@ async def test_deep_json_at_current_neither_ends_the_check_nor_stops_the_watchdo
     stand_in_port = next(iter(server._sockets.values())).getsockname()[1]
     notify = NotifySocket(tmp_path / "notify")
     relay_port, status_port = free_port(), free_port()
-    start(
-        procs,
+    procs.start(
         ["-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)],
         tmp_path / "relay.log",
     )
     agent_log = tmp_path / "agent.log"
-    start(
-        procs,
+    procs.start(
         [
             *agent_args(
                 tmp_path,

@@ -17,16 +17,13 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pitlink_testkit.keys import make_keys
 from pitlink_testkit.loopback import free_port
+from pitlink_testkit.processes import Processes
 from pitlink_testkit.waiting import poll, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +47,7 @@ def request(
 class Box:
     """The agent as its own process, configured by a pitlink.conf as on a card."""
 
-    def __init__(self, tmp: Path, procs: list[subprocess.Popen[bytes]]):
+    def __init__(self, tmp: Path, procs: Processes):
         _, keys = make_keys(tmp)
         self.token = keys.issue(sub="club-42", role="pits", ttl=30 * 86400)
         self.conf = tmp / "card" / "pitlink.conf"
@@ -64,14 +61,11 @@ class Box:
         self.conf.write_bytes(self.conf_text.encode())
         self.port = free_port()
         self.log = tmp / "agent.log"
-        with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pits_appliance", "--config", str(self.conf),
-                 "--status-host", "127.0.0.1", "--status-port", str(self.port)],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=REPO,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )  # fmt: skip
-        procs.append(self.proc)
+        self.proc = procs.start(
+            ["-m", "pits_appliance", "--config", str(self.conf),
+             "--status-host", "127.0.0.1", "--status-port", str(self.port)],
+            self.log,
+        )  # fmt: skip
         poll(lambda: self.get("/status.json")[0] == 200, what="the status page")
         self.origin = f"http://127.0.0.1:{self.port}"
 
@@ -90,20 +84,6 @@ class Box:
     def log_lines(self) -> list[dict[str, Any]]:
         text = self.log.read_text()
         return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    yield running
-    for proc in running:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_a_neighbour_with_curl_cannot_press_the_buttons(tmp_path: Path, procs) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,24 +34,6 @@ def http_get(url: str) -> tuple[int, bytes]:
         return 0, b""
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    running: list[subprocess.Popen[bytes]] = []
-    yield running
-    for proc in running:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def start(procs, args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "wb") as err:  # the child has its own copy of the descriptor
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=REPO)
-    procs.append(proc)
-    return proc
-
-
 async def hello_with(port: int, token: str) -> str:
     """Open a control connection with `token` and return the type of the first frame."""
     request = tornado.httpclient.HTTPRequest(
@@ -72,14 +53,12 @@ def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(KeySet.load(jwks).issue(sub="box", role="pits", ttl=30 * 86400))
     sim_port, relay_port, status_port = free_port(), free_port(), free_port()
-    sim = start(
-        procs,
-        [sys.executable, "scripts/fpvtrackside_sim.py", "--port", str(sim_port)],
+    sim = procs.start(
+        ["scripts/fpvtrackside_sim.py", "--port", str(sim_port)],
         tmp_path / "sim.log",
     )
-    relay = start(
-        procs,
-        [sys.executable, "-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)],
+    relay = procs.start(
+        ["-m", "cloud", "serve", "--port", str(relay_port), "--jwks", str(jwks)],
         tmp_path / "relay.log",
     )
     env_config = tmp_path / "agent.conf"
@@ -87,10 +66,8 @@ def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
         f"# written by the test\nCLOUD_URL=http://127.0.0.1:{relay_port}\n"
         f"TOKEN_FILE={token_file}\nFPVTRACKSIDE=127.0.0.1:{sim_port}\n"
     )
-    agent = start(
-        procs,
+    agent = procs.start(
         [
-            sys.executable,
             "-m",
             "pits_appliance",
             "--config",
@@ -220,9 +197,8 @@ def test_a_wrong_cloud_url_is_said_once_in_the_log_and_plainly_on_the_page(
 ) -> None:
     """An ordinary web server where the relay should be: not a portal, not 'HTTP 599'."""
     web_port, status_port = free_port(), free_port()
-    start(
-        procs,
-        [sys.executable, "-m", "http.server", str(web_port), "--bind", "127.0.0.1"],
+    procs.start(
+        ["-m", "http.server", str(web_port), "--bind", "127.0.0.1"],
         tmp_path / "web.log",
     )
     poll(lambda: http_get(f"http://127.0.0.1:{web_port}/")[0] == 200, what="the web server")
@@ -232,10 +208,8 @@ def test_a_wrong_cloud_url_is_said_once_in_the_log_and_plainly_on_the_page(
     token.write_text(KeySet.load(jwks).issue(sub="club-9", role="pits", ttl=86400))
     url = f"{scheme}://127.0.0.1:{web_port}"
     log = tmp_path / "agent.log"
-    start(
-        procs,
+    procs.start(
         [
-            sys.executable,
             "-m",
             "pits_appliance",
             "--cloud-url",
