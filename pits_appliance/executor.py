@@ -76,7 +76,10 @@ class Executor:
             path, lambda: asyncio.ensure_future(self.origin.get(path, timeout))
         )
         try:
-            return await asyncio.wait_for(asyncio.shield(flight), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when the
+            # caller is cancelled just as the flight lands, and the cancellation is lost.
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(flight)
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"

@@ -215,6 +215,9 @@ class Watcher:
         at most once a minute, and watching goes on after a second.
         """
         while True:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancellation something below swallowed
             try:
                 await self._step()
             except Exception as exc:
@@ -281,7 +284,12 @@ class Watcher:
         return True
 
     async def _sleep(self, seconds: float) -> None:
-        """Wait `seconds` (inf: until woken), or until something changes."""
+        """Wait `seconds` (inf: until woken), or until something changes.
+
+        asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+        comes as the event is set, and the agent's stop would then wait for this task forever.
+        """
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), None if math.isinf(seconds) else seconds)
+            async with asyncio.timeout(None if math.isinf(seconds) else seconds):
+                await self._wake.wait()
         self._wake.clear()
