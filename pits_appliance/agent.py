@@ -16,6 +16,7 @@ from pits_appliance.clock import WallClock
 from pits_appliance.config import AgentConfig
 from pits_appliance.dialing import DialFailure, FailureLog, relay_tls
 from pits_appliance.executor import Executor
+from pits_appliance.extension import Extension, Forwarder
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin, OriginReply
@@ -87,7 +88,7 @@ class Agent:
             tls=self.tls,
             updater=self.updater,
         )
-        # Issue 26: the race watched on the LAN, changes and FPVTrackside's events pushed up.
+        # The race watched on the LAN; what changes, and what FPVTrackside says, pushed up.
         self.watcher = Watcher(
             self.executor,
             self.state,
@@ -98,7 +99,16 @@ class Agent:
             lan_budget=config.lan_budget,
             timeout=config.fetch_timeout,
         )
-        self.link.frames.push_listeners.append(self.watcher)
+        self.forwarder = Forwarder(self.metrics)
+        self.extension = Extension(
+            fpvtrackside_url=config.fpvtrackside,
+            state=self.state,
+            metrics=self.metrics,
+            forwarder=self.forwarder,
+            poke_race=self.watcher.poke_race,
+            look_now=self.watcher.look_now,
+        )
+        self.link.frames.push_listeners += [self.watcher, self.forwarder]
         self.link.frames.watch = self.watcher.relay_watch
         self.wall_clock = WallClock(
             saved=None if config.state_dir is None else config.state_dir / "clock",
@@ -191,6 +201,7 @@ class Agent:
         """
         while True:
             try:
+                await self.extension.refresh_addresses()
                 await self.check_origin()
             except Exception as exc:
                 failure = DialFailure("network", f"{type(exc).__name__}: {str(exc)[:200]}")
