@@ -4,6 +4,7 @@ with --no-push, nothing of it is sent and fetches are answered as ever."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,22 @@ async def test_pausing_stops_pushing_and_resuming_starts_it(tmp_path: Path, sim:
         agent.set_paused(False)
         assert agent.state.pushing
         await wait_for(lambda: pushed(double, race, etag), what="pushed after resuming")
+
+
+async def test_the_lan_budget_holds(tmp_path: Path, sim: Simulator) -> None:
+    """Intervals that would ask far more than the budget: FPVTrackside gets the budget's
+    requests a second (and a second's worth at once), one at a time."""
+    budget = 10.0
+    greedy = {**FAST, "watch_interval": 0.05, "watch_event_interval": 0.05, "lan_budget": budget}
+    async with box_and_double(tmp_path, sim, **greedy) as (_, double, _s):
+        race = sim.race_path()
+        await wait_for(lambda: newest(double, Watching, lambda w: w.race == race), what="watching")
+        clock = time.monotonic
+        started, before = clock(), sim.requests_total
+        wanted = 25
+        await wait_for(lambda: sim.requests_total >= before + wanted, what="requests")
+        elapsed = clock() - started
+        # At most a second's worth saved up, then the budget's pace (less a little for timing).
+        assert elapsed >= (wanted - budget) / budget * 0.9
+        assert sim.requests_total - before <= budget + budget * elapsed + 1
+        assert sim.max_in_flight == 1
