@@ -1,6 +1,6 @@
 """The real box on the real relay: a lap at the simulated FPVTrackside reaches a feed
-subscriber as a `change` (the watcher) and as an `fpvtrackside` event (ExtensionMode), and the
-changed file is then a cache hit at the relay."""
+subscriber as a `change` (the watcher) and as an `fpvtrackside` event (ExtensionMode), and the relay
+then serves the pushed body with its ETag."""
 
 from __future__ import annotations
 
