@@ -16,6 +16,7 @@ from pits_appliance.clock import WallClock
 from pits_appliance.config import AgentConfig
 from pits_appliance.dialing import DialFailure, FailureLog, relay_tls
 from pits_appliance.executor import Executor
+from pits_appliance.extension import Extension, Forwarder
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin, OriginReply
@@ -27,8 +28,9 @@ from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
 from pits_appliance.tokens import TokenStore, pits_id_from_token, token_claims, validity
 from pits_appliance.update import Updater
-from pits_appliance.upstream import UpstreamWatch
+from pits_appliance.upstream import TRAIT_CURRENT, UpstreamWatch
 from pits_appliance.watchdog import Watchdog
+from pits_appliance.watcher import Watcher
 from wire import ErrorCode, ProtocolError
 from wire.event import event_id_from_page, event_name
 from wire.paths import Allowlist
@@ -86,6 +88,28 @@ class Agent:
             tls=self.tls,
             updater=self.updater,
         )
+        # The race watched on the LAN; what changes, and what FPVTrackside says, pushed up.
+        self.watcher = Watcher(
+            self.executor,
+            self.state,
+            self.metrics,
+            watch_interval=config.watch_interval,
+            event_interval=config.watch_event_interval,
+            look_interval=config.race_look_interval,
+            lan_budget=config.lan_budget,
+            timeout=config.fetch_timeout,
+        )
+        self.forwarder = Forwarder(self.metrics)
+        self.extension = Extension(
+            fpvtrackside_url=config.fpvtrackside,
+            state=self.state,
+            metrics=self.metrics,
+            forwarder=self.forwarder,
+            poke_race=self.watcher.poke_race,
+            look_now=self.watcher.look_now,
+        )
+        self.link.frames.push_listeners += [self.watcher, self.forwarder]
+        self.link.frames.watch = self.watcher.relay_watch
         self.wall_clock = WallClock(
             saved=None if config.state_dir is None else config.state_dir / "clock",
             may_set=config.set_clock,
@@ -130,6 +154,7 @@ class Agent:
             asyncio.create_task(self.link.run(), name="the link to the relay"),
             asyncio.create_task(self._watch_origin(), name="the FPVTrackside check"),
             asyncio.create_task(self.watchdog.run(), name="the connectivity watchdog"),
+            asyncio.create_task(self.watcher.run(), name="the race watcher"),
             asyncio.ensure_future(self._systemd_loop()),
             asyncio.ensure_future(self._collect_loop()),
             asyncio.ensure_future(self.updater.run()),
@@ -176,6 +201,7 @@ class Agent:
         """
         while True:
             try:
+                await self.extension.refresh_addresses()
                 await self.check_origin()
             except Exception as exc:
                 failure = DialFailure("network", f"{type(exc).__name__}: {str(exc)[:200]}")
@@ -236,6 +262,7 @@ class Agent:
                     extra={"event": event, "event_name": self.state.origin_event_name},
                 )
             self.state.set("origin_event", event)
+            self.watcher.set_event(event)
             await self._which_fpvtrackside(event, reply.server, event_json)
         self.state.origin_checked = time.time()
 
@@ -247,8 +274,9 @@ class Agent:
         if not self.upstream.due(now, event=event, server=server):
             return
         if await self.upstream.look(now, event=event, server=server, event_json=event_json):
-            self.state.fpvtrackside = self.upstream.seen
-            self.link.send_fpvtrackside()
+            seen = self.state.fpvtrackside = self.upstream.seen
+            self.watcher.set_current(seen is not None and TRAIT_CURRENT in seen.traits)
+            self.link.frames.send_fpvtrackside()
 
     async def _event_json(self, event: str | None) -> OriginReply | None:
         """The open event's Event.json (its name, and how FPVTrackside types it), if it answers."""
@@ -264,7 +292,7 @@ class Agent:
 
         A task that died is logged once, by name and with what killed it.
         """
-        dead = [task for task in self._tasks[:3] if task.done()]
+        dead = [task for task in self._tasks[:4] if task.done()]
         for task in dead:
             if task not in self._reported_dead:
                 self._reported_dead.add(task)
@@ -329,4 +357,5 @@ class Agent:
 
     def set_paused(self, paused: bool) -> None:
         self.state.set("paused", paused)
+        self.link.frames.paused()
         log.warning("answering the cloud " + ("paused" if paused else "resumed") + " at the pits")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -115,6 +115,18 @@ def _http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("expected an address like http://192.168.1.20:8080")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _between(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """A number from `low` to `high` (`unit` says of what, in the refusal)."""
+
+    def convert(text: str) -> float:
+        value = positive_float(text)
+        if not low <= value <= high:
+            raise ValueError(f"{text!r}: must be {low:g} to {high:g} {unit}")
+        return value
+
+    return convert
 
 
 def _cloud_url(text: str) -> str:
@@ -224,6 +236,35 @@ class AgentConfig:
     reconnect_cap: float = setting(60.0, "largest reconnect delay, seconds", positive_float)
     origin_check_interval: float = setting(
         10.0, "seconds between checks that FPVTrackside answers", positive_float
+    )
+    no_push: bool = setting(
+        False,
+        "never push changes or FPVTrackside's events to the relay, even one that takes them: "
+        "the relay then asks for everything, as with an older box",
+        switch=True,
+    )
+    watch_interval: float = setting(
+        0.2,
+        "while pushing, seconds between reads of the race running now's `Race.json` (0.05 to 60)",
+        _between(0.05, 60.0, "seconds"),
+    )
+    watch_event_interval: float = setting(
+        1.0,
+        "while pushing, seconds between reads of the open event's `Results.json` and "
+        "`Rounds.json` (0.05 to 60)",
+        _between(0.05, 60.0, "seconds"),
+    )
+    race_look_interval: float = setting(
+        2.0,
+        "seconds between looks for the race running now while none runs (0.1 to 600; five "
+        "times that while one runs, unless FPVTrackside answers `/current`)",
+        _between(0.1, 600.0, "seconds"),
+    )
+    lan_budget: float = setting(
+        20.0,
+        "requests a second the watching may send FPVTrackside, at most one at a time (1 to "
+        "1000); past it the intervals stretch",
+        _between(1.0, 1000.0, "requests a second"),
     )
     check_interval: float = setting(
         60.0,

@@ -69,13 +69,17 @@ class Executor:
         self.known = KnownBodies()
         self._flights: Flights[str, asyncio.Future[OriginReply]] = Flights()
 
-    async def _origin_get(self, path: str, timeout: float) -> OriginReply:
-        """One origin request per path at a time: identical fetches share it."""
+    async def origin_get(self, path: str, timeout: float) -> OriginReply:
+        """One origin request per path at a time: identical fetches share it (the watcher's
+        reads too, pits_appliance.watcher)."""
         flight = self._flights.join(
             path, lambda: asyncio.ensure_future(self.origin.get(path, timeout))
         )
         try:
-            return await asyncio.wait_for(asyncio.shield(flight), timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when the
+            # caller is cancelled just as the flight lands, and the cancellation is lost.
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(flight)
         except TimeoutError:
             raise ProtocolError(
                 ErrorCode.TIMEOUT, f"FPVTrackside did not answer in {timeout:g} s"
@@ -87,7 +91,7 @@ class Executor:
         self.allowlist.check(path)
         timeout = min(self.fetch_timeout, fetch.timeout_ms / 1000)
         # Always GET, even for HEAD: the ETag is the hash of the body.
-        reply = await self._origin_get(path, timeout)
+        reply = await self.origin_get(path, timeout)
         if reply.status not in RESPONSE_STATUSES or reply.status == 304:
             # A redirect, a 204, a 1xx: nothing the relay could serve as this path's data.
             raise ProtocolError(

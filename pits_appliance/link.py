@@ -30,26 +30,26 @@ from pits_appliance.dialing import (
     closed_by_relay,
 )
 from pits_appliance.executor import Executor
+from pits_appliance.fetching import Fetches
+from pits_appliance.linkframes import LinkFrames
 from pits_appliance.metrics import AgentMetrics
+from pits_appliance.outbox import Outbox
 from pits_appliance.state import AgentState
 from pits_appliance.tokens import TokenStore, validity
 from pits_appliance.update import Updater
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
 from wire.backoff import Backoff
+from wire.push import FEATURE_PUSH
 from wire.session import (
     Closing,
-    Dropped,
     Event,
     Opened,
-    Received,
-    RoundTrip,
     Session,
     SessionSettings,
 )
 
 log = logging.getLogger("pitlink.pits.link")
-fetch_log = logging.getLogger("pitlink.pits.fetch")
 
 FEATURES = ("canonical-json-v1", "etag-sha256", "token-renewal")
 
@@ -103,8 +103,6 @@ class CloudLink:
     ):
         self.config = config
         self.updater = updater
-        if updater is not None:
-            updater.send = self.send_update
         self.tls = tls
         self.tokens = (
             tokens if tokens is not None else TokenStore(config.token_file, configured=config.token)
@@ -115,13 +113,27 @@ class CloudLink:
         self.clock = clock
         self.backoff = Backoff(base=config.reconnect_base, cap=config.reconnect_cap, rand=rand)
         self._ws: tornado.websocket.WebSocketClientConnection | None = None
-        self._live: Session | None = None
+        self.outbox = Outbox(push=not config.no_push)
+        self.frames = LinkFrames(
+            outbox=self.outbox,
+            fetches=Fetches(
+                executor=executor,
+                outbox=self.outbox,
+                state=state,
+                metrics=metrics,
+                max_concurrent=config.max_concurrent_commands,
+                clock=clock,
+            ),
+            state=state,
+            metrics=metrics,
+            tokens=self.tokens,
+            updater=updater,
+        )
         self._wake = asyncio.Event()
         self._stopping = False
         self._waiting = False  # between attempts
         self._dial_soon = False  # no wait before the next attempt (dial_now)
         self._closing: set[asyncio.Task[None]] = set()  # links the box closed, to their end
-        self._tasks: set[asyncio.Task[None]] = set()
         self.sessions = 0
         # Several relays: move on to the next after a failure, as cloudflared does over edges.
         self.relays = [config.cloud_url, *config.cloud_urls]
@@ -276,6 +288,7 @@ class CloudLink:
                 # A box that takes updates names its architecture, for the relay to offer it
                 # bundles made for it ("arch:amd64", from its compatible "pitlink-amd64").
                 features=FEATURES
+                + (() if self.config.no_push else (FEATURE_PUSH,))
                 + (
                     (f"arch:{self.updater.compatible.removeprefix('pitlink-')}",)
                     if self.updater and self.updater.slot
@@ -286,7 +299,7 @@ class CloudLink:
                 fpvtrackside=self.state.fpvtrackside,
             ),
         )
-        self._live = session
+        self.outbox.open(ws, session)
         ours: Closing | None = None
         ended = False  # the relay's side ended the connection: its last read said so
         try:
@@ -294,9 +307,8 @@ class CloudLink:
             ended = ours is None
         finally:
             self._ws = None
-            self._live = None
-            for task in list(self._tasks):
-                task.cancel()
+            self.outbox.close()
+            self.frames.ended()
             ws.close(CloseCode.NORMAL, "bye")
             if not ended:
                 self._until_ended(_until_closed(ws))
@@ -397,13 +409,6 @@ class CloudLink:
 
     # -- frames -------------------------------------------------------------------------------
 
-    def _flush(self, ws: tornado.websocket.WebSocketClientConnection, session: Session) -> None:
-        for text in session.data_to_send():
-            try:
-                ws.write_message(text)
-            except tornado.websocket.WebSocketClosedError:
-                pass
-
     def _act(
         self,
         ws: tornado.websocket.WebSocketClientConnection,
@@ -411,135 +416,15 @@ class CloudLink:
         events: list[Event],
     ) -> Closing | None:
         """Write what the session queued, do what its events ask; the Closing, if it ends."""
-        self._flush(ws, session)
+        self.outbox.flush()
         closing: Closing | None = None
         for event in events:
             if isinstance(event, Opened):
                 self._up()
-                hello = session.hello
-                if isinstance(hello, m.PitsHello) and hello.fpvtrackside != self.state.fpvtrackside:
-                    self.send_fpvtrackside()  # seen while the hello was on its way
-            elif isinstance(event, Received):
-                self._on_message(ws, session, event.frame_id, event.message)
-            elif isinstance(event, Dropped):
-                self.metrics.frames_dropped.labels(event.reason).inc()
-                if event.held is not None:
-                    log.warning(
-                        "dropped frame from the relay",
-                        extra={
-                            "reason": event.reason,
-                            "detail": event.detail,
-                            "suppressed": event.held,
-                        },
-                    )
-            elif isinstance(event, RoundTrip):
-                self.state.round_trip = event.seconds
+                self.frames.opened(session)
             elif isinstance(event, Closing):
                 closing = event
-        self._flush(ws, session)
+            else:
+                self.frames.handle(event)
+        self.outbox.flush()
         return closing
-
-    def _on_message(
-        self,
-        ws: tornado.websocket.WebSocketClientConnection,
-        session: Session,
-        frame_id: str,
-        msg: m.Message,
-    ) -> None:
-        if isinstance(msg, m.Fetch):
-            refusal: m.Error | None = None
-            if self.state.paused:
-                refusal = m.Error(
-                    code=ErrorCode.UNAVAILABLE, message="answering is paused at the pits"
-                )
-            elif len(self._tasks) >= self.config.max_concurrent_commands:
-                refusal = m.Error(
-                    code=ErrorCode.BUSY,
-                    message=f"the pits is already handling {len(self._tasks)} fetches",
-                )
-            if refusal is not None:
-                self.metrics.fetches.labels(str(refusal.code)).inc()
-                session.send(refusal, frame_id)
-                return
-            task = asyncio.ensure_future(self._fetch(ws, session, frame_id, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif isinstance(msg, m.Token):
-            self._store_token(msg.token)
-        elif isinstance(msg, m.Offer):
-            if self.updater is not None:
-                self.updater.offer(msg)
-        elif isinstance(msg, m.Error):
-            log.warning(
-                "relay reported an error", extra={"code": str(msg.code), "error": msg.message}
-            )
-
-    def send_update(self, report: m.UpdateReport) -> None:
-        """Tell the relay where an update stands, if the link is up (the next hello says it
-        otherwise)."""
-        ws, session = self._ws, self._live
-        if ws is not None and session is not None and self.state.ws_connected:
-            session.send(report)
-            self._flush(ws, session)
-
-    def send_fpvtrackside(self) -> None:
-        """Tell the relay which FPVTrackside the box sees now, if the link is up and the relay
-        takes `fpvtrackside` frames (an older one would close the link on one; it learns at the
-        next hello)."""
-        ws, session, seen = self._ws, self._live, self.state.fpvtrackside
-        if ws is None or session is None or seen is None or not self.state.ws_connected:
-            return
-        relay = session.peer_hello
-        if isinstance(relay, m.CloudHello) and m.FEATURE_FPVTRACKSIDE in relay.features:
-            session.send(seen)
-            self._flush(ws, session)
-
-    def _store_token(self, token: str) -> None:
-        """A renewal from the relay: the store keeps it only if it may replace the current one."""
-        if self.tokens.offer(token):
-            self.state.token_issued, self.state.token_expires = validity(token)
-        else:
-            self.metrics.frames_dropped.labels("bad_token").inc()
-
-    async def _fetch(
-        self,
-        ws: tornado.websocket.WebSocketClientConnection,
-        session: Session,
-        frame_id: str,
-        fetch: m.Fetch,
-    ) -> None:
-        started = self.clock()
-        outcome = "ok"
-        reply: m.Message
-        try:
-            reply = await self.executor.execute(fetch)
-            now = time.time()
-            self.state.last_success = now
-            self.state.last_fetch = now
-            self.state.set("origin_reachable", True)
-            self.metrics.last_success.set(now)
-        except ProtocolError as exc:
-            outcome = str(exc.code)
-            reply = m.Error(code=exc.code, message=exc.message, details=exc.details)
-            self.state.last_fetch = time.time()
-            if exc.code in (ErrorCode.ORIGIN_UNREACHABLE, ErrorCode.TIMEOUT):
-                self.state.set("origin_reachable", False)
-                self.state.origin_error = exc.message
-        except Exception:
-            log.exception("fetch failed", extra={"request_id": frame_id})
-            outcome = "INTERNAL"
-            reply = m.Error(code=ErrorCode.INTERNAL, message="the agent failed on this request")
-        elapsed = self.clock() - started
-        self.metrics.origin_fetch.observe(elapsed)
-        self.metrics.fetches.labels(outcome).inc()
-        fetch_log.info(
-            "fetch",
-            extra={
-                "request_id": frame_id,
-                "path": fetch.path[:200],
-                "outcome": outcome,
-                "latency_ms": round(elapsed * 1000, 1),
-            },
-        )
-        session.send(reply, frame_id)
-        self._flush(ws, session)

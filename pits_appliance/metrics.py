@@ -47,6 +47,45 @@ class AgentMetrics:
         self.frames_dropped = Counter(
             P + "frames_dropped", "Frames from the cloud dropped", ["reason"], registry=r
         )
+        # Watching FPVTrackside and pushing to the relay (pits_appliance.watcher).
+        self.lan_requests = Counter(
+            P + "lan_requests",
+            "Requests the watcher sent FPVTrackside, by what came of them: changed, same, bad "
+            "(half-written, not JSON), failed (no answer), look (looking for the race now)",
+            ["outcome"],
+            registry=r,
+        )
+        self.watched_paths = Gauge(P + "watched_paths", "Paths watched now", registry=r)
+        self.push_frames = Counter(
+            P + "push_frames", "Push frames sent to the relay, by type", ["type"], registry=r
+        )
+        # FPVTrackside's ExtensionMode events (pits_appliance.extension).
+        self.fpvt_received = Counter(
+            P + "fpvtrackside_events_received",
+            "Events FPVTrackside sent the box that were answered 200",
+            registry=r,
+        )
+        self.fpvt_refused = Counter(
+            P + "fpvtrackside_events_refused",
+            "Events refused: address (not FPVTrackside's), rate, not_json, not_an_event",
+            ["reason"],
+            registry=r,
+        )
+        self.fpvt_lost = Counter(
+            P + "fpvtrackside_events_lost", "Events missing from FPVTrackside's seq", registry=r
+        )
+        self.fpvt_restarts = Counter(
+            P + "fpvtrackside_restarts", "Times FPVTrackside's seq started again", registry=r
+        )
+        self.fpvt_forwarded = Counter(
+            P + "fpvtrackside_events_forwarded", "Events forwarded to the relay", registry=r
+        )
+        self.fpvt_dropped = Counter(
+            P + "fpvtrackside_events_dropped",
+            "Events not forwarded: not_pushing (the relay takes none, or paused), held_too_many",
+            ["reason"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

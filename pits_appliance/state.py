@@ -46,6 +46,12 @@ class AgentState:
     relay_url: str = ""
     sw_version: str = ""
     update: dict[str, Any] = field(default_factory=dict)  # Updater.view(), for the page
+    pushing: bool = False  # push frames go to the relay (pits_appliance.linkframes)
+    race_now: str | None = None  # the race now's Race.json (pits_appliance.racenow)
+    watched: int = 0  # paths the watcher reads again and again
+    last_push: float | None = None  # when a change last went to the relay
+    fpvt_events_last: float | None = None  # when FPVTrackside's last event was taken
+    fpvt_events_from: str | None = None  # its Hello, in words: "FPVTrackside 2.77.0 on Windows"
     changed_at: dict[str, float] = field(default_factory=dict)
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import tornado.web
 
+from pits_appliance.extension import PATH as EVENTS_PATH
+from pits_appliance.extension import Extension
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.pin import PinGate
 from pits_appliance.pinfile import StatusPin
@@ -186,6 +188,68 @@ class ActionHandler(_Base):
         self.finish(result)
 
 
+@tornado.web.stream_request_body
+class FpvtEventsHandler(_Base):
+    """PUT /fpvtrackside/events: FPVTrackside's ExtensionMode events (pits_appliance.extension).
+
+    FPVTrackside is no browser: no PIN or Origin here, but only its own address may send, a
+    bounded body, within a rate; all decided from the headers, before the body is read. The
+    answer (empty, 200) goes out as soon as the body is known to be a JSON object; the event is
+    handled after (ExtensionMode's rule: every event behind this one waits for the answer).
+    """
+
+    def prepare(self) -> None:
+        super().prepare()
+        self._body = bytearray()
+        if self._finished or self.request.method != "PUT":
+            return
+        extension = self.agent_extension()
+        if extension is None:
+            self._refuse(503, "this box takes no events while its settings are broken")
+            return
+        length = self.request.headers.get("Content-Length")
+        status, why = extension.admit(
+            self.request.remote_ip, int(length) if length and length.isdigit() else None
+        )
+        if status != 200:
+            self._refuse(status, why)
+
+    def agent_extension(self) -> Extension | None:
+        extension = getattr(self.agent, "extension", None)
+        return extension if isinstance(extension, Extension) else None
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._body += chunk
+        extension = self.agent_extension()
+        if extension is not None and len(self._body) > extension.max_body:
+            self._refuse(*extension.too_large())
+
+    def put(self) -> None:
+        extension = self.agent_extension()
+        if self._finished or extension is None:
+            return
+        status, why = extension.take(bytes(self._body))
+        if status != 200:
+            self._refuse(status, why)
+            return
+        self.clear_header("Content-Type")
+        self.finish()
+
+    def _refuse(self, status: int, why: str) -> None:
+        self.set_status(status)
+        if status == 429:
+            self.set_header("Retry-After", "1")
+        self.finish({"error": why})
+
+    def _wrong_method(self, *args: str) -> None:
+        self.set_header("Allow", "PUT")
+        self._refuse(405, "FPVTrackside sends its events with PUT")
+
+    get = head = post = delete = patch = options = _wrong_method
+
+
 class PinHandler(_Base):
     """POST /api/pin with `{"pin": "123456"}`: a session cookie for the buttons, for this
     browser session (no Max-Age), never sent by another site's page (SameSite=Strict), never
@@ -278,6 +342,7 @@ def make_status_app(
             (r"/metrics", MetricsHandler, args),
             (r"/api/pin", PinHandler, args),
             (r"/api/(reconnect|pause|resume|install)", ActionHandler, args),
+            (EVENTS_PATH, FpvtEventsHandler, args),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,

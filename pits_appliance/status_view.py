@@ -11,34 +11,14 @@ from typing import Any
 
 from pits_appliance.config import plain_url
 from pits_appliance.state import AgentState
+from pits_appliance.status_live import events_row, push_row
+from pits_appliance.status_rows import AMBER, GREEN, RED, ago
+from pits_appliance.status_rows import row as _row
+from pits_appliance.status_rows import when as _when
 from pits_appliance.upstream import in_words
 from wire import PROTOCOL_VERSION
 
-GREEN, AMBER, RED = "green", "amber", "red"
 RENEW_WINDOW_S = 7 * 86400  # the relay's default --renew-before
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "unknown"
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
-
-
-def ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{int(seconds)} s"
-    if seconds < 5400:
-        return f"{int(seconds // 60)} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{int(seconds // 86400)} days"
-
-
-def _row(
-    key: str, mark: str, title: str, text: str, since: float | None = None, **extra: Any
-) -> dict[str, Any]:
-    return {"key": key, "mark": mark, "title": title, "text": text, "since": since, **extra}
 
 
 def fpvtrackside_row(s: AgentState) -> dict[str, Any]:
@@ -360,6 +340,8 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
             internet_row(s),
             portal_row(s),
             cloud_row(s, now),
+            *push_row(s, now),
+            events_row(s, now),
             *([plain_row(s)] if plain_url(s.relay_url) else []),
             clock_row(s),
             token_row(s, now),
