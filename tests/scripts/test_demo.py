@@ -61,6 +61,21 @@ def test_the_demo_prints_urls_that_work_and_stops_only_on_ctrl_c(tmp_path: Path)
         )
         with urllib.request.urlopen(unlock, timeout=10) as r:
             assert json.loads(r.read()) == {"ok": True, "message": "PIN accepted."}
+        # The live page, and the feed it follows: ExtensionMode's detections and the race file's
+        # changes, pushed by the box as they happen.
+        live_page = next(u for u, note in urls.items() if note.startswith("the live race"))
+        code, headers, _ = get(live_page)
+        assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+        feed_url = next(u for u, note in urls.items() if note.startswith("the live feed"))
+        seen: set[str] = set()
+        with urllib.request.urlopen(feed_url, timeout=30) as feed:
+            for line in feed:
+                if line.startswith(b"event: "):
+                    seen.add(line[7:].strip().decode())
+                if b'"type":"DetectionExt"' in line.replace(b" ", b""):
+                    seen.add("DetectionExt")
+                if {"pits", "race", "change", "DetectionExt"} <= seen:
+                    break
         front = re.search(r"front page: (http://\S+)", text).group(1)
         assert b"demo-pits" in get(front)[2]
         # The demo's own hint: stop the agent. The rest runs on and serves the last copies.
