@@ -86,18 +86,45 @@ class FaultProxy:
         writer: asyncio.StreamWriter,
         link: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
     ) -> None:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                return
-            while self.mode == "blackhole" or link in self._held:
-                if self._closed:
+        # `delay` is latency, not a narrow pipe: each chunk goes on `delay` after it came, while
+        # the chunks behind it are already on their way (as on a long link).
+        loop = asyncio.get_running_loop()
+        # Bounded: a reader that takes nothing still holds the sender back, as TCP would.
+        later: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(maxsize=64)
+        sender = asyncio.ensure_future(self._send_later(later, writer))
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    await later.join()  # what is on its way arrives before the close
                     return
-                await asyncio.sleep(0.05)  # hold the bytes: nothing flows, nothing closes
-            if self.delay:
-                await asyncio.sleep(self.delay)
-            writer.write(data)
-            await writer.drain()
+                while self.mode == "blackhole" or link in self._held:
+                    if self._closed:
+                        return
+                    await asyncio.sleep(0.05)  # hold the bytes: nothing flows, nothing closes
+                await later.put((loop.time() + self.delay, data))
+        finally:
+            sender.cancel()
+
+    @staticmethod
+    async def _send_later(
+        later: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        broken = False
+        while True:
+            due, data = await later.get()
+            try:
+                if not broken:
+                    wait = due - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                broken = True  # the rest is dropped: the link is gone
+            finally:
+                later.task_done()
 
     async def _redirect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Answer like a captive portal: whatever was asked, a 302 to the sign-in page."""

@@ -16,7 +16,10 @@ says when it ends). `poke()` asks for a look at once (FPVTrackside's ExtensionMo
 was loaded, started or ended).
 
 Between races the race that ended stays the race now until another starts: spectators want
-its result. With nothing else known, the race that ended last is the race now.
+its result. With nothing else known, the race that ended last is the race now. With `/current`
+(one small answer), looks come every `quick_interval` for `QUICK_AFTER_END` seconds after the
+race now ended: the next race is loaded in that time, and its first lap should not wait for a
+look.
 
 Pure: the watcher makes the requests, one at a time within its LAN budget, and hands the
 answers here; time is passed in. Everything read came from the venue LAN: ids are checked
@@ -41,6 +44,7 @@ RACE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 EVENT_ID = re.compile(r"[a-z0-9-]{1,64}")  # as wire.event reads it from FPVTrackside's page
 READS_PER_LOOK = 4
 RUNNING_FACTOR = 5.0  # looks while a race runs (and FPVTrackside has no /current): this much rarer
+QUICK_AFTER_END = 180.0  # seconds of quick looks at /current after the race now ended
 MAX_RACES = 1024  # races of one event remembered; the newest in Event.json's list are kept
 MAX_FILE_BYTES = 8 * 1024 * 1024
 # `2025/01/29 19:11:09.494`, as FPVTrackside writes its dates; any separators.
@@ -148,11 +152,13 @@ class RaceNow:
         self,
         *,
         look_interval: float = 2.0,
+        quick_interval: float | None = None,
         reads_per_look: int = READS_PER_LOOK,
         max_races: int = MAX_RACES,
         now: float = 0.0,
     ):
         self.look_interval = look_interval
+        self.quick_interval = min(look_interval, quick_interval or look_interval)
         self.reads_per_look = reads_per_look
         self.max_races = max_races
         self.event: str | None = None
@@ -163,6 +169,7 @@ class RaceNow:
         self._queue: list[str] = []  # what the look under way reads next
         self._next_look = now
         self._again = False  # poked while a look was under way: another at once after it
+        self._ended_at: float | None = None  # when the race now was seen to end
 
     # -- what the agent tells it ----------------------------------------------------------------
 
@@ -174,6 +181,7 @@ class RaceNow:
             return False
         had = self.race
         self.event, self.race = event, None
+        self._ended_at = None
         self._seen.clear()
         self._listed = []
         self._queue = []
@@ -268,8 +276,10 @@ class RaceNow:
         was_running = self.running
         self._note(self.race, body, now)
         if was_running and not self.running:
-            # It ended (or was reset): the next race is looked for at the pace of no race.
-            self._next_look = min(self._next_look, now + self.look_interval)
+            # It ended (or was reset): the next race is looked for at the pace of no race, or
+            # quickly where a look is one small request.
+            self._ended_at = now
+            self._next_look = min(self._next_look, now + self._interval(now))
 
     # -- inside ---------------------------------------------------------------------------------
 
@@ -300,12 +310,19 @@ class RaceNow:
         changed = False
         if not failed and not self.use_current:
             changed = self._decide()
-        slow = not self.use_current and self.running
-        self._next_look = (
-            now if self._again else now + self.look_interval * (RUNNING_FACTOR if slow else 1.0)
-        )
+        self._next_look = now if self._again else now + self._interval(now)
         self._again = False
         return changed
+
+    def _interval(self, now: float) -> float:
+        """Seconds to the next look: rarer while a race runs without /current, quick with it
+        for a while after the race now ended."""
+        if not self.use_current:
+            return self.look_interval * (RUNNING_FACTOR if self.running else 1.0)
+        ended = self._ended_at
+        if ended is not None and not self.running and now - ended < QUICK_AFTER_END:
+            return self.quick_interval
+        return self.look_interval
 
     def _decide(self) -> bool:
         running = [(s.file.start, r) for r, s in self._seen.items() if s.file.running]
@@ -326,3 +343,4 @@ class RaceNow:
     def _choose(self, race: str) -> None:
         log.info("the race now", extra={"event": self.event, "race": race, "before": self.race})
         self.race = race
+        self._ended_at = None

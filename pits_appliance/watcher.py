@@ -77,7 +77,7 @@ class Watcher:
         self.timeout = timeout
         self.clock = clock
         now = clock()
-        self.race = RaceNow(look_interval=look_interval, now=now)
+        self.race = RaceNow(look_interval=look_interval, quick_interval=watch_interval, now=now)
         self.schedule = Schedule(budget=lan_budget, now=now)
         self.changes = Changes(executor.known)
         self.send: Callable[[PushMessage], bool] | None = None  # while pushing

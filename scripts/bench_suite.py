@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from benchlib import compare_http, compare_pits
+from benchlib import compare_http, compare_live, compare_pits
 from benchlib.report import Outcome, chart, table
 from benchlib.stack import ROOT, Settings, Skip, load_average
 
@@ -39,6 +39,8 @@ COMPARISONS: dict[str, Callable[[Settings], Outcome]] = {
     "conns": compare_pits.conns,
     "workers": compare_http.workers,
     "blackhole": compare_pits.blackhole,
+    "live": compare_live.live,
+    "feedfan": compare_live.feedfan,
 }
 
 

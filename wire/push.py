@@ -8,13 +8,14 @@ relay, and a new box with an old relay, by pulling.
 | type | direction | payload |
 |---|---|---|
 | `watch` | relay → box | `{paths, intervalMs}`: the paths spectators read lately; the box re-reads them every `intervalMs` and pushes what changed (replaces the last `watch`) |
-| `change` | box → relay | `{path, status: 200, headers: {ETag, Content-Type?}, bodyB64}`: a watched file's new body, as a `response` would carry it |
+| `change` | box → relay | `{path, status: 200, headers: {ETag, Content-Type?}, bodyText or bodyB64}`: a watched file's new body, as a `response` would carry it; as text when it is UTF-8 (the link's compression then finds it in the body sent before) |
 | `watching` | box → relay | `{paths, intervalMs, race?}`: every path the box watches now (the race running now, and the relay's), and `race`, the path of the race running now's `Race.json` (absent between events); sent when either changes |
 | `still` | box → relay | `{}`: every watched path was read again and none changed (at most once an interval) |
 | `fpvtrackside-event` | box → relay | `{event}`: an event FPVTrackside's ExtensionMode sent the box, cleaned (wire.fpvtevents) |
 """
 
 from __future__ import annotations
+
 
 from dataclasses import dataclass
 from typing import Any
@@ -91,12 +92,33 @@ class Change:
     content_type: str | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"path": self.path, **reply_payload(200, self.etag, self.content_type, self.body)}
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None:
+            return {"path": self.path, **reply_payload(200, self.etag, self.content_type, self.body)}
+        # Text as text, not base64: the link's compression (permessage-deflate, whose window
+        # holds the body sent before) then finds a race file's new body in its old one, and a
+        # lap costs its own few hundred bytes, not the whole file again. Base64 hides that:
+        # an insertion shifts every character after it.
+        p = reply_payload(200, self.etag, self.content_type, None)
+        return {"path": self.path, **p, "bodyText": text}
 
     @classmethod
     def parse(cls, p: dict[str, Any]) -> Change:
         path = get(p, "path", str, max_len=MAX_PATH)
+        text = get(p, "bodyText", str, optional=True)
+        if text is not None:
+            if "bodyB64" in p:
+                raise bad("a change has bodyText or bodyB64, not both")
+            try:
+                encoded = text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise bad("bodyText is not UTF-8 text") from None
         status, etag, content_type, body = reply_parts(p)
+        if text is not None:
+            body = encoded
         if status != 200 or etag is None or body is None:
             raise bad("a change is a 200 with its ETag and body")
         return cls(path=path, etag=etag, body=body, content_type=content_type)

@@ -263,12 +263,23 @@ FIXTURES = ROOT / "tests" / "fixtures" / "fpvtrackside"
 
 
 def start_sim(
-    stack: Stack, *, lap_interval: float = 0.0, root: Path | None = None, name: str = "sim"
+    stack: Stack,
+    *,
+    lap_interval: float = 0.0,
+    root: Path | None = None,
+    name: str = "sim",
+    notification_url: str | None = None,
+    version: str | None = None,
 ) -> Sim:
-    """The FPVTrackside simulator: a generated event (live when `lap_interval`), or `root`."""
+    """The FPVTrackside simulator: a generated event (live when `lap_interval`), or `root`;
+    with `notification_url`, its ExtensionMode PUTs every race event there."""
     port = free_port()
     args = [sys.executable, "scripts/fpvtrackside_sim.py", "--port", str(port)]
     args += ["--root", str(root)] if root else ["--lap-interval", str(lap_interval)]
+    if notification_url is not None:
+        args += ["--extension-mode", "--notification-url", notification_url]
+    if version is not None:
+        args += ["--fpvtrackside-version", version]
     stack.start(name, args)
     line = re.compile(r"\(web root (.+)\) event (\S+)")
 
@@ -332,9 +343,18 @@ class Agent:
 
 
 def start_agent(
-    stack: Stack, keys: Keys, cloud_url: str, sim: Sim, name: str = "agent", *flags: str
+    stack: Stack,
+    keys: Keys,
+    cloud_url: str,
+    sim: Sim,
+    name: str = "agent",
+    *flags: str,
+    port: int | None = None,
+    fpvtrackside: str | None = None,
 ) -> Agent:
-    port = free_port()
+    """An agent; `port` its status port (FPVTrackside's ExtensionMode PUTs there), and
+    `fpvtrackside` where it reaches FPVTrackside when not at the simulator itself (a proxy)."""
+    port = port or free_port()
     proc = stack.start(
         name,
         [
@@ -344,7 +364,7 @@ def start_agent(
             "--token-file",
             str(keys.token_file),
             "--fpvtrackside",
-            sim.url,
+            fpvtrackside or sim.url,
             "--status-host",
             "127.0.0.1",
             "--status-port",

@@ -232,3 +232,48 @@ def test_another_event_forgets_everything(files: Files) -> None:
     assert finder.next_read(10.0) == "/events/another-event/Event.json"
     assert not finder.set_event("../../etc", 11.0)  # not an event id: as none open
     assert finder.event is None and finder.next_read(11.0) is None and finder.next_look() is None
+
+
+def race_body(start: str, end: str) -> bytes:
+    return json.dumps([{"ID": "race-1", "Start": start, "End": end}]).encode()
+
+
+def test_after_the_race_now_ends_current_is_asked_quickly_for_a_while() -> None:
+    """With /current a look is one small answer: after the race now ended, the next race's
+    first lap should not wait for a look, so looks come at the quick interval, then slow
+    down again."""
+    finder = RaceNow(look_interval=2.0, quick_interval=0.2, now=0.0)
+    finder.set_current(True)
+    finder.set_event(EVENT, 0.0)
+    assert finder.next_read(0.0) == "/current"
+    assert finder.answer("/current", 200, b'{"CurrentRace": "race-1"}', 0.0)
+    finder.race_read(race_body("2025/01/01 18:00:00", "0001/01/01 0:00:00"), 1.0)
+    assert finder.running and finder.next_look() == 2.0  # running: the usual pace
+    finder.race_read(race_body("2025/01/01 18:00:00", "2025/01/01 18:02:00"), 3.0)
+    assert not finder.running
+    assert finder.next_look() == pytest.approx(2.0)  # already due sooner than 3.2
+    assert finder.next_read(2.0) == "/current"
+    assert not finder.answer("/current", 200, b'{"CurrentRace": "race-1"}', 3.1)
+    assert finder.next_look() == pytest.approx(3.3)  # quick while the next race is awaited
+    assert finder.next_read(3.31) == "/current"
+    assert finder.answer("/current", 200, b'{"CurrentRace": "race-2"}', 3.31)
+    assert finder.race == "race-2" and finder.next_look() == pytest.approx(5.31)  # found: usual
+    # Long after an end with no next race, the usual pace again.
+    finder2 = RaceNow(look_interval=2.0, quick_interval=0.2, now=0.0)
+    finder2.set_current(True)
+    finder2.set_event(EVENT, 0.0)
+    finder2.next_read(0.0)
+    finder2.answer("/current", 200, b'{"CurrentRace": "race-1"}', 0.0)
+    finder2.race_read(race_body("2025/01/01 18:00:00", "0001/01/01 0:00:00"), 1.0)
+    finder2.race_read(race_body("2025/01/01 18:00:00", "2025/01/01 18:02:00"), 1.5)
+    finder2.next_read(500.0)
+    finder2.answer("/current", 200, b'{"CurrentRace": "race-1"}', 500.0)
+    assert finder2.next_look() == pytest.approx(502.0)
+
+
+def test_without_current_the_quick_interval_changes_nothing() -> None:
+    finder = RaceNow(look_interval=2.0, quick_interval=0.2, now=0.0)
+    finder.set_event(EVENT, 0.0)
+    assert finder.next_read(0.0) == f"/events/{EVENT}/Event.json"
+    finder.failed(f"/events/{EVENT}/Event.json", 0.0)
+    assert finder.next_look() == 2.0

@@ -116,3 +116,33 @@ def test_an_event_is_cleaned_on_receipt_too() -> None:
 def test_the_race_running_now_is_one_of_the_paths_watched() -> None:
     with pytest.raises(ProtocolError, match="race must be one of the paths watched"):
         frame({"paths": ["/a"], "intervalMs": 200, "race": "/b"}, "watching")
+
+
+def test_a_text_body_goes_as_text_and_comes_back_byte_for_byte() -> None:
+    body = '[{"ID":"r1","Name":"Zoë \\u2603 ☃"}]\n'.encode()
+    change = Change(path="/events/e/r/Race.json", etag=etag_of(body), body=body)
+    text = m.encode(change, now_ms=0)
+    assert '"bodyText"' in text and '"bodyB64"' not in text
+    got = m.decode(text, sender="pits").message
+    assert got == change and got.body == body
+    binary = Change(path="/photo.jpg", etag=etag_of(b"\xff\xd8\xff"), body=b"\xff\xd8\xff")
+    assert '"bodyB64"' in m.encode(binary, now_ms=0)
+    assert m.decode(m.encode(binary, now_ms=0), sender="pits").message == binary
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (
+            {"path": "/a", "status": 200, "headers": {"ETag": '"x"'}, "bodyText": "[]",
+             "bodyB64": "W10="},
+            "not both",
+        ),
+        ({"path": "/a", "status": 200, "headers": {"ETag": '"x"'}, "bodyText": "\ud800"},
+         "not UTF-8"),
+        ({"path": "/a", "status": 200, "headers": {"ETag": '"x"'}, "bodyText": 5}, "bodyText"),
+    ],
+)  # fmt: skip
+def test_a_text_body_is_checked(payload: dict[str, Any], why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        frame(payload, "change")
