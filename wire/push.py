@@ -16,7 +16,6 @@ relay, and a new box with an old relay, by pulling.
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +96,10 @@ class Change:
         except UnicodeDecodeError:
             text = None
         if text is None:
-            return {"path": self.path, **reply_payload(200, self.etag, self.content_type, self.body)}
+            return {
+                "path": self.path,
+                **reply_payload(200, self.etag, self.content_type, self.body),
+            }
         # Text as text, not base64: the link's compression (permessage-deflate, whose window
         # holds the body sent before) then finds a race file's new body in its old one, and a
         # lap costs its own few hundred bytes, not the whole file again. Base64 hides that:
