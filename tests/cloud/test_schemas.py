@@ -75,6 +75,14 @@ def test_a_simulated_event_fits_as_it_runs(schemas: Schemas, tmp_path: Path) -> 
     assert any(endpoint_of(p) == "Results" for p, _ in web_paths(tmp_path))
 
 
+def test_pilots_with_photos_fit(schemas: Schemas, tmp_path: Path) -> None:
+    """FPVTrackside keeps a pilot's photo as a path (`PhotoPath`, a string; null without one)."""
+    LiveEvent(tmp_path, seed=3, pilots=4, photos=True)
+    pilots = [(p, b) for p, b in web_paths(tmp_path) if endpoint_of(p) == "Pilots"]
+    assert pilots and b"PhotoPath" in pilots[0][1]
+    assert schemas.check(*pilots[0]) is None
+
+
 def test_an_empty_file_fits(schemas: Schemas) -> None:
     """FPVTrackside's 200 with an empty body for an event file not written yet is `[]`."""
     assert schemas.check("/events/e1/Results.json", b"") is None
