@@ -274,3 +274,12 @@ class BundleUploadHandler(AdminAuth):
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
+
+
+def admin_rules(args: dict[str, Any]) -> list[Any]:
+    """The admin page and API's routes."""
+    return [
+        (r"/admin/?", AdminPageHandler, args),
+        (r"/admin/api/bundles/upload", BundleUploadHandler, args),
+        (r"/admin/api/(.*)", AdminAPIHandler, args),
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import socket
 import time
@@ -27,23 +26,23 @@ from cloud.config import CloudConfig
 from cloud.control import FEATURES, ControlSettings, PitsConnection, Transport
 from cloud.drain import Drain
 from cloud.drift import DriftWatch, Schemas
+from cloud.handlers import Layout, admin_application, public_application
 from cloud.hitfirst import HitFirst
 from cloud.hits import Hits
 from cloud.hosts import HostRouting
 from cloud.http_base import Stalls
 from cloud.keystore import KeyStore
+from cloud.listen import bind, http_server
 from cloud.live import Live
 from cloud.metrics import Metrics
 from cloud.ratelimit import RateLimiter, SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Freshness, Relay
 from cloud.renewal import Renewals
-from cloud.routes import Layout, admin_app, public_app
 from cloud.routing import Router
 from cloud.updates import Updates
 from wire import CloseCode
 from wire.push import FEATURE_PUSH
-from wire.settings import SettingsError
 
 log = logging.getLogger("pitlink.cloud")
 
@@ -215,15 +214,12 @@ class CloudRelay:
         self._ticker: tornado.ioloop.PeriodicCallback | None = None
 
     def make_app(self) -> tornado.web.Application:
-        """The public application (cloud.routes)."""
-        return public_app(self._layout())
+        """The public application (cloud.handlers.public_application)."""
+        return public_application(Layout(self, self.config, self.hosts, self.pits_moved))
 
     def make_admin_app(self) -> tornado.web.Application:
-        """The admin listener's application (`--admin-port`, cloud.routes)."""
-        return admin_app(self._layout())
-
-    def _layout(self) -> Layout:
-        return Layout(self, self.config, self.hosts, self.pits_moved)
+        """The admin listener's application (`--admin-port`)."""
+        return admin_application(Layout(self, self.config, self.hosts, self.pits_moved))
 
     # -- used by handlers ---------------------------------------------------------------------
 
@@ -328,19 +324,19 @@ class CloudRelay:
     async def start(self, sockets: list[socket.socket] | None = None) -> int:
         """Listen (on the configured address, or the given sockets) and start pinging."""
         if sockets is None:
-            sockets = _bind(self.config.port, self.config.host)
+            sockets = bind(self.config.port, self.config.host)
         if self.cluster is not None:
             await self.cluster.start()
-        self.server = self._http_server(
-            HitFirst(self.hits, self.app, self.stalls.watch, self.live.gate)
+        self.server = http_server(
+            HitFirst(self.hits, self.app, self.stalls.watch, self.live.gate), self.config
         )
         self.server.add_sockets(sockets)
         self.live.start()
         self.port = sockets[0].getsockname()[1]
         if self.config.admin_port is not None:
             address = self.config.admin_address or self.config.host
-            admin_sockets = _bind(self.config.admin_port, address)
-            self.admin_server = self._http_server(self.make_admin_app())
+            admin_sockets = bind(self.config.admin_port, address)
+            self.admin_server = http_server(self.make_admin_app(), self.config)
             self.admin_server.add_sockets(admin_sockets)
             self.admin_port = admin_sockets[0].getsockname()[1]
             log.info("admin listening", extra={"host": address, "port": self.admin_port})
@@ -359,20 +355,6 @@ class CloudRelay:
         self._ticker.start()
         log.info("relay listening", extra={"host": self.config.host, "port": self.port})
         return self.port
-
-    def _http_server(
-        self, app: tornado.httputil.HTTPServerConnectionDelegate
-    ) -> tornado.httpserver.HTTPServer:
-        """An HTTP server that lets no client hold a connection open for long with nothing sent."""
-        return tornado.httpserver.HTTPServer(
-            app,
-            xheaders=False,
-            idle_connection_timeout=self.config.idle_timeout,  # also the header deadline
-            body_timeout=self.config.idle_timeout,
-            max_header_size=self.config.max_header_bytes,
-            # No request has a body larger than an admin call's few hundred bytes.
-            max_body_size=64 * 1024,
-        )
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Leave gracefully: stop taking requests, finish those in flight, then let the pits go.
@@ -407,16 +389,3 @@ class CloudRelay:
         for server in servers:
             await server.close_all_connections()
         await asyncio.sleep(0)
-
-
-def _bind(port: int, host: str) -> list[socket.socket]:
-    """Listen, or say in one line why not (the port is taken, the address is not ours)."""
-    try:
-        return tornado.netutil.bind_sockets(port, host)
-    except OSError as exc:
-        why = {
-            errno.EADDRINUSE: "the port is taken (another relay, or another program?)",
-            errno.EADDRNOTAVAIL: "that address is not one of this machine's",
-            errno.EACCES: "ports below 1024 need privileges: use a higher one behind a proxy",
-        }.get(exc.errno or 0, exc.strerror)
-        raise SettingsError(f"cannot listen on {host}:{port}: {why}") from None

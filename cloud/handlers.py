@@ -1,26 +1,36 @@
 """Tornado handlers of the relay: each a few lines around the plain objects that hold the logic.
 
 What every handler shares is cloud.http_base; the front page is cloud.front_page, bundle
-downloads cloud.bundle_http, the fast path of a hit cloud.hitfirst.
+downloads cloud.bundle_http, the fast path of a hit cloud.hitfirst. The routes (which handler
+answers which host and path) are at the end.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import tornado.iostream
+import tornado.web
 import tornado.websocket
 import ujson
 
 from cloud import TokenError
+from cloud.admin_http import admin_rules
+from cloud.bundle_http import BundleDownloadHandler
 from cloud.cache import Served
+from cloud.config import CloudConfig
 from cloud.control import PitsConnection
+from cloud.front_page import FrontPageHandler
 from cloud.hits import DATA_HEADERS, WRITE_CHUNK
-from cloud.http_base import BaseHandler, RelayParts, bearer_token, verify_pits_token
+from cloud.hosts import DNS_LABEL, HostRouting
+from cloud.http_base import BaseHandler, RelayParts, bearer_token, log_request, verify_pits_token
+from cloud.race_page import RACE_PAGE, RacePageHandler
 from cloud.ratelimit import RateLimited
 from wire import SUPPORTED_VERSIONS, CloseCode, ErrorCode, ProtocolError
 from wire.canonical import etag_matches
@@ -297,3 +307,99 @@ class NoSuchPitsHandler(BaseHandler):
             "one label before the relay's domain",
             404,
         )
+
+
+class NotFound(DataHandler):
+    """Anything unrouted: a JSON 404, with CORS like every other answer."""
+
+    async def _serve(self, *, head: bool) -> None:
+        self.write_json_error(ErrorCode.DENIED, "no such endpoint", 404)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What decides the routes: the relay (handed to every handler) and its settings."""
+
+    relay: RelayParts
+    config: CloudConfig
+    hosts: HostRouting | None
+    pits_moved: bool  # --pits-domain: pits paths on the relay's own name go to the pits' host
+
+
+def public_application(layout: Layout) -> tornado.web.Application:
+    """The public application; the admin's routes too unless they have an origin of their own.
+
+    Pits content is served under the relay's name, so a page from a pits shares the relay's
+    origin. `--admin-host` or `--admin-port` give the admin page and API another origin, where
+    no pits content is ever served; `--pits-domain` gives each pits a host of its own.
+    """
+    config = layout.config
+    args: dict[str, Any] = {"relay": layout.relay}
+    public: list[Any] = [
+        (r"/control", ControlHandler, args),
+        (r"/pits-api/bundles/([0-9a-f]{16})", BundleDownloadHandler, args),
+        (r"/pits/[^/]+" + RACE_PAGE, RacePageHandler, args),
+        (r"/pits/.*", DataHandler, args),
+        (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/readyz", ReadyHandler, args),
+        (r"/generate_204", Generate204Handler, args),
+        (r"/metrics", MetricsHandler, args),
+        (r"/", FrontPageHandler, args),
+    ]
+    own_origin = any(
+        x is not None for x in (config.admin_host, config.admin_port, config.pits_domain)
+    )
+    app = _application(layout, public if own_origin else public + admin_rules(args))
+    if config.admin_host is not None and config.admin_port is None:
+        _admin_on_host(layout, app)
+    if layout.hosts is not None:
+        catch_all = (r".*", NotFound, args)
+        domain = re.escape(layout.hosts.pits_domain)
+        app.add_handlers(
+            DNS_LABEL.pattern + r"\." + domain,
+            [
+                (RACE_PAGE, RacePageHandler, args),
+                (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
+                (r"/[^/]*/?", DataHandler, args),  # the page, and where pushState left it
+                catch_all,
+            ],
+        )
+        # Any other name under the domain is no pits': never the relay's own routes.
+        app.add_handlers(r".+\." + domain, [(r".*", NoSuchPitsHandler, args)])
+        if layout.pits_moved:
+            moved = [
+                (r"/pits/.*", PitsHostRedirect, args),
+                (r"/(?:events|httpfiles)(?:/.*)?", PitsHostRedirect, args),
+            ]
+            own = [rule for rule in public if rule[1] not in (DataHandler, RacePageHandler)]
+            app.add_handlers(domain, [*moved, *own, *admin_rules(args), catch_all])
+    return app
+
+
+def admin_application(layout: Layout) -> tornado.web.Application:
+    """The admin listener's application (`--admin-port`): the admin's routes and nothing else."""
+    if layout.config.admin_host is not None:
+        app = _application(layout, [])
+        _admin_on_host(layout, app)
+        return app
+    return _application(layout, admin_rules({"relay": layout.relay}))
+
+
+def _application(layout: Layout, rules: list[Any]) -> tornado.web.Application:
+    return tornado.web.Application(
+        rules,
+        # A frame carries a base64 body (4/3 of its size) plus the envelope.
+        websocket_max_message_size=layout.config.max_body_bytes * 4 // 3 + 64 * 1024,
+        default_handler_class=NotFound,
+        default_handler_args={"relay": layout.relay},
+        log_function=log_request,
+    )
+
+
+def _admin_on_host(layout: Layout, app: tornado.web.Application) -> None:
+    """The admin's routes on `--admin-host` only; every other path there is a 404."""
+    assert layout.config.admin_host is not None
+    args: dict[str, Any] = {"relay": layout.relay}
+    catch_all = (r".*", NotFound, args)
+    app.add_handlers(re.escape(layout.config.admin_host), [*admin_rules(args), catch_all])

@@ -40,10 +40,12 @@ async def sim() -> AsyncIterator[Simulator]:
 @pytest.fixture
 async def system(tmp_path: Path, sim: Simulator) -> AsyncIterator[System]:
     """Simulator, relay and a connected agent; freshness 0 (every request revalidates) and no
-    rate limits, so that tests see the chain itself. Limits have tests of their own."""
+    rate limits, so that tests see the chain itself. Limits have tests of their own. The box
+    pulls only (NO_PUSH): what these tests count (fetches, cache entries, requests at the
+    origin) is what spectators' requests cause; pushing has tests of its own (test_live_*)."""
     s = System(tmp_path, sim)
     await s.start_relay(freshness=0.0, client_rate=None, pits_fetch_rate=None)
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     yield s
     await s.close()
 
