@@ -221,7 +221,8 @@ function onRaceEvent(event) {
     const lap = Number(event.lapTimeSoFar);
     const next = { ...known, lastAt: Number(event.raceTime) };
     if (!holeshot && Number.isFinite(lap)) {
-      next.laps = Math.max(known.laps + 1, Number(event.lapNumber));
+      // The lap's own number is the laps done: the race file may hold this lap already.
+      next.laps = Math.max(known.laps, Number(event.lapNumber));
       next.last = lap;
       next.best = known.best === null ? lap : Math.min(known.best, lap);
     }

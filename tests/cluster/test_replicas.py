@@ -51,7 +51,9 @@ async def pair(tmp_path, sim: Simulator, redis_server) -> AsyncIterator[Pair]:
     a = await start_replica(s, redis_server.url, "A")
     b = await start_replica(s, redis_server.url, "B")
     s.relay, s.relay_port = a, a.port
-    await s.start_agent()
+    # The box pulls only: these tests count the fetches spectators cause (pushing across
+    # replicas: tests/cluster/test_live_replicas.py).
+    await s.start_agent(no_push=True)
     await wait_for(lambda: b.cluster.holder(s.pits_id), what="the holder key")
     assert await b.cluster.holder(s.pits_id) == "A"
     yield Pair(s, a, b)

@@ -5,6 +5,7 @@ older one) never gets one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -98,7 +99,9 @@ async def test_a_relay_that_does_not_take_the_frame_never_gets_one(
         sent.append(message)
         return original(message, **kwargs)
 
-    monkeypatch.setattr("cloud.control.FEATURES", ())
+    relay = system.relay
+    assert relay is not None
+    relay.control_settings = dataclasses.replace(relay.control_settings, features=())
     monkeypatch.setattr("wire.session.m.encode", recording)
     agent = await system.start_agent(origin_check_interval=0.05)
     agent.upstream.reprobe = 0.0
@@ -138,7 +141,7 @@ async def test_the_first_look_reads_event_json_once(system: System) -> None:
     """The event's name and how FPVTrackside types the file come from one request."""
     await system.stop_agent()
     before = len(system.sim.request_log)
-    agent = await system.start_agent()
+    agent = await system.start_agent(no_push=True)  # no watching: only the first look reads
     await wait_for(lambda: agent.state.fpvtrackside is not None, what="the first look")
     asked = [p for _, p in system.sim.request_log[before:] if p.endswith("/Event.json")]
     assert asked == [f"{system.sim.event_path}/Event.json"]
