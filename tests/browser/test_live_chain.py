@@ -83,3 +83,24 @@ async def test_the_page_says_box_offline_when_the_box_stops(
     # What it shows is marked as the last results, not live.
     await expect(status).to_contain_text("not live")
     assert await page.locator("#board tbody tr").count() > 0
+
+
+async def test_the_status_page_says_the_box_pushes_and_hears_fpvtrackside(
+    browser: Browser, chain: System, sim: Simulator
+) -> None:
+    """What the organiser sees at the venue of the live path: both lines, on a phone."""
+    context = await browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = await context.new_page()
+    agent = chain.agent
+    assert agent is not None
+    sim.advance()  # a detection: an event PUT to the box
+    await wait_for(lambda: agent.state.fpvt_events_last is not None, what="an event heard")
+    await page.goto(chain.status_url + "/")
+    push = page.locator('#rows li[data-key="push"]')
+    events = page.locator('#rows li[data-key="events"]')
+    await expect(push).to_have_attribute("data-mark", "green")
+    await expect(push).to_contain_text("Pushing race changes to the relay")
+    await expect(push).to_contain_text("the race now is")
+    await expect(events).to_contain_text("FPVTrackside sends race events: yes, last")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    await context.close()
