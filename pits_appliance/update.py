@@ -7,36 +7,39 @@ the signature against the box's own keyring, and the bundle's compatible and ver
 reads them) must be this box's and the offer's. After the restart, RAUC and the bootloader keep
 the new slot or fall back to the old one; the agent only reads which happened (`start`).
 
-The download itself is pits_appliance/download.py. Files in the state folder:
-`update/<bundle>.raucb.part` (a download, resumed from its size),
-`update.json` (written just before a restart: the version, the slot left and the slot
-entered), `update-report.json` (the last report, sent in each hello) and `update-handled.json`
-(the sha256 of local bundles already dealt with).
+The rooms around this one: the download (pits_appliance/update_download.py, into
+`STATE_DIR/update/<bundle>.raucb.part`, resumed from its size), the state files
+(update_files.py), bundles without a relay (update_local.py) and the restart command
+(update_restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import random
 import shlex
 import ssl
-import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pits_appliance.download import BundleDownload, Stop, bundles_url, sha256_file
 from pits_appliance.rauc import Rauc, RaucError, clean
-from wire.errors import DamagedError
-from wire.files import write_private
+from pits_appliance.update_download import BundleDownload, Stop, bundles_url
+from pits_appliance.update_files import (
+    OTHER,
+    RECORD,
+    REPORT,
+    Pending,
+    UpdateFiles,
+)
+from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
+from pits_appliance.update_restart import installed_text, restart_outcome, run_reboot
 from wire.messages import Offer, UpdateReport
-from wire.untrusted import DamageNotes, read_json, stamp_of
+
+__all__ = ["MAX_LOCAL_CHECKED", "MAX_LOCAL_LISTED", "Pending", "Updater", "bundles_url"]
 
 log = logging.getLogger("pitlink.pits.update")
 
@@ -44,44 +47,8 @@ MIB = 1024 * 1024
 CHUNK = 4 * MIB  # bytes asked for in one request: each is short, and a cut costs at most this
 KEEP_FREE = 32 * MIB  # left free in the state folder after a download
 REPORT_EVERY = 1.0  # seconds between progress reports while a download runs
-MAX_HANDLED = 100  # local bundles remembered as dealt with
-MAX_LOCAL_LISTED = 1000  # names looked at in one update folder (a stick may hold anything)
-MAX_LOCAL_CHECKED = 8  # newest local bundles hashed in one scan (each is hundreds of MB)
-MAX_STATE_FILE = 16 * 1024
 NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two slots"
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
-OTHER = {"A": "B", "B": "A"}
-
-
-_DAMAGED = DamageNotes(max_kept=16)  # state files said to be damaged, once per version
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A state file's JSON object; None when there is none, or it is damaged (said once)."""
-    try:
-        doc = read_json(path, limit=MAX_STATE_FILE)
-        if not isinstance(doc, dict):
-            raise DamagedError("not a JSON object")
-    except FileNotFoundError:
-        return None
-    except (OSError, DamagedError) as exc:
-        if _DAMAGED.first(str(path), stamp_of(path)):
-            log.warning(
-                "update state file unreadable; taken as absent",
-                extra={"path": str(path), "error": str(exc)},
-            )
-        return None
-    _DAMAGED.good(str(path))
-    return doc
-
-
-@dataclass(frozen=True)
-class Pending:
-    """Installed in the other slot, waiting for its restart."""
-
-    version: str
-    to_slot: str
-    at: float
 
 
 class Updater:
@@ -147,24 +114,10 @@ class Updater:
         self._sha_cache: dict[tuple[str, int, float], str] = {}
         self._wake = asyncio.Event()
 
-    # -- files --------------------------------------------------------------------------------
-
-    def _file(self, name: str) -> Path:
+    @property
+    def files(self) -> UpdateFiles:
         assert self.state_dir is not None
-        return self.state_dir / name
-
-    def _save(self, name: str, doc: dict[str, Any]) -> None:
-        try:
-            write_private(self._file(name), json.dumps(doc))
-        except OSError as exc:
-            log.warning("cannot write update state", extra={"file": name, "error": str(exc)})
-
-    def _handled(self) -> list[str]:
-        doc = _read_json(self._file("update-handled.json")) or {}
-        got = doc.get("sha256")
-        return (
-            [s for s in got if isinstance(s, str)][-MAX_HANDLED:] if isinstance(got, list) else []
-        )
+        return UpdateFiles(self.state_dir)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -187,7 +140,7 @@ class Updater:
             at_ms=int(self.now() * 1000),
         )
         if persist and self.state_dir is not None:
-            self._save("update-report.json", self.report.payload())
+            self.files.save(REPORT, self.report.payload())
         log.info("update", extra={"state": state, "version": version, "detail": message[:300]})
         self.send(self.report)
         self.on_change()
@@ -217,12 +170,12 @@ class Updater:
         if self.why_not is not None:
             self.on_change()
             return
-        saved = _read_json(self._file("update-report.json"))
+        saved = self.files.load(REPORT)
         try:
             self.report = UpdateReport.parse(saved) if saved else None
         except Exception:
             self.report = None
-        record = _read_json(self._file("update.json"))
+        record = self.files.load(RECORD)
         if record is not None:
             self._outcome(record)
         elif self.report is not None and self.report.state == "installed" and self.slot in OTHER:
@@ -245,28 +198,12 @@ class Updater:
         self.on_change()
 
     def _outcome(self, record: dict[str, Any]) -> None:
-        version = str(record.get("version", ""))[:64]
-        to_slot = str(record.get("toSlot", ""))
-        if self.slot == to_slot and self.version == version:
+        state, version, message = restart_outcome(record, self.slot, self.version)
+        self._set(state, version, message)
+        if state == "installed":
             self.awaiting_good = True
-            self._set(
-                "installed",
-                version,
-                f"Version {version} is running in slot {to_slot}; the box marks it good once "
-                "it has run well for a while.",
-            )
-            return
-        if self.slot == to_slot:
-            text = f"slot {to_slot} came up with version {self.version}, not {version}"
-            self._set("failed", version, text)
         else:
-            self._set(
-                "rolled-back",
-                version,
-                f"Version {version} did not come up healthy in slot {to_slot}; back on slot "
-                f"{self.slot} (version {self.version}).",
-            )
-        self._file("update.json").unlink(missing_ok=True)
+            self.files.remove(RECORD)
 
     async def check_good(self) -> None:
         """After a restart into the new slot: has the box marked it good yet?"""
@@ -282,7 +219,7 @@ class Updater:
                 self.version,
                 f"Version {self.version} is running in slot {self.slot} and is marked good.",
             )
-            self._file("update.json").unlink(missing_ok=True)
+            self.files.remove(RECORD)
 
     # -- offers ---------------------------------------------------------------------------------
 
@@ -345,7 +282,7 @@ class Updater:
                 rand=self.rand,
                 keep_free=self.keep_free,
                 progress=lambda done, force: self._progress(offer, done, force=force),
-            ).run(offer, self._file("update"))
+            ).run(offer, self.files.path("update"))
         except Stop as stop:
             if stop.state == "refused":
                 assert offer.bundle is not None
@@ -398,18 +335,15 @@ class Updater:
                 self._set("failed", info.version, exc.message)
                 return
             self.pending = Pending(info.version, to_slot, self.now())
-            self._set("installed", info.version, self._installed_text())
+            self._set(
+                "installed",
+                info.version,
+                installed_text(info.version, to_slot, self.idle_restart),
+            )
         finally:
             self._installing = False
             if delete:
                 bundle.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
-
-    def _installed_text(self) -> str:
-        assert self.pending is not None
-        when = "Press Install now to restart into it"
-        if self.idle_restart is not None:
-            when += f", or it restarts by itself after {self.idle_restart / 60:g} min without spectators"
-        return f"Version {self.pending.version} is in slot {self.pending.to_slot}. {when}."
 
     # -- local bundles --------------------------------------------------------------------------
 
@@ -417,32 +351,11 @@ class Updater:
         """Install the newest `*.raucb` in the update folders not dealt with before."""
         if self.why_not is not None or self.busy:
             return
-        found: list[tuple[float, Path, int]] = []
-        for folder in self.bundle_dirs:
-            try:
-                for path in itertools.islice(folder.glob("*.raucb"), MAX_LOCAL_LISTED):
-                    st = path.stat()
-                    if path.is_file():
-                        found.append((st.st_mtime, path, st.st_size))
-            except OSError:
-                continue
-        handled = self._handled()
-        chosen: Path | None = None
-        for mtime, path, size in sorted(found, reverse=True)[:MAX_LOCAL_CHECKED]:
-            key = (str(path), size, mtime)
-            try:
-                cached = self._sha_cache.get(key)
-                sha = cached if cached else await asyncio.to_thread(sha256_file, path)
-            except OSError:
-                continue
-            self._sha_cache[key] = sha
-            if sha not in handled:
-                # The newest is installed; older ones it supersedes are never installed after it.
-                handled.append(sha)
-                chosen = chosen or path
+        handled = self.files.handled()
+        chosen = await newest_unhandled(self.bundle_dirs, handled, self._sha_cache)
         if chosen is None:
             return
-        self._save("update-handled.json", {"sha256": handled[-MAX_HANDLED:]})
+        self.files.save_handled(handled)
         log.info("local update bundle", extra={"path": str(chosen)})
         self._job = asyncio.create_task(self._local(chosen), name="local update")
 
@@ -488,8 +401,8 @@ class Updater:
         assert self.pending is not None and self.slot is not None
         pending = self.pending
         self.restarting = True
-        self._save(
-            "update.json",
+        self.files.save(
+            RECORD,
             {
                 "version": pending.version,
                 "fromSlot": self.slot,
@@ -504,31 +417,15 @@ class Updater:
             f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
         )
         await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
-        # In a thread, not as an asyncio subprocess: the agent may be stopped (by this very
-        # restart) while the command runs, and a thread simply finishes, where a cancelled
-        # asyncio subprocess would leave its pipes behind.
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run,
-                self.reboot,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=60.0,
-                check=False,
-            )
-            code, err = done.returncode, done.stderr[-4096:]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            code, err = -1, str(exc).encode()
-        if code != 0:
+        err = await run_reboot(self.reboot)
+        if err is not None:
             self.restarting = False
             self.restart_requested = False
-            self._file("update.json").unlink(missing_ok=True)
+            self.files.remove(RECORD)
             self._set(
                 "installed",
                 pending.version,
-                f"The restart failed ({clean(err.decode('utf-8', 'replace'), 200)}); "
-                "press Install now to try again.",
+                f"The restart failed ({err}); press Install now to try again.",
             )
 
     # -- the loop -------------------------------------------------------------------------------
