@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pits_appliance.rauc import Rauc, RaucError, clean
+from pits_appliance.update_checks import bundle_refusal
 from pits_appliance.update_download import BundleDownload, Stop, bundles_url
 from pits_appliance.update_files import (
     OTHER,
@@ -35,8 +36,9 @@ from pits_appliance.update_files import (
     Pending,
     UpdateFiles,
 )
+from pits_appliance.update_floor import Floor
 from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
-from pits_appliance.update_restart import installed_text, restart_outcome, run_reboot
+from pits_appliance.update_restart import RestartSide, installed_text
 from wire.messages import Offer, UpdateReport
 
 __all__ = ["MAX_LOCAL_CHECKED", "MAX_LOCAL_LISTED", "Pending", "Updater", "bundles_url"]
@@ -51,7 +53,7 @@ NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two 
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
 
 
-class Updater:
+class Updater(RestartSide):
     """One update at a time, from an offer or a local bundle to a restart into the new slot."""
 
     def __init__(
@@ -97,6 +99,7 @@ class Updater:
         self.keep_free = keep_free
         self.retry_base = retry_base
         self.why_not = NOT_AN_APPLIANCE if slot is None else NO_STATE_DIR if not state_dir else None
+        self.floor = Floor(state_dir) if self.why_not is None and state_dir else None
         # Told of every change: the link sends the report, the agent refreshes the page.
         self.send: Callable[[UpdateReport], None] = lambda report: None
         self.on_change: Callable[[], None] = lambda: None
@@ -170,6 +173,8 @@ class Updater:
         if self.why_not is not None:
             self.on_change()
             return
+        if self.floor is not None:
+            self.floor.raise_to(self.version)
         saved = self.files.load(REPORT)
         try:
             self.report = UpdateReport.parse(saved) if saved else None
@@ -196,30 +201,6 @@ class Updater:
         if self.awaiting_good:
             await self.check_good()
         self.on_change()
-
-    def _outcome(self, record: dict[str, Any]) -> None:
-        state, version, message = restart_outcome(record, self.slot, self.version)
-        self._set(state, version, message)
-        if state == "installed":
-            self.awaiting_good = True
-        else:
-            self.files.remove(RECORD)
-
-    async def check_good(self) -> None:
-        """After a restart into the new slot: has the box marked it good yet?"""
-        try:
-            status = await self.rauc.boot_status()
-        except RaucError as exc:
-            log.warning("cannot read RAUC's status", extra={"error": exc.message})
-            return
-        if status["boot_status"] == "good" and status["booted"] == self.slot:
-            self.awaiting_good = False
-            self._set(
-                "good",
-                self.version,
-                f"Version {self.version} is running in slot {self.slot} and is marked good.",
-            )
-            self.files.remove(RECORD)
 
     # -- offers ---------------------------------------------------------------------------------
 
@@ -255,13 +236,16 @@ class Updater:
         if offer.version == self.version:
             log.info("update offer for the version running", extra={"version": offer.version})
             return
-        if offer.compatible != self.compatible:
+        why = (
+            f"The bundle is for {offer.compatible}; this box is {self.compatible}."
+            if offer.compatible != self.compatible
+            else self.floor.refuses(offer.version)
+            if self.floor is not None
+            else None
+        )
+        if why is not None:
             self._refused.add(offer.bundle)
-            self._set(
-                "refused",
-                offer.version,
-                f"The bundle is for {offer.compatible}; this box is {self.compatible}.",
-            )
+            self._set("refused", offer.version, why)
             return
         if working:
             assert self._job is not None
@@ -299,8 +283,11 @@ class Updater:
 
     # -- install --------------------------------------------------------------------------------
 
-    async def _install(self, bundle: Path, *, offered: str | None, delete: bool) -> None:
-        """RAUC checks the bundle, then writes it to the other slot."""
+    async def _install(
+        self, bundle: Path, *, offered: str | None, delete: bool, downgrade: str | None = None
+    ) -> None:
+        """RAUC checks the bundle, then writes it to the other slot; `downgrade`: the version
+        the status page's downgrade action chose (its permit is removed once this ends)."""
         self._installing = True
         version = offered or "?"
         try:
@@ -310,22 +297,16 @@ class Updater:
             except RaucError as exc:
                 self._set("refused", version, exc.message)
                 return
-            if info.compatible != self.compatible:
-                self._set(
-                    "refused",
-                    info.version,
-                    f"The bundle is for {info.compatible}; this box is {self.compatible}.",
-                )
-                return
-            if offered is not None and info.version != offered:
-                self._set(
-                    "refused",
-                    info.version,
-                    f"The bundle holds version {info.version}, not the {offered} offered.",
-                )
-                return
-            if info.version == self.version:
-                self._set("refused", info.version, f"Version {info.version} is already running.")
+            why = bundle_refusal(
+                info,
+                compatible=self.compatible,
+                offered=offered,
+                running=self.version,
+                floor=self.floor,
+                downgrade=downgrade,
+            )
+            if why is not None:
+                self._set("refused", info.version, why)
                 return
             to_slot = OTHER.get(self.slot or "", "?")
             self._set("installing", info.version, f"RAUC is writing slot {to_slot}.")
@@ -342,6 +323,8 @@ class Updater:
             )
         finally:
             self._installing = False
+            if downgrade is not None and self.floor is not None:
+                self.floor.end_permit()
             if delete:
                 bundle.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
 
@@ -368,65 +351,6 @@ class Updater:
             log.info("local bundle holds the version running", extra={"path": str(path)})
             return  # left on the stick or the boot partition after its own update
         await self._install(path, offered=None, delete=False)
-
-    # -- restart --------------------------------------------------------------------------------
-
-    def install_now(self) -> dict[str, Any]:
-        """The organiser's Install now: restart into the installed slot."""
-        if self.pending is None or self.restarting:
-            return {"ok": False, "message": "There is no installed update waiting."}
-        self.restart_requested = True
-        self._wake.set()
-        return {
-            "ok": True,
-            "message": f"Restarting into version {self.pending.version} now: the box is back "
-            "in a minute or two.",
-        }
-
-    def restart_due(self, now: float) -> str | None:
-        """Why the box should restart into the installed slot now, if it should."""
-        if self.pending is None or self.restarting:
-            return None
-        if self.restart_requested:
-            return "Install now"
-        if self.idle_restart is None:
-            return None
-        quiet_since = max(self.pending.at, self.last_fetch() or 0.0)
-        if now - quiet_since >= self.idle_restart:
-            return f"no fetch for {self.idle_restart:g} s"
-        return None
-
-    async def restart(self, reason: str) -> None:
-        """Write what is being tried (read back after the restart), then restart."""
-        assert self.pending is not None and self.slot is not None
-        pending = self.pending
-        self.restarting = True
-        self.files.save(
-            RECORD,
-            {
-                "version": pending.version,
-                "fromSlot": self.slot,
-                "toSlot": pending.to_slot,
-                "fromVersion": self.version,
-                "atMs": int(self.now() * 1000),
-            },
-        )
-        self._set(
-            "restarting",
-            pending.version,
-            f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
-        )
-        await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
-        err = await run_reboot(self.reboot)
-        if err is not None:
-            self.restarting = False
-            self.restart_requested = False
-            self.files.remove(RECORD)
-            self._set(
-                "installed",
-                pending.version,
-                f"The restart failed ({err}); press Install now to try again.",
-            )
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -82,9 +82,11 @@ class BundleDownload:
         """Download the offered bundle into `folder`; its path once size and sha256 match."""
         assert offer.bundle is not None
         folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (local, tiny)
-        # Another bundle's download: the newer offer replaced it.
+        # Another bundle's download: the newer offer replaced it. Only bundles: the folder
+        # also keeps the version floor and the downgrade permit (update_floor.py).
         for old in folder.iterdir():  # noqa: ASYNC240 (local, tiny)
-            if not old.name.startswith(offer.bundle + "."):
+            bundle = old.name.endswith((".raucb", ".raucb.part"))
+            if bundle and not old.name.startswith(offer.bundle + "."):
                 old.unlink(missing_ok=True)
         final = folder / f"{offer.bundle}.raucb"
         part = folder / f"{offer.bundle}.raucb.part"

@@ -1,18 +1,24 @@
-"""The restart into a newly installed slot: run the box's reboot command in a thread.
+"""The restart into a newly installed slot, and what became of it: when it is due (Install
+now, or a quiet box), the record written before it, the reboot command, and after it the
+slot RAUC booted and whether the box marked it good.
 
-In a thread, not as an asyncio subprocess: the agent may be stopped (by this very restart)
-while the command runs, and a thread simply finishes, where a cancelled asyncio subprocess
-would leave its pipes behind.
+The reboot command runs in a thread, not as an asyncio subprocess: the agent may be stopped
+(by this very restart) while the command runs, and a thread simply finishes, where a
+cancelled asyncio subprocess would leave its pipes behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from pits_appliance.rauc import clean
+from pits_appliance.rauc import Rauc, RaucError, clean
+from pits_appliance.update_files import RECORD, Pending, UpdateFiles
+
+log = logging.getLogger("pitlink.pits.update")
 
 
 async def run_reboot(command: Sequence[str], timeout: float = 60.0) -> str | None:
@@ -64,3 +70,108 @@ def restart_outcome(record: dict[str, Any], slot: str | None, running: str) -> t
         f"Version {version} did not come up healthy in slot {to_slot}; back on slot "
         f"{slot} (version {running}).",
     )
+
+
+class RestartSide:
+    """The Updater's restart half (pits_appliance.update.Updater holds the state)."""
+
+    slot: str | None
+    version: str
+    rauc: Rauc
+    reboot: list[str]
+    idle_restart: float | None
+    last_fetch: Callable[[], float | None]
+    now: Callable[[], float]
+    pending: Pending | None
+    restart_requested: bool
+    restarting: bool
+    awaiting_good: bool
+    _wake: asyncio.Event
+
+    @property
+    def files(self) -> UpdateFiles:
+        raise NotImplementedError
+
+    def _set(self, state: str, version: str, message: str = "") -> None:
+        raise NotImplementedError
+
+    def _outcome(self, record: dict[str, Any]) -> None:
+        state, version, message = restart_outcome(record, self.slot, self.version)
+        self._set(state, version, message)
+        if state == "installed":
+            self.awaiting_good = True
+        else:
+            self.files.remove(RECORD)
+
+    async def check_good(self) -> None:
+        """After a restart into the new slot: has the box marked it good yet?"""
+        try:
+            status = await self.rauc.boot_status()
+        except RaucError as exc:
+            log.warning("cannot read RAUC's status", extra={"error": exc.message})
+            return
+        if status["boot_status"] == "good" and status["booted"] == self.slot:
+            self.awaiting_good = False
+            self._set(
+                "good",
+                self.version,
+                f"Version {self.version} is running in slot {self.slot} and is marked good.",
+            )
+            self.files.remove(RECORD)
+
+    def install_now(self) -> dict[str, Any]:
+        """The organiser's Install now: restart into the installed slot."""
+        if self.pending is None or self.restarting:
+            return {"ok": False, "message": "There is no installed update waiting."}
+        self.restart_requested = True
+        self._wake.set()
+        return {
+            "ok": True,
+            "message": f"Restarting into version {self.pending.version} now: the box is back "
+            "in a minute or two.",
+        }
+
+    def restart_due(self, now: float) -> str | None:
+        """Why the box should restart into the installed slot now, if it should."""
+        if self.pending is None or self.restarting:
+            return None
+        if self.restart_requested:
+            return "Install now"
+        if self.idle_restart is None:
+            return None
+        quiet_since = max(self.pending.at, self.last_fetch() or 0.0)
+        if now - quiet_since >= self.idle_restart:
+            return f"no fetch for {self.idle_restart:g} s"
+        return None
+
+    async def restart(self, reason: str) -> None:
+        """Write what is being tried (read back after the restart), then restart."""
+        assert self.pending is not None and self.slot is not None
+        pending = self.pending
+        self.restarting = True
+        self.files.save(
+            RECORD,
+            {
+                "version": pending.version,
+                "fromSlot": self.slot,
+                "toSlot": pending.to_slot,
+                "fromVersion": self.version,
+                "atMs": int(self.now() * 1000),
+            },
+        )
+        self._set(
+            "restarting",
+            pending.version,
+            f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
+        )
+        await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
+        err = await run_reboot(self.reboot)
+        if err is not None:
+            self.restarting = False
+            self.restart_requested = False
+            self.files.remove(RECORD)
+            self._set(
+                "installed",
+                pending.version,
+                f"The restart failed ({err}); press Install now to try again.",
+            )
