@@ -38,6 +38,7 @@ from pits_appliance.update_files import (
 )
 from pits_appliance.update_floor import Floor
 from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
+from pits_appliance.update_race import Pace, RaceGate
 from pits_appliance.update_restart import RestartSide, installed_text
 from wire.messages import Offer, UpdateReport
 
@@ -78,6 +79,7 @@ class Updater(RestartSide):
         chunk: int = CHUNK,
         keep_free: int = KEEP_FREE,
         retry_base: float = 1.0,
+        race: RaceGate | None = None,
     ):
         self.state_dir = state_dir
         self.slot = slot
@@ -98,6 +100,9 @@ class Updater(RestartSide):
         self.chunk = chunk
         self.keep_free = keep_free
         self.retry_base = retry_base
+        self.race = race
+        self.held: dict[str, str] | None = None  # the step waiting for a race to end, and why
+        self._pace = Pace(race) if race is not None else None
         self.why_not = NOT_AN_APPLIANCE if slot is None else NO_STATE_DIR if not state_dir else None
         self.floor = Floor(state_dir) if self.why_not is None and state_dir else None
         # Told of every change: the link sends the report, the agent refreshes the page.
@@ -164,7 +169,52 @@ class Updater(RestartSide):
             "canInstall": self.pending is not None and not self.restarting,
             "requested": self.restart_requested,
             "idleRestart": self.idle_restart,
+            "held": self.held,
         }
+
+    # -- never during a race --------------------------------------------------------------------
+
+    async def _hold(self, step: str, state: str, version: str) -> None:
+        """Wait while a race runs before `step` (`downloading`, `installing`), saying so."""
+        if self.race is None:
+            return
+
+        def on_hold(why: str) -> None:
+            self.held = {"step": step, "why": why}
+            r = self.report
+            log.info("update waits for the race to end", extra={"step": step, "why": why})
+            self._set(
+                state,
+                version,
+                f"Waits for the race to end before {step} ({why}).",
+                done=r.done if r else None,
+                total=r.total if r else None,
+                persist=False,
+            )
+
+        if await self.race.wait(on_hold):
+            self.held = None
+            log.info("the race has ended; the update goes on", extra={"step": step})
+            self.on_change()
+
+    async def _paced(self, offer: Offer, chunk: int) -> int:
+        """Before each range of a download: no race running, and the pace while data flows."""
+        await self._hold("downloading", "downloading", offer.version)
+        assert self._pace is not None
+        size, wait = self._pace.chunk(chunk)
+        if wait > 0:
+            await asyncio.sleep(wait)  # spacing the ranges: a pace, not a wait for a condition
+        return size
+
+    def _hold_restart(self) -> bool:
+        """Whether a due restart must wait for a race to end (the page says so)."""
+        why = self.race.running() if self.race is not None else None
+        held = {"step": "restarting", "why": why} if why is not None else None
+        if held != self.held:
+            self.held = held
+            log.info("update restart waits for the race to end" if why else "restart free")
+            self.on_change()
+        return why is not None
 
     # -- start: what became of the last update -------------------------------------------------
 
@@ -266,6 +316,7 @@ class Updater(RestartSide):
                 rand=self.rand,
                 keep_free=self.keep_free,
                 progress=lambda done, force: self._progress(offer, done, force=force),
+                pace=None if self.race is None else lambda chunk: self._paced(offer, chunk),
             ).run(offer, self.files.path("update"))
         except Stop as stop:
             if stop.state == "refused":
@@ -291,6 +342,7 @@ class Updater(RestartSide):
         self._installing = True
         version = offered or "?"
         try:
+            await self._hold("installing", "installing", version)
             self._set("installing", version, "RAUC is checking the bundle's signature.")
             try:
                 info = await self.rauc.info(bundle)
@@ -358,7 +410,7 @@ class Updater(RestartSide):
         """One look: restart if due, look in the update folders, read RAUC's verdict."""
         now = self.now()
         reason = self.restart_due(now)
-        if reason is not None:
+        if reason is not None and not self._hold_restart():
             await self.restart(reason)
         if now >= self._next_scan:
             self._next_scan = now + self.scan_interval

@@ -12,7 +12,7 @@ import logging
 import random
 import shutil
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -77,6 +77,8 @@ class BundleDownload:
     keep_free: int
     progress: Callable[[int, bool], None]  # (bytes on disk, report even if one was just sent)
     rand: Callable[[], float] = random.random
+    # Before each range: how many bytes to ask for (it may wait first: the race gate).
+    pace: Callable[[int], Awaitable[int]] | None = None
 
     async def run(self, offer: Offer, folder: Path) -> Path:
         """Download the offered bundle into `folder`; its path once size and sha256 match."""
@@ -105,7 +107,8 @@ class BundleDownload:
         self.progress(have, True)
         try:
             while have < offer.size:
-                end = min(offer.size, have + self.chunk) - 1
+                size = await self.pace(self.chunk) if self.pace is not None else self.chunk
+                end = min(offer.size, have + size) - 1
                 try:
                     got = await self._get_range(client, self.url, part, have, end, offer)
                     if got <= have:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pits_appliance.rauc import Rauc, RaucError, clean
 from pits_appliance.update_files import RECORD, Pending, UpdateFiles
+from pits_appliance.update_race import RaceGate
 
 log = logging.getLogger("pitlink.pits.update")
 
@@ -86,6 +87,7 @@ class RestartSide:
     restart_requested: bool
     restarting: bool
     awaiting_good: bool
+    race: RaceGate | None
     _wake: asyncio.Event
 
     @property
@@ -125,6 +127,13 @@ class RestartSide:
             return {"ok": False, "message": "There is no installed update waiting."}
         self.restart_requested = True
         self._wake.set()
+        why = self.race.running() if self.race is not None else None
+        if why is not None:
+            return {
+                "ok": True,
+                "message": f"Restarts into version {self.pending.version} once the race ends "
+                f"({why}).",
+            }
         return {
             "ok": True,
             "message": f"Restarting into version {self.pending.version} now: the box is back "

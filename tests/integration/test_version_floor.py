@@ -51,7 +51,9 @@ async def test_the_box_refuses_a_version_older_than_it_has_run(s: System, tmp_pa
     state = tmp_path / "state"
     (state / FLOOR).parent.mkdir(parents=True)
     (state / FLOOR).write_text(HIGH + "\n")
-    await s.start_agent(state_dir=state, **rauc.box(slot="A", version=OLD))
+    await s.start_agent(
+        state_dir=state, update_during_races=True, **rauc.box(slot="A", version=OLD)
+    )
     assert (state / FLOOR).read_text() == HIGH + "\n"  # not lowered to the version running
     data = make_bundle(tmp_path / "b.raucb", compatible=box_compatible(), version=MID)
     meta = await api(s, f"bundles/upload?version={quote(MID)}&arch={ARCH}", data)
