@@ -305,6 +305,7 @@ class Updater(RestartSide):
         self._job = asyncio.create_task(self._take(offer), name="update download")
 
     async def _take(self, offer: Offer) -> None:
+        await self._hold("downloading", "offered", offer.version)  # before the first byte
         try:
             path = await BundleDownload(
                 url=bundles_url(self.relay_url(), offer.bundle or ""),

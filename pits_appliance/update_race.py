@@ -57,7 +57,7 @@ class RaceGate:
 
     def heard(self, kind: Any) -> None:
         """An ExtensionMode event's type (only RaceStart, RaceEnd, RaceCancelled count)."""
-        if kind in STARTS or kind in ENDS:
+        if isinstance(kind, str) and (kind in STARTS or kind in ENDS):
             self._said = (kind in STARTS, self.now())
             self._wake.set()
 
