@@ -37,6 +37,7 @@ from pits_appliance.update_files import (
     UpdateFiles,
 )
 from pits_appliance.update_floor import Floor
+from pits_appliance.update_hold import HoldSide
 from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
 from pits_appliance.update_race import Pace, RaceGate
 from pits_appliance.update_restart import RestartSide, installed_text
@@ -54,7 +55,7 @@ NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two 
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
 
 
-class Updater(RestartSide):
+class Updater(RestartSide, HoldSide):
     """One update at a time, from an offer or a local bundle to a restart into the new slot."""
 
     def __init__(
@@ -171,50 +172,6 @@ class Updater(RestartSide):
             "idleRestart": self.idle_restart,
             "held": self.held,
         }
-
-    # -- never during a race --------------------------------------------------------------------
-
-    async def _hold(self, step: str, state: str, version: str) -> None:
-        """Wait while a race runs before `step` (`downloading`, `installing`), saying so."""
-        if self.race is None:
-            return
-
-        def on_hold(why: str) -> None:
-            self.held = {"step": step, "why": why}
-            r = self.report
-            log.info("update waits for the race to end", extra={"step": step, "why": why})
-            self._set(
-                state,
-                version,
-                f"Waits for the race to end before {step} ({why}).",
-                done=r.done if r else None,
-                total=r.total if r else None,
-                persist=False,
-            )
-
-        if await self.race.wait(on_hold):
-            self.held = None
-            log.info("the race has ended; the update goes on", extra={"step": step})
-            self.on_change()
-
-    async def _paced(self, offer: Offer, chunk: int) -> int:
-        """Before each range of a download: no race running, and the pace while data flows."""
-        await self._hold("downloading", "downloading", offer.version)
-        assert self._pace is not None
-        size, wait = self._pace.chunk(chunk)
-        if wait > 0:
-            await asyncio.sleep(wait)  # spacing the ranges: a pace, not a wait for a condition
-        return size
-
-    def _hold_restart(self) -> bool:
-        """Whether a due restart must wait for a race to end (the page says so)."""
-        why = self.race.running() if self.race is not None else None
-        held = {"step": "restarting", "why": why} if why is not None else None
-        if held != self.held:
-            self.held = held
-            log.info("update restart waits for the race to end" if why else "restart free")
-            self.on_change()
-        return why is not None
 
     # -- start: what became of the last update -------------------------------------------------
 
