@@ -90,6 +90,7 @@ class Agent:
             last_fetch=lambda: self.state.last_fetch,
             tls=self.tls,
             race=None if config.update_during_races else self.race_gate,
+            usb_dir=config.update_usb_dir,
         )
         self.updater.on_change = self._update_changed
         self.link = CloudLink(
@@ -367,6 +368,10 @@ class Agent:
     def install_now(self) -> dict[str, object]:
         """The status page's Install now."""
         return self.updater.install_now()
+
+    def downgrade(self, bundle: str) -> dict[str, object]:
+        """The status page's "Install this older version" (a bundle on the USB stick)."""
+        return self.updater.downgrade(bundle)
 
     def set_paused(self, paused: bool) -> None:
         self.state.set("paused", paused)

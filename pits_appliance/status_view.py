@@ -384,5 +384,6 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
         "pitsId": s.pits_id,
         "configError": bool(s.config_error),
         "canInstall": bool(s.update.get("canInstall")),
+        "usbBundles": s.update.get("usb") or [],
         "now": now,
     }

@@ -22,7 +22,7 @@ import random
 import shlex
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from pits_appliance.update_hold import HoldSide
 from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
 from pits_appliance.update_race import Pace, RaceGate
 from pits_appliance.update_restart import RestartSide, installed_text
+from pits_appliance.update_usb import UsbBundle, UsbSide
 from wire.messages import Offer, UpdateReport
 
 __all__ = ["MAX_LOCAL_CHECKED", "MAX_LOCAL_LISTED", "Pending", "Updater", "bundles_url"]
@@ -55,7 +56,7 @@ NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two 
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
 
 
-class Updater(RestartSide, HoldSide):
+class Updater(RestartSide, HoldSide, UsbSide):
     """One update at a time, from an offer or a local bundle to a restart into the new slot."""
 
     def __init__(
@@ -81,6 +82,7 @@ class Updater(RestartSide, HoldSide):
         keep_free: int = KEEP_FREE,
         retry_base: float = 1.0,
         race: RaceGate | None = None,
+        usb_dir: Path | None = None,
     ):
         self.state_dir = state_dir
         self.slot = slot
@@ -102,6 +104,9 @@ class Updater(RestartSide, HoldSide):
         self.keep_free = keep_free
         self.retry_base = retry_base
         self.race = race
+        self.usb_dir = usb_dir
+        self.usb: list[UsbBundle] = []  # the USB stick's bundles (update_usb.py)
+        self._usb_seen: dict[tuple[str, int, float], UsbBundle] = {}
         self.held: dict[str, str] | None = None  # the step waiting for a race to end, and why
         self._pace = Pace(race) if race is not None else None
         self.why_not = NOT_AN_APPLIANCE if slot is None else NO_STATE_DIR if not state_dir else None
@@ -171,6 +176,7 @@ class Updater(RestartSide, HoldSide):
             "requested": self.restart_requested,
             "idleRestart": self.idle_restart,
             "held": self.held,
+            "usb": self.usb_view(),
         }
 
     # -- start: what became of the last update -------------------------------------------------
@@ -373,6 +379,7 @@ class Updater(RestartSide, HoldSide):
         if now >= self._next_scan:
             self._next_scan = now + self.scan_interval
             await self.scan_local()
+            await self.look_usb()
             if self.awaiting_good:
                 await self.check_good()
 
@@ -382,6 +389,9 @@ class Updater(RestartSide, HoldSide):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
             self._wake.clear()
+
+    def _start_job(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        self._job = asyncio.create_task(job, name=name)
 
     async def close(self) -> None:
         if self._job is not None and not self._job.done():
