@@ -320,6 +320,15 @@ class Simulator:
             raise RuntimeError("advance() needs a generated event (root=None)")
         self._live.step()
 
+    def end_race(self) -> None:
+        """Step the live race to its end; the next race is loaded but starts only at the
+        next ``advance()`` (a gap between races)."""
+        if self._live is None:
+            raise RuntimeError("end_race() needs a generated event (root=None)")
+        self._live.hold_next = True
+        while not self._live.between:
+            self._live.step()
+
     def reply(self, raw_path: str) -> Reply:
         """The reply to ``raw_path``, with traversals recorded and ``half_written`` applied."""
         built = tuple(int(part) for part in self.version.split("."))

@@ -177,6 +177,10 @@ class LiveEvent:
         self._flights: list[_Flight] = []
         self.listener: RaceListener | None = None
         self.event_before_file = False
+        # After a race ends, the next one is loaded but not started until the next step()
+        # (a gap between races, as at a real event); `between` while it waits.
+        self.hold_next = False
+        self.between = False
         for _ in range(3):
             self._add_round()
         (root / "httpfiles").mkdir(parents=True, exist_ok=True)
@@ -203,6 +207,10 @@ class LiveEvent:
 
     def step(self) -> None:
         """Record the next lap detection; after the last one, write results and start the next race."""
+        if self.between:
+            self.between = False
+            self._start_race()
+            return
         race, rng = self.current_race, self._rng
         flight = min((f for f in self._flights if f.lap < self.laps), key=lambda f: f.next)
         when, number = flight.next, flight.lap + 1
@@ -284,6 +292,9 @@ class LiveEvent:
         if self.listener is not None:
             self.listener.race_changed(self.current_race)
         self.clock += dt.timedelta(seconds=self._rng.uniform(45.0, 120.0))
+        if self.hold_next:
+            self.between = True
+            return
         self._start_race()
 
     def _start_race(self) -> None:

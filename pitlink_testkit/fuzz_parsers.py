@@ -40,7 +40,7 @@ from pits_appliance.dialing import token_reason
 from pits_appliance.rauc import RaucError
 from pits_appliance.rauc import _json as rauc_json
 from pits_appliance.tokens import claims_of, read_token_file
-from pits_appliance.update import _read_json as read_update_state
+from pits_appliance.update_files import read_state_json as read_update_state
 from pits_appliance.upstream import answers_current
 from wire.errors import DamagedError
 from wire.settings import SettingsError
@@ -59,7 +59,7 @@ SUBJECTS = (
     "pits_appliance.dialing",
     "pits_appliance.rauc",
     "pits_appliance.tokens",
-    "pits_appliance.update",
+    "pits_appliance.update_files",
     "pits_appliance.upstream",
 )
 BUNDLE_ID = "0123456789abcdef"

@@ -16,7 +16,7 @@ from pits_appliance.clock import WallClock
 from pits_appliance.config import AgentConfig
 from pits_appliance.dialing import DialFailure, FailureLog, relay_tls
 from pits_appliance.executor import Executor
-from pits_appliance.extension import Extension, Forwarder
+from pits_appliance.extension import Extension
 from pits_appliance.link import CloudLink
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.origin import Origin, OriginReply
@@ -28,6 +28,7 @@ from pits_appliance.state import AgentState
 from pits_appliance.status import make_status_app
 from pits_appliance.tokens import TokenStore, pits_id_from_token, token_claims, validity
 from pits_appliance.update import Updater
+from pits_appliance.update_race import RaceForwarder, RaceGate
 from pits_appliance.upstream import TRAIT_CURRENT, UpstreamWatch
 from pits_appliance.watchdog import Watchdog
 from pits_appliance.watcher import Watcher
@@ -62,6 +63,17 @@ class Agent:
         self.upstream = UpstreamWatch(self.origin, timeout=config.fetch_timeout)
         self.tokens = TokenStore(config.token_file, configured=config.token)
         self.tls = relay_tls(config.cloud_ca)
+        # Never during a race: ExtensionMode's word, else the race files, else the fetches.
+        self.race_gate = RaceGate(
+            files_running=lambda: (
+                None if self.watcher.race.path is None else self.watcher.race.running
+            ),
+            last_fetch=lambda: self.state.last_fetch,
+            last_push=lambda: self.state.last_push,
+            fetch_window=config.update_race_fetch_window,
+            rate=None if config.update_race_rate is None else int(config.update_race_rate),
+            poll=config.update_race_poll,
+        )
         self.updater = Updater(
             state_dir=config.state_dir,
             slot=booted_slot(config.update_cmdline),
@@ -77,6 +89,8 @@ class Agent:
             token=self.tokens.current,
             last_fetch=lambda: self.state.last_fetch,
             tls=self.tls,
+            race=None if config.update_during_races else self.race_gate,
+            usb_dir=config.update_usb_dir,
         )
         self.updater.on_change = self._update_changed
         self.link = CloudLink(
@@ -99,7 +113,7 @@ class Agent:
             lan_budget=config.lan_budget,
             timeout=config.fetch_timeout,
         )
-        self.forwarder = Forwarder(self.metrics)
+        self.forwarder = RaceForwarder(self.metrics, self.race_gate)
         self.extension = Extension(
             fpvtrackside_url=config.fpvtrackside,
             state=self.state,
@@ -354,6 +368,10 @@ class Agent:
     def install_now(self) -> dict[str, object]:
         """The status page's Install now."""
         return self.updater.install_now()
+
+    def downgrade(self, bundle: str) -> dict[str, object]:
+        """The status page's "Install this older version" (a bundle on the USB stick)."""
+        return self.updater.downgrade(bundle)
 
     def set_paused(self, paused: bool) -> None:
         self.state.set("paused", paused)

@@ -342,6 +342,33 @@ class AgentConfig:
         "stopped at each try)",
         positive_int,
     )
+    update_during_races: bool = setting(
+        False,
+        "let an update download, install and restart while a race runs (a test bench only)",
+        switch=True,
+    )
+    update_race_fetch_window: float | None = setting(
+        300.0,
+        "when neither FPVTrackside's ExtensionMode nor its race files say whether a race runs: "
+        "a relayed fetch in the last this many seconds counts as one (no download, install or "
+        "restart then); 0: off",
+        rate,
+    )
+    update_race_rate: float | None = setting(
+        262144.0,
+        "bytes a second a bundle download keeps to on average while race data flows (a fetch "
+        "or a push in the last 30 s), outside a race; 0: no cap",
+        rate,
+    )
+    update_race_poll: float = setting(
+        5.0, "seconds between looks whether the race an update waits for has ended", positive_float
+    )
+    update_usb_dir: Path = setting(  # noqa: RUF009 (setting() is a field())
+        Path("/run/pitlink/usb"),
+        "where the image mounts a USB stick (read-only); the status page lists its `*.raucb` "
+        "bundles for the downgrade action",
+        Path,
+    )
 
     def __post_init__(self) -> None:
         if self.status_pin is not None and not PIN.fullmatch(self.status_pin):

@@ -43,7 +43,7 @@ access_log = logging.getLogger("tornado.access")
 PAGE = resources.files("pits_appliance").joinpath("static/status.html").read_bytes()
 ACTION_HEADER = "X-Pitlink-Action"
 SESSION_COOKIE = "pitlink_session"
-MAX_PIN_BODY = 256  # {"pin": "<12 digits>"} and then some
+MAX_PIN_BODY = 1024  # {"pin": "<12 digits>"} or {"bundle": "<a name on the USB stick>"}
 
 
 class StatusSource(Protocol):
@@ -150,7 +150,8 @@ class MetricsHandler(_Base):
 
 
 class ActionHandler(_Base):
-    """POST /api/reconnect, /api/pause, /api/resume, /api/install (Install now)."""
+    """POST /api/reconnect, /api/pause, /api/resume, /api/install (Install now), and
+    /api/downgrade (`{"bundle": "<name on the USB stick>"}`: install that older version)."""
 
     def post(self, action: str) -> None:
         if not self.from_page():
@@ -176,6 +177,16 @@ class ActionHandler(_Base):
             if not result.get("ok"):
                 self.set_status(409)
                 result.setdefault("message", "Not possible now.")
+        elif action == "downgrade":
+            name = _field_in(self.request.body, "bundle")
+            downgrade = getattr(self.agent, "downgrade", None)
+            result = (
+                downgrade(name)
+                if name is not None and downgrade is not None
+                else {"ok": False, "message": "Say which bundle on the USB stick."}
+            )
+            if not result.get("ok"):
+                self.set_status(409 if name is not None else 400)
         elif action in ("pause", "resume") and link is not None:
             self.agent.set_paused(action == "pause")
             message = (
@@ -285,14 +296,19 @@ class PinHandler(_Base):
 
 def _pin_in(body: bytes) -> str | None:
     """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}`."""
+    return _field_in(body, "pin")
+
+
+def _field_in(body: bytes, key: str) -> str | None:
+    """`key`'s text in a small JSON body `{key: "<text>"}`; None for anything else."""
     if len(body) > MAX_PIN_BODY:
         return None
     try:
         doc = json.loads(body)
     except ValueError:
         return None
-    pin = doc.get("pin") if isinstance(doc, dict) else None
-    return pin if isinstance(pin, str) else None
+    value = doc.get(key) if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 class AccessLog:
@@ -341,7 +357,7 @@ def make_status_app(
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
             (r"/api/pin", PinHandler, args),
-            (r"/api/(reconnect|pause|resume|install)", ActionHandler, args),
+            (r"/api/(reconnect|pause|resume|install|downgrade)", ActionHandler, args),
             (EVENTS_PATH, FpvtEventsHandler, args),
         ],
         default_handler_class=NotFoundHandler,

@@ -289,6 +289,19 @@ def update_row(s: AgentState) -> dict[str, Any]:
     state, version, message = u.get("state"), u.get("updateVersion"), u.get("message") or ""
     done, total = u.get("done"), u.get("total")
     extra = {"state": state, "done": done, "total": total, "canInstall": u.get("canInstall")}
+    held = u.get("held")
+    if isinstance(held, dict):
+        step = {"downloading": "downloading", "installing": "installing"}.get(
+            str(held.get("step")), "restarting"
+        )
+        return _row(
+            "update",
+            AMBER,
+            f"Version {version} waits for the race to end",
+            f"Nothing is {step} while a race runs ({held.get('why')}); it goes on by itself "
+            "once the race ends.",
+            **extra,
+        )
     if state in (None, "good"):
         text = message or "Up to date."
         return _row("update", GREEN, running, text, **extra)
@@ -371,5 +384,6 @@ def view(s: AgentState, now: float | None = None) -> dict[str, Any]:
         "pitsId": s.pits_id,
         "configError": bool(s.config_error),
         "canInstall": bool(s.update.get("canInstall")),
+        "usbBundles": s.update.get("usb") or [],
         "now": now,
     }

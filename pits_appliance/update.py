@@ -7,36 +7,44 @@ the signature against the box's own keyring, and the bundle's compatible and ver
 reads them) must be this box's and the offer's. After the restart, RAUC and the bootloader keep
 the new slot or fall back to the old one; the agent only reads which happened (`start`).
 
-The download itself is pits_appliance/download.py. Files in the state folder:
-`update/<bundle>.raucb.part` (a download, resumed from its size),
-`update.json` (written just before a restart: the version, the slot left and the slot
-entered), `update-report.json` (the last report, sent in each hello) and `update-handled.json`
-(the sha256 of local bundles already dealt with).
+The rooms around this one: the download (pits_appliance/update_download.py, into
+`STATE_DIR/update/<bundle>.raucb.part`, resumed from its size), the state files
+(update_files.py), bundles without a relay (update_local.py) and the restart command
+(update_restart.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import logging
 import random
 import shlex
 import ssl
-import subprocess
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from pits_appliance.download import BundleDownload, Stop, bundles_url, sha256_file
 from pits_appliance.rauc import Rauc, RaucError, clean
-from wire.errors import DamagedError
-from wire.files import write_private
+from pits_appliance.update_checks import bundle_refusal
+from pits_appliance.update_download import BundleDownload, Stop, bundles_url
+from pits_appliance.update_files import (
+    OTHER,
+    RECORD,
+    REPORT,
+    Pending,
+    UpdateFiles,
+)
+from pits_appliance.update_floor import Floor
+from pits_appliance.update_hold import HoldSide
+from pits_appliance.update_local import MAX_LOCAL_CHECKED, MAX_LOCAL_LISTED, newest_unhandled
+from pits_appliance.update_race import Pace, RaceGate
+from pits_appliance.update_restart import RestartSide, installed_text
+from pits_appliance.update_usb import UsbBundle, UsbSide
 from wire.messages import Offer, UpdateReport
-from wire.untrusted import DamageNotes, read_json, stamp_of
+
+__all__ = ["MAX_LOCAL_CHECKED", "MAX_LOCAL_LISTED", "Pending", "Updater", "bundles_url"]
 
 log = logging.getLogger("pitlink.pits.update")
 
@@ -44,47 +52,11 @@ MIB = 1024 * 1024
 CHUNK = 4 * MIB  # bytes asked for in one request: each is short, and a cut costs at most this
 KEEP_FREE = 32 * MIB  # left free in the state folder after a download
 REPORT_EVERY = 1.0  # seconds between progress reports while a download runs
-MAX_HANDLED = 100  # local bundles remembered as dealt with
-MAX_LOCAL_LISTED = 1000  # names looked at in one update folder (a stick may hold anything)
-MAX_LOCAL_CHECKED = 8  # newest local bundles hashed in one scan (each is hundreds of MB)
-MAX_STATE_FILE = 16 * 1024
 NOT_AN_APPLIANCE = "this agent was not started from an appliance image with two slots"
 NO_STATE_DIR = "the agent has no STATE_DIR to keep an update in"
-OTHER = {"A": "B", "B": "A"}
 
 
-_DAMAGED = DamageNotes(max_kept=16)  # state files said to be damaged, once per version
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A state file's JSON object; None when there is none, or it is damaged (said once)."""
-    try:
-        doc = read_json(path, limit=MAX_STATE_FILE)
-        if not isinstance(doc, dict):
-            raise DamagedError("not a JSON object")
-    except FileNotFoundError:
-        return None
-    except (OSError, DamagedError) as exc:
-        if _DAMAGED.first(str(path), stamp_of(path)):
-            log.warning(
-                "update state file unreadable; taken as absent",
-                extra={"path": str(path), "error": str(exc)},
-            )
-        return None
-    _DAMAGED.good(str(path))
-    return doc
-
-
-@dataclass(frozen=True)
-class Pending:
-    """Installed in the other slot, waiting for its restart."""
-
-    version: str
-    to_slot: str
-    at: float
-
-
-class Updater:
+class Updater(RestartSide, HoldSide, UsbSide):
     """One update at a time, from an offer or a local bundle to a restart into the new slot."""
 
     def __init__(
@@ -109,6 +81,8 @@ class Updater:
         chunk: int = CHUNK,
         keep_free: int = KEEP_FREE,
         retry_base: float = 1.0,
+        race: RaceGate | None = None,
+        usb_dir: Path | None = None,
     ):
         self.state_dir = state_dir
         self.slot = slot
@@ -129,7 +103,14 @@ class Updater:
         self.chunk = chunk
         self.keep_free = keep_free
         self.retry_base = retry_base
+        self.race = race
+        self.usb_dir = usb_dir
+        self.usb: list[UsbBundle] = []  # the USB stick's bundles (update_usb.py)
+        self._usb_seen: dict[tuple[str, int, float], UsbBundle] = {}
+        self.held: dict[str, str] | None = None  # the step waiting for a race to end, and why
+        self._pace = Pace(race) if race is not None else None
         self.why_not = NOT_AN_APPLIANCE if slot is None else NO_STATE_DIR if not state_dir else None
+        self.floor = Floor(state_dir) if self.why_not is None and state_dir else None
         # Told of every change: the link sends the report, the agent refreshes the page.
         self.send: Callable[[UpdateReport], None] = lambda report: None
         self.on_change: Callable[[], None] = lambda: None
@@ -147,24 +128,10 @@ class Updater:
         self._sha_cache: dict[tuple[str, int, float], str] = {}
         self._wake = asyncio.Event()
 
-    # -- files --------------------------------------------------------------------------------
-
-    def _file(self, name: str) -> Path:
+    @property
+    def files(self) -> UpdateFiles:
         assert self.state_dir is not None
-        return self.state_dir / name
-
-    def _save(self, name: str, doc: dict[str, Any]) -> None:
-        try:
-            write_private(self._file(name), json.dumps(doc))
-        except OSError as exc:
-            log.warning("cannot write update state", extra={"file": name, "error": str(exc)})
-
-    def _handled(self) -> list[str]:
-        doc = _read_json(self._file("update-handled.json")) or {}
-        got = doc.get("sha256")
-        return (
-            [s for s in got if isinstance(s, str)][-MAX_HANDLED:] if isinstance(got, list) else []
-        )
+        return UpdateFiles(self.state_dir)
 
     # -- reports ------------------------------------------------------------------------------
 
@@ -187,7 +154,7 @@ class Updater:
             at_ms=int(self.now() * 1000),
         )
         if persist and self.state_dir is not None:
-            self._save("update-report.json", self.report.payload())
+            self.files.save(REPORT, self.report.payload())
         log.info("update", extra={"state": state, "version": version, "detail": message[:300]})
         self.send(self.report)
         self.on_change()
@@ -208,6 +175,8 @@ class Updater:
             "canInstall": self.pending is not None and not self.restarting,
             "requested": self.restart_requested,
             "idleRestart": self.idle_restart,
+            "held": self.held,
+            "usb": self.usb_view(),
         }
 
     # -- start: what became of the last update -------------------------------------------------
@@ -217,12 +186,14 @@ class Updater:
         if self.why_not is not None:
             self.on_change()
             return
-        saved = _read_json(self._file("update-report.json"))
+        if self.floor is not None:
+            self.floor.raise_to(self.version)
+        saved = self.files.load(REPORT)
         try:
             self.report = UpdateReport.parse(saved) if saved else None
         except Exception:
             self.report = None
-        record = _read_json(self._file("update.json"))
+        record = self.files.load(RECORD)
         if record is not None:
             self._outcome(record)
         elif self.report is not None and self.report.state == "installed" and self.slot in OTHER:
@@ -243,46 +214,6 @@ class Updater:
         if self.awaiting_good:
             await self.check_good()
         self.on_change()
-
-    def _outcome(self, record: dict[str, Any]) -> None:
-        version = str(record.get("version", ""))[:64]
-        to_slot = str(record.get("toSlot", ""))
-        if self.slot == to_slot and self.version == version:
-            self.awaiting_good = True
-            self._set(
-                "installed",
-                version,
-                f"Version {version} is running in slot {to_slot}; the box marks it good once "
-                "it has run well for a while.",
-            )
-            return
-        if self.slot == to_slot:
-            text = f"slot {to_slot} came up with version {self.version}, not {version}"
-            self._set("failed", version, text)
-        else:
-            self._set(
-                "rolled-back",
-                version,
-                f"Version {version} did not come up healthy in slot {to_slot}; back on slot "
-                f"{self.slot} (version {self.version}).",
-            )
-        self._file("update.json").unlink(missing_ok=True)
-
-    async def check_good(self) -> None:
-        """After a restart into the new slot: has the box marked it good yet?"""
-        try:
-            status = await self.rauc.boot_status()
-        except RaucError as exc:
-            log.warning("cannot read RAUC's status", extra={"error": exc.message})
-            return
-        if status["boot_status"] == "good" and status["booted"] == self.slot:
-            self.awaiting_good = False
-            self._set(
-                "good",
-                self.version,
-                f"Version {self.version} is running in slot {self.slot} and is marked good.",
-            )
-            self._file("update.json").unlink(missing_ok=True)
 
     # -- offers ---------------------------------------------------------------------------------
 
@@ -318,13 +249,16 @@ class Updater:
         if offer.version == self.version:
             log.info("update offer for the version running", extra={"version": offer.version})
             return
-        if offer.compatible != self.compatible:
+        why = (
+            f"The bundle is for {offer.compatible}; this box is {self.compatible}."
+            if offer.compatible != self.compatible
+            else self.floor.refuses(offer.version)
+            if self.floor is not None
+            else None
+        )
+        if why is not None:
             self._refused.add(offer.bundle)
-            self._set(
-                "refused",
-                offer.version,
-                f"The bundle is for {offer.compatible}; this box is {self.compatible}.",
-            )
+            self._set("refused", offer.version, why)
             return
         if working:
             assert self._job is not None
@@ -334,6 +268,7 @@ class Updater:
         self._job = asyncio.create_task(self._take(offer), name="update download")
 
     async def _take(self, offer: Offer) -> None:
+        await self._hold("downloading", "offered", offer.version)  # before the first byte
         try:
             path = await BundleDownload(
                 url=bundles_url(self.relay_url(), offer.bundle or ""),
@@ -345,7 +280,8 @@ class Updater:
                 rand=self.rand,
                 keep_free=self.keep_free,
                 progress=lambda done, force: self._progress(offer, done, force=force),
-            ).run(offer, self._file("update"))
+                pace=None if self.race is None else lambda chunk: self._paced(offer, chunk),
+            ).run(offer, self.files.path("update"))
         except Stop as stop:
             if stop.state == "refused":
                 assert offer.bundle is not None
@@ -362,33 +298,31 @@ class Updater:
 
     # -- install --------------------------------------------------------------------------------
 
-    async def _install(self, bundle: Path, *, offered: str | None, delete: bool) -> None:
-        """RAUC checks the bundle, then writes it to the other slot."""
+    async def _install(
+        self, bundle: Path, *, offered: str | None, delete: bool, downgrade: str | None = None
+    ) -> None:
+        """RAUC checks the bundle, then writes it to the other slot; `downgrade`: the version
+        the status page's downgrade action chose (its permit is removed once this ends)."""
         self._installing = True
         version = offered or "?"
         try:
+            await self._hold("installing", "installing", version)
             self._set("installing", version, "RAUC is checking the bundle's signature.")
             try:
                 info = await self.rauc.info(bundle)
             except RaucError as exc:
                 self._set("refused", version, exc.message)
                 return
-            if info.compatible != self.compatible:
-                self._set(
-                    "refused",
-                    info.version,
-                    f"The bundle is for {info.compatible}; this box is {self.compatible}.",
-                )
-                return
-            if offered is not None and info.version != offered:
-                self._set(
-                    "refused",
-                    info.version,
-                    f"The bundle holds version {info.version}, not the {offered} offered.",
-                )
-                return
-            if info.version == self.version:
-                self._set("refused", info.version, f"Version {info.version} is already running.")
+            why = bundle_refusal(
+                info,
+                compatible=self.compatible,
+                offered=offered,
+                running=self.version,
+                floor=self.floor,
+                downgrade=downgrade,
+            )
+            if why is not None:
+                self._set("refused", info.version, why)
                 return
             to_slot = OTHER.get(self.slot or "", "?")
             self._set("installing", info.version, f"RAUC is writing slot {to_slot}.")
@@ -398,18 +332,17 @@ class Updater:
                 self._set("failed", info.version, exc.message)
                 return
             self.pending = Pending(info.version, to_slot, self.now())
-            self._set("installed", info.version, self._installed_text())
+            self._set(
+                "installed",
+                info.version,
+                installed_text(info.version, to_slot, self.idle_restart),
+            )
         finally:
             self._installing = False
+            if downgrade is not None and self.floor is not None:
+                self.floor.end_permit()
             if delete:
                 bundle.unlink(missing_ok=True)  # noqa: ASYNC240 (local, tiny)
-
-    def _installed_text(self) -> str:
-        assert self.pending is not None
-        when = "Press Install now to restart into it"
-        if self.idle_restart is not None:
-            when += f", or it restarts by itself after {self.idle_restart / 60:g} min without spectators"
-        return f"Version {self.pending.version} is in slot {self.pending.to_slot}. {when}."
 
     # -- local bundles --------------------------------------------------------------------------
 
@@ -417,32 +350,11 @@ class Updater:
         """Install the newest `*.raucb` in the update folders not dealt with before."""
         if self.why_not is not None or self.busy:
             return
-        found: list[tuple[float, Path, int]] = []
-        for folder in self.bundle_dirs:
-            try:
-                for path in itertools.islice(folder.glob("*.raucb"), MAX_LOCAL_LISTED):
-                    st = path.stat()
-                    if path.is_file():
-                        found.append((st.st_mtime, path, st.st_size))
-            except OSError:
-                continue
-        handled = self._handled()
-        chosen: Path | None = None
-        for mtime, path, size in sorted(found, reverse=True)[:MAX_LOCAL_CHECKED]:
-            key = (str(path), size, mtime)
-            try:
-                cached = self._sha_cache.get(key)
-                sha = cached if cached else await asyncio.to_thread(sha256_file, path)
-            except OSError:
-                continue
-            self._sha_cache[key] = sha
-            if sha not in handled:
-                # The newest is installed; older ones it supersedes are never installed after it.
-                handled.append(sha)
-                chosen = chosen or path
+        handled = self.files.handled()
+        chosen = await newest_unhandled(self.bundle_dirs, handled, self._sha_cache)
         if chosen is None:
             return
-        self._save("update-handled.json", {"sha256": handled[-MAX_HANDLED:]})
+        self.files.save_handled(handled)
         log.info("local update bundle", extra={"path": str(chosen)})
         self._job = asyncio.create_task(self._local(chosen), name="local update")
 
@@ -456,92 +368,18 @@ class Updater:
             return  # left on the stick or the boot partition after its own update
         await self._install(path, offered=None, delete=False)
 
-    # -- restart --------------------------------------------------------------------------------
-
-    def install_now(self) -> dict[str, Any]:
-        """The organiser's Install now: restart into the installed slot."""
-        if self.pending is None or self.restarting:
-            return {"ok": False, "message": "There is no installed update waiting."}
-        self.restart_requested = True
-        self._wake.set()
-        return {
-            "ok": True,
-            "message": f"Restarting into version {self.pending.version} now: the box is back "
-            "in a minute or two.",
-        }
-
-    def restart_due(self, now: float) -> str | None:
-        """Why the box should restart into the installed slot now, if it should."""
-        if self.pending is None or self.restarting:
-            return None
-        if self.restart_requested:
-            return "Install now"
-        if self.idle_restart is None:
-            return None
-        quiet_since = max(self.pending.at, self.last_fetch() or 0.0)
-        if now - quiet_since >= self.idle_restart:
-            return f"no fetch for {self.idle_restart:g} s"
-        return None
-
-    async def restart(self, reason: str) -> None:
-        """Write what is being tried (read back after the restart), then restart."""
-        assert self.pending is not None and self.slot is not None
-        pending = self.pending
-        self.restarting = True
-        self._save(
-            "update.json",
-            {
-                "version": pending.version,
-                "fromSlot": self.slot,
-                "toSlot": pending.to_slot,
-                "fromVersion": self.version,
-                "atMs": int(self.now() * 1000),
-            },
-        )
-        self._set(
-            "restarting",
-            pending.version,
-            f"Restarting into version {pending.version} in slot {pending.to_slot} ({reason}).",
-        )
-        await asyncio.sleep(0.2)  # let the report reach the relay before the box goes
-        # In a thread, not as an asyncio subprocess: the agent may be stopped (by this very
-        # restart) while the command runs, and a thread simply finishes, where a cancelled
-        # asyncio subprocess would leave its pipes behind.
-        try:
-            done = await asyncio.to_thread(
-                subprocess.run,
-                self.reboot,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=60.0,
-                check=False,
-            )
-            code, err = done.returncode, done.stderr[-4096:]
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            code, err = -1, str(exc).encode()
-        if code != 0:
-            self.restarting = False
-            self.restart_requested = False
-            self._file("update.json").unlink(missing_ok=True)
-            self._set(
-                "installed",
-                pending.version,
-                f"The restart failed ({clean(err.decode('utf-8', 'replace'), 200)}); "
-                "press Install now to try again.",
-            )
-
     # -- the loop -------------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """One look: restart if due, look in the update folders, read RAUC's verdict."""
         now = self.now()
         reason = self.restart_due(now)
-        if reason is not None:
+        if reason is not None and not self._hold_restart():
             await self.restart(reason)
         if now >= self._next_scan:
             self._next_scan = now + self.scan_interval
             await self.scan_local()
+            await self.look_usb()
             if self.awaiting_good:
                 await self.check_good()
 
@@ -551,6 +389,9 @@ class Updater:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 1.0)
             self._wake.clear()
+
+    def _start_job(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        self._job = asyncio.create_task(job, name=name)
 
     async def close(self) -> None:
         if self._job is not None and not self._job.done():

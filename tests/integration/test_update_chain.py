@@ -60,6 +60,7 @@ async def chain(tmp_path: Path, sim) -> AsyncIterator[Chain]:
     state.mkdir()
     agent = await s.start_agent(
         state_dir=state,
+        update_during_races=True,  # races and updates: tests/integration/test_update_race.py
         **rauc.box(slot="A", version=OLD),
     )
     admin = {"Authorization": f"Bearer {s.keys.issue(sub='ops', role='admin', ttl=600)}"}

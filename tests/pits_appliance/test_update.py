@@ -19,7 +19,7 @@ from pitlink_testkit.bundles import (
     report_states,
 )
 from pitlink_testkit.waiting import wait_for
-from pits_appliance import update as update_module
+from pits_appliance import update_local
 from pits_appliance.rauc import (
     Rauc,
     RaucError,
@@ -433,7 +433,7 @@ async def test_an_update_folder_is_listed_no_further_than_its_bound(
 ) -> None:
     """A stick may hold any number of files: only so many names are looked at in one folder
     (a bound of 3 here, 1,000 on the box), so only those can be hashed or installed."""
-    monkeypatch.setattr(update_module, "MAX_LOCAL_LISTED", 3)
+    monkeypatch.setattr(update_local, "MAX_LOCAL_LISTED", 3)
     rauc = FakeRauc(tmp_path)
     stick = tmp_path / "usb"
     stick.mkdir()
@@ -523,7 +523,7 @@ async def test_damaged_state_files_are_absent_and_said_once(
         updater, _ = make_updater(tmp_path, rauc)
         await updater.start()
         assert updater.report is None and updater.pending is None
-        assert updater._handled() == []
+        assert updater.files.handled() == []
     lines = [r for r in caplog.records if r.getMessage().startswith("update state file")]
     assert sorted(Path(r.path).name for r in lines) == [  # type: ignore[attr-defined]
         "update-handled.json",

@@ -89,6 +89,7 @@ async def bench(tmp_path: Path, sim) -> AsyncIterator[Bench]:
     agent = await s.start_agent(
         wait=False,
         state_dir=state,
+        update_during_races=True,  # races and updates: tests/integration/test_update_race.py
         **rauc.box(slot="A", version=OLD),
     )
     try:

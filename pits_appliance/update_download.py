@@ -12,7 +12,7 @@ import logging
 import random
 import shutil
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -77,14 +77,18 @@ class BundleDownload:
     keep_free: int
     progress: Callable[[int, bool], None]  # (bytes on disk, report even if one was just sent)
     rand: Callable[[], float] = random.random
+    # Before each range: how many bytes to ask for (it may wait first: the race gate).
+    pace: Callable[[int], Awaitable[int]] | None = None
 
     async def run(self, offer: Offer, folder: Path) -> Path:
         """Download the offered bundle into `folder`; its path once size and sha256 match."""
         assert offer.bundle is not None
         folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (local, tiny)
-        # Another bundle's download: the newer offer replaced it.
+        # Another bundle's download: the newer offer replaced it. Only bundles: the folder
+        # also keeps the version floor and the downgrade permit (update_floor.py).
         for old in folder.iterdir():  # noqa: ASYNC240 (local, tiny)
-            if not old.name.startswith(offer.bundle + "."):
+            bundle = old.name.endswith((".raucb", ".raucb.part"))
+            if bundle and not old.name.startswith(offer.bundle + "."):
                 old.unlink(missing_ok=True)
         final = folder / f"{offer.bundle}.raucb"
         part = folder / f"{offer.bundle}.raucb.part"
@@ -103,7 +107,8 @@ class BundleDownload:
         self.progress(have, True)
         try:
             while have < offer.size:
-                end = min(offer.size, have + self.chunk) - 1
+                size = await self.pace(self.chunk) if self.pace is not None else self.chunk
+                end = min(offer.size, have + size) - 1
                 try:
                     got = await self._get_range(client, self.url, part, have, end, offer)
                     if got <= have:
