@@ -5,7 +5,8 @@ A rollout is a record in the bundle folder (`rollouts.json`, bundle id → recor
 under the folder's lock like the offers, so that it survives a restart of the relay, the CLI
 can start, resume or cancel one, and replicas sharing the folder drive it together. It does
 not send anything itself: it sets and withdraws standing offers (cloud.bundles), which the
-relay sends to the boxes as it always does (cloud.updates).
+relay sends to the boxes as it always does (cloud.updates). This module decides (pure, over
+the record and the boxes); cloud.rollout_store reads and writes the file.
 
 Each relay steps every rollout on its tick, with the boxes connected to it:
 
