@@ -23,6 +23,7 @@ from cloud.drift import Seen
 from cloud.metrics import Metrics
 from cloud.registry import Registry
 from cloud.replica_messages import Action
+from cloud.rollout_store import Rollouts
 from cloud.updates import Updates
 from wire import ErrorCode, ProtocolError
 from wire.paths import Allowlist, normalize_path
@@ -243,10 +244,13 @@ class Admin:
         if store is None:
             return {"enabled": False, "message": UPDATES_OFF, "bundles": []}
         offers = store.offers()
+        rollouts = self._rollouts().all()
         rows = []
         for bundle in store.bundles():
             row = bundle.describe()
             row["offeredTo"] = sorted(p for p, b in offers.items() if b == bundle.id)
+            rollout = rollouts.get(bundle.id)
+            row["rollout"] = None if rollout is None else rollout.describe()
             rows.append(row)
         return {"enabled": True, "maxBytes": store.max_bytes, "bundles": rows}
 
@@ -255,6 +259,7 @@ class Admin:
 
     def remove_bundle(self, who: str, bundle_id: str) -> list[str]:
         bundle, withdrawn = self.store().remove(bundle_id)
+        self._rollouts().forget(bundle.id)
         self._audit(who, "bundle_remove", bundle=bundle.id, version=bundle.version)
         self.updates.refresh()
         return withdrawn
@@ -270,6 +275,35 @@ class Admin:
         withdrawn = self.store().withdraw(pits_ids)
         self._audit(who, "withdraw", pits_ids=withdrawn)
         return {"withdrawn": withdrawn, "sent": self.updates.refresh()}
+
+    def _rollouts(self) -> Rollouts:
+        if self.updates.rollouts is None:
+            raise BundleError(UPDATES_OFF, ErrorCode.DENIED, 404)
+        return self.updates.rollouts
+
+    def rollout(self, who: str, bundle_id: str, wave: int, first: list[str]) -> dict[str, Any]:
+        """Start offering a bundle in a wave of `wave` boxes (`first` among them), then to
+        the rest once the wave is good (cloud.rollout)."""
+        rollout = self._rollouts().start(bundle_id, wave, first, who)
+        self._audit(who, "rollout", bundle=bundle_id, version=rollout.version, wave=wave)
+        self.updates.refresh()
+        return self._rollout_of(bundle_id)
+
+    def resume_rollout(self, who: str, bundle_id: str) -> dict[str, Any]:
+        rollout = self._rollouts().resume(bundle_id)
+        self._audit(who, "rollout_resume", bundle=bundle_id, skipped=rollout.skipped)
+        self.updates.refresh()
+        return self._rollout_of(bundle_id)
+
+    def cancel_rollout(self, who: str, bundle_id: str) -> dict[str, Any]:
+        _rollout, withdrawn = self._rollouts().cancel(bundle_id)
+        self._audit(who, "rollout_cancel", bundle=bundle_id, withdrawn=withdrawn)
+        self.updates.refresh()
+        return {**self._rollout_of(bundle_id), "withdrawn": withdrawn}
+
+    def _rollout_of(self, bundle_id: str) -> dict[str, Any]:
+        rollout = self._rollouts().all().get(bundle_id)
+        return {"rollout": None if rollout is None else rollout.describe()}
 
     async def overview(self, origin: Origin | None = None) -> dict[str, Any]:
         return {

@@ -82,6 +82,9 @@ class AdminAPIHandler(AdminAuth):
         ("DELETE", re.compile(_BUNDLE), "remove_bundle"),
         ("POST", re.compile(_BUNDLE + r"/offer"), "offer"),
         ("POST", re.compile(r"bundles/withdraw"), "withdraw"),
+        ("POST", re.compile(_BUNDLE + r"/rollout"), "rollout"),
+        ("POST", re.compile(_BUNDLE + r"/rollout/resume"), "resume_rollout"),
+        ("POST", re.compile(_BUNDLE + r"/rollout/cancel"), "cancel_rollout"),
     ]
 
     async def get(self, verb: str) -> None:
@@ -204,9 +207,23 @@ class AdminAPIHandler(AdminAuth):
     def _withdraw(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         return self.admin.withdraw(who, _pits_ids(body))
 
+    def _rollout(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        wave, first = body.get("wave"), body.get("first", [])
+        if not isinstance(wave, int) or isinstance(wave, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "wave must be a number of boxes")
+        return self.admin.rollout(who, g["bundle"], wave, _pits_ids({"pitsIds": first}, True))
 
-def _pits_ids(body: dict[str, Any]) -> list[str]:
+    def _resume_rollout(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.resume_rollout(who, g["bundle"])
+
+    def _cancel_rollout(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return self.admin.cancel_rollout(who, g["bundle"])
+
+
+def _pits_ids(body: dict[str, Any], may_be_empty: bool = False) -> list[str]:
     ids = body.get("pitsIds")
+    if may_be_empty and ids == []:
+        return []
     if not isinstance(ids, list) or not ids or len(ids) > 1000:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "pitsIds must be a list of 1 to 1000 pits ids")
     if not all(isinstance(p, str) for p in ids):

@@ -207,7 +207,7 @@ def read_offers(path: Path) -> dict[str, str]:
     }
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -343,7 +343,7 @@ class BundleStore:
         )
         os.replace(tmp, self.path_of(bundle_id))
         # The metadata last: a bundle is listed only once its bytes are in place.
-        _write_atomic(self._meta(bundle_id), json.dumps(bundle.describe(), indent=1).encode())
+        write_atomic(self._meta(bundle_id), json.dumps(bundle.describe(), indent=1).encode())
         log.info("bundle added", extra={"bundle": bundle_id, "version": bundle.version})
         return bundle
 
@@ -441,7 +441,7 @@ class BundleStore:
         """Set (or, with None, remove) the offers of `which(current)`, under the folder's lock
         so that the CLI and the relays do not lose each other's changes."""
         path = self.root / OFFERS
-        with self._locked():
+        with self.locked():
             try:
                 current = read_offers(path) if path.exists() else {}
             except (OSError, DamagedError) as exc:
@@ -460,14 +460,12 @@ class BundleStore:
                     current[pits_id] = bundle_id
             if len(current) > MAX_OFFERED:
                 raise BundleError(f"more than {MAX_OFFERED} standing offers")
-            _write_atomic(
-                self.root / OFFERS, json.dumps(current, indent=1, sort_keys=True).encode()
-            )
+            write_atomic(self.root / OFFERS, json.dumps(current, indent=1, sort_keys=True).encode())
         self._offers_stamp = None  # read again on next ask
         return chosen
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
         with (self.root / ".lock").open("a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:

@@ -168,6 +168,8 @@ def _revoke(argv: Sequence[str]) -> int:
 
 def _bundle(argv: Sequence[str]) -> int:
     from cloud.bundles import BundleStore
+    from cloud.rollout import describe_rollout
+    from cloud.rollout_store import Rollouts
 
     p = Parser(
         prog="cloud-relay bundle",
@@ -193,10 +195,33 @@ def _bundle(argv: Sequence[str]) -> int:
     offer.add_argument("pits_ids", nargs="+", metavar="PITS_ID")
     withdraw = verbs.add_parser("withdraw", help="withdraw the offers to these boxes")
     withdraw.add_argument("pits_ids", nargs="+", metavar="PITS_ID")
+    rollout = verbs.add_parser(
+        "rollout",
+        help="offer a bundle to a wave of N boxes, then to all the rest once the wave is good; "
+        "it halts when one rolls back",
+    )
+    rollout.add_argument("id")
+    rollout.add_argument("--wave", type=int, required=True, metavar="N", help="boxes in the wave")
+    rollout.add_argument(
+        "--first",
+        nargs="+",
+        default=[],
+        metavar="PITS_ID",
+        help="boxes in the wave (default: the connected boxes that can take it, by pits id)",
+    )
+    resume = verbs.add_parser(
+        "resume", help="go on with a halted rollout (without the boxes that failed)"
+    )
+    resume.add_argument("id")
+    cancel = verbs.add_parser(
+        "cancel", help="stop a rollout; its offers not yet taken up are withdrawn"
+    )
+    cancel.add_argument("id")
     ns = p.parse_args(argv)
     if ns.bundle_dir is None:
         raise SettingsError("--bundle-dir (or PITLINK_BUNDLE_DIR) is required: the relay's")
     store = BundleStore(ns.bundle_dir)
+    rollouts = Rollouts(store)
     if ns.verb == "add":
         bundle = store.add_file(ns.file, version=ns.version, arch=ns.arch)
         print(
@@ -204,6 +229,7 @@ def _bundle(argv: Sequence[str]) -> int:
         )
     elif ns.verb == "list":
         offers = store.offers()
+        every = rollouts.all()
         for b in store.bundles():
             added = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.added))
             to = sorted(pits for pits, bid in offers.items() if bid == b.id)
@@ -211,8 +237,19 @@ def _bundle(argv: Sequence[str]) -> int:
                 f"{b.id}  {b.version}  {b.arch}  {b.size} bytes  added {added} UTC  "
                 f"offered to: {', '.join(to) or 'none'}"
             )
+            if b.id in every:
+                print("    " + describe_rollout(every[b.id]))
+    elif ns.verb == "rollout":
+        started = rollouts.start(ns.id, ns.wave, ns.first, who="cli")
+        print(describe_rollout(started))
+    elif ns.verb == "resume":
+        print(describe_rollout(rollouts.resume(ns.id)))
+    elif ns.verb == "cancel":
+        cancelled, withdrawn = rollouts.cancel(ns.id)
+        print(f"{describe_rollout(cancelled)}; offers withdrawn: {', '.join(withdrawn) or 'none'}")
     elif ns.verb == "remove":
         bundle, withdrawn = store.remove(ns.id)
+        rollouts.forget(bundle.id)
         print(f"bundle {bundle.id} ({bundle.version}) removed; offers withdrawn: {len(withdrawn)}")
     elif ns.verb == "offer":
         bundle = store.offer(ns.id, ns.pits_ids)
@@ -241,7 +278,8 @@ commands:
   keygen   create the key set that signs tokens, or put a new signing key first (rotation)
   token    print a signed token for a box (--role pits) or for an operator (--role admin)
   revoke   refuse a token and its renewals (--token, --jti), or every token of a box (--sub)
-  bundle   update bundles for the boxes: add FILE, list, remove ID, offer ID PITS_ID..., withdraw PITS_ID...
+  bundle   update bundles for the boxes: add FILE, list, remove ID, offer ID PITS_ID..., withdraw PITS_ID...,
+           rollout ID --wave N [--first PITS_ID...], resume ID, cancel ID
 
 Each command takes --help. Every flag of serve can also be set as PITLINK_<FLAG> in the
 environment (--fetch-timeout is PITLINK_FETCH_TIMEOUT).

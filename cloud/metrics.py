@@ -123,6 +123,12 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.rollout_halted = Gauge(
+            P + "rollout_halted",
+            "1 while the rollout of a bundle is halted (a box rolled back or failed), else 0",
+            ["bundle"],
+            registry=r,
+        )
         self.stalled_writes = Counter(
             P + "stalled_writes",
             "Client connections closed because they took nothing of a response for --write-timeout",

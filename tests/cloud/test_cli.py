@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -231,9 +232,31 @@ def test_bundle_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "offered to: canary, club-7" in out
     code, out, _ = run_main([*base, "withdraw", "club-7"], capsys)
     assert "withdrawn from club-7" in out
+    # A rollout: started with the wave named, listed, refused twice, cancelled, started again.
+    code, out, err = run_main(
+        [*base, "rollout", bundle_id, "--wave", "2", "--first", "canary"], capsys
+    )
+    assert code == 0, err
+    assert out.strip() == (
+        f"rollout of {bundle_id} (0.2.0+20261130T0900): running, wave not chosen yet of 2; "
+        "0 boxes in it, 0 good"
+    )
+    code, out, _ = run_main([*base, "list"], capsys)
+    assert f"    rollout of {bundle_id} (0.2.0+20261130T0900): running" in out
+    code, _, err = run_main([*base, "rollout", bundle_id, "--wave", "1"], capsys)
+    assert code == 2 and "being rolled out already (running)" in err
+    code, _, err = run_main([*base, "resume", bundle_id], capsys)
+    assert code == 2 and f"no halted rollout of bundle {bundle_id}" in err
+    code, out, _ = run_main([*base, "cancel", bundle_id], capsys)
+    # The bundle stops going out: its offers not acted on are withdrawn, the rollout's or not.
+    assert code == 0 and ": cancelled," in out and "offers withdrawn: canary" in out
+    code, out, _ = run_main([*base, "rollout", bundle_id, "--wave", "1"], capsys)
+    assert code == 0 and "running" in out
+    code, out, _ = run_main([*base, "offer", bundle_id, "club-8"], capsys)
     code, out, _ = run_main([*base, "remove", bundle_id], capsys)
     assert code == 0 and "offers withdrawn: 1" in out
     assert run_main([*base, "list"], capsys)[1] == ""
+    assert json.loads((folder / "rollouts.json").read_text()) == {}
 
 
 def test_bundle_commands_refuse_in_one_line(

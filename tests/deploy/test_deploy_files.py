@@ -47,7 +47,7 @@ def test_alert_rules_pass_promtool() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 7 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
 
 
 def test_scrape_config_passes_promtool() -> None:
