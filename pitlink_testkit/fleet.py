@@ -39,7 +39,14 @@ class FleetBox:
 
     async def start(self, *, slot: str, version: str) -> None:
         self.rauc.set_status(booted=slot, boot_status="good")
-        await self.s.start_agent(state_dir=self.state, **self.rauc.box(slot=slot, version=version))
+        # The simulator's race never stops: these boxes update whatever runs (the race gate has
+        # tests of its own), and pull only, so that what is counted is what the tests cause.
+        await self.s.start_agent(
+            state_dir=self.state,
+            update_during_races=True,
+            no_push=True,
+            **self.rauc.box(slot=slot, version=version),
+        )
 
     def report(self) -> dict[str, Any] | None:
         """The box's update as the relay sees it (its last report, or its hello's)."""

@@ -132,7 +132,7 @@ async def test_which_fpvtrackside_each_pits_talks_to(page: Page, system: System)
     await system.stop_agent()
     system.sim.version = "2.76"
     system.sim.server = "<img src=x onerror=alert(1)>"
-    await system.start_agent()
+    await system.start_agent(no_push=True)
     await wait_for(
         lambda: system.relay.registry.get(system.pits_id).fpvtrackside is not None,
         what="the relay to know",

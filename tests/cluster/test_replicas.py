@@ -187,7 +187,7 @@ async def test_redis_down_degrades_and_recovers(pair: Pair, redis_server, sim: S
     # A second pits on B, so each replica holds one.
     second = s.sibling(sim, "pits-2")
     second.relay, second.relay_port = pair.b, pair.b.port
-    await second.start_agent()
+    await second.start_agent(no_push=True)
     try:
         on_a = f"/pits/{s.pits_id}/httpfiles/Channels.json"
         on_b = "/pits/pits-2/httpfiles/Channels.json"

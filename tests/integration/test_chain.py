@@ -100,7 +100,7 @@ async def test_replayed_real_event_is_served_canonically(tmp_path, fixtures_root
     s = System(tmp_path, real)
     try:
         await s.start_relay()
-        await s.start_agent()
+        await s.start_agent(no_push=True)
         for file in sorted(fixtures_root.glob("events/*/**/*.json")):
             rel = "/" + file.relative_to(fixtures_root).as_posix()
             got = await s.get(f"/pits/{s.pits_id}{rel}")
@@ -143,7 +143,7 @@ async def test_cache_control_rounds_the_window_up(tmp_path, sim) -> None:
     """With the default 1 s window a fresh copy says max-age=1, so a CDN in front caches it."""
     s = System(tmp_path, sim)
     await s.start_relay()
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     try:
         got = await s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json")
         assert got.headers["Cache-Control"] == "public, max-age=1"

@@ -30,7 +30,7 @@ async def test_pits_answers_busy_past_its_command_cap_and_spares_the_origin(
 ) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(per_conn_concurrency=64, client_rate=None, pits_fetch_rate=None)
-    await s.start_agent()  # 8 commands, 2 origin requests at a time (the defaults)
+    await s.start_agent(no_push=True)  # 8 commands, 2 origin requests at a time (the defaults)
     try:
         sim.hold = asyncio.Event()
         conn = s.relay.registry.get(s.pits_id)
@@ -153,7 +153,7 @@ async def test_huge_origin_file_is_too_large_without_holding_it(system: System) 
 async def test_origin_that_never_answers_is_504(tmp_path, sim: Simulator) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(fetch_timeout=30.0)
-    await s.start_agent(fetch_timeout=0.3)
+    await s.start_agent(no_push=True, fetch_timeout=0.3)
     try:
         sim.hold = asyncio.Event()
         started = time.monotonic()
@@ -174,7 +174,7 @@ async def test_origin_that_never_answers_is_504(tmp_path, sim: Simulator) -> Non
 async def test_relay_deadline_caps_the_request(tmp_path, sim: Simulator) -> None:
     s = System(tmp_path, sim)
     await s.start_relay(fetch_timeout=0.3)
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     try:
         sim.hold = asyncio.Event()
         got = await s.get(f"/pits/{s.pits_id}/httpfiles/Channels.json")
@@ -216,7 +216,7 @@ async def test_origin_that_resets_is_retried_once_then_unreachable(
     url = await origin.start()
     s = System(tmp_path, sim)
     await s.start_relay()
-    await s.start_agent(fpvtrackside=url)
+    await s.start_agent(no_push=True, fpvtrackside=url)
     try:
         # The agent's own origin check at start tries (and retries) first: let it finish.
         await wait_for(lambda: s.agent.state.origin_checked is not None, what="origin check")
@@ -235,7 +235,7 @@ async def test_client_rate_limit_answers_429_and_recovers(tmp_path, sim: Simulat
     clock = FakeClock()
     s = System(tmp_path, sim)
     await s.start_relay(clock=clock, client_rate=1.0, client_burst=2.0, freshness=60.0)
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     path = f"/pits/{s.pits_id}/httpfiles/Channels.json"
     try:
         assert (await s.get(path)).code == 200
@@ -256,7 +256,7 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(tmp_path, sim: Sim
     s = System(tmp_path, sim)
     path = f"/pits/{s.pits_id}/httpfiles/Channels.json"
     await s.start_relay(clock=clock, client_rate=1.0, client_burst=1.0, freshness=60.0)
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     try:
         # Not trusted: the header is ignored, so both "clients" share loopback's bucket.
         assert (await s.get(path, headers={"X-Forwarded-For": "192.0.2.1"})).code == 200
@@ -268,7 +268,7 @@ async def test_forwarded_for_counts_only_from_trusted_proxies(tmp_path, sim: Sim
     await s.start_relay(
         clock=clock, client_rate=1.0, client_burst=1.0, freshness=60.0, trusted_proxy=("127.0.0.1",)
     )
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     try:
         assert (await s.get(path, headers={"X-Forwarded-For": "192.0.2.1"})).code == 200
         assert (await s.get(path, headers={"X-Forwarded-For": "192.0.2.2"})).code == 200
@@ -284,7 +284,7 @@ async def test_pits_fetch_rate_limit_serves_stale_or_429(tmp_path, sim: Simulato
     clock = FakeClock()
     s = System(tmp_path, sim)
     await s.start_relay(clock=clock, pits_fetch_rate=1.0, pits_fetch_burst=1.0, freshness=0.0)
-    await s.start_agent()
+    await s.start_agent(no_push=True)
     try:
         cached = f"/pits/{s.pits_id}/httpfiles/Channels.json"
         assert (await s.get(cached)).code == 200  # takes the one token

@@ -60,9 +60,10 @@ async def start_clubs(tmp_path: Path, sim: Simulator, other: Simulator, **relay:
         **relay,
     }
     await one.start_relay(**settings)
-    await one.start_agent()
+    # Boxes that pull only: these tests count what reaches each origin.
+    await one.start_agent(no_push=True)
     two = one.sibling(other, "club-2")
-    await two.start_agent()
+    await two.start_agent(no_push=True)
     assert one.relay is not None
     return Clubs(one, two, one.relay)
 
@@ -235,7 +236,7 @@ async def test_a_pits_whose_id_is_not_a_dns_label_is_refused_at_hello(
 ) -> None:
     caplog.set_level(logging.INFO)
     bad = clubs.one.sibling(other_sim, "Club_3")
-    agent = await bad.start_agent(wait=False)
+    agent = await bad.start_agent(no_push=True, wait=False)
     try:
         await wait_for(lambda: agent.state.close_code == CloseCode.POLICY, what="the refusal")
         assert clubs.relay.registry.get("Club_3") is None
@@ -257,7 +258,7 @@ async def test_a_pits_named_like_the_admins_host_is_refused_at_hello(
     but never be reached at its own host, so it is told why at hello instead."""
     clubs = await start_clubs(tmp_path, sim, other_sim, admin_host=f"admin.{DOMAIN}")
     named = clubs.one.sibling(other_sim, "admin")
-    agent = await named.start_agent(wait=False)
+    agent = await named.start_agent(no_push=True, wait=False)
     try:
         await wait_for(lambda: agent.state.close_code == CloseCode.POLICY, what="the refusal")
         assert clubs.relay.registry.get("admin") is None

@@ -84,6 +84,11 @@ async def test_a_rollback_in_the_wave_halts_it_then_resume_and_cancel(fleet: Fle
     await wait_for(lambda: fleet.offered(bundle) == ["box-2", "box-3"], what="box-3 offered")
     assert fleet.halted_metric(bundle) == 0
     await installed(fleet, 3)
+
+    async def rollout_saw_it() -> bool:  # the rollout takes reports in on the relay's tick
+        return (await fleet.rollout(bundle))["boxes"].get("box-3") == "installed"
+
+    await wait_for(rollout_saw_it, what="the rollout to record box-3 installed")
     # Cancelled: box-3 installed it (stays), nothing goes to box-4.
     got = await fleet.api(f"bundles/{bundle}/rollout/cancel", {})
     assert got["rollout"]["state"] == "cancelled" and got["withdrawn"] == []

@@ -36,7 +36,7 @@ async def test_the_hello_says_which_fpvtrackside(system: System) -> None:
     """Started after its first look at FPVTrackside, the agent's hello carries what it saw."""
     await system.stop_agent()
     system.sim.version = "2.71"
-    agent = await system.start_agent(wait=False)
+    agent = await system.start_agent(no_push=True, wait=False)
     await wait_for(lambda: agent.state.fpvtrackside is not None, what="the first look")
     agent.link.reconnect_now()
 
@@ -62,7 +62,7 @@ async def test_an_upgrade_at_the_venue_reaches_the_relay(
 ) -> None:
     caplog.set_level(logging.INFO)
     await system.stop_agent()
-    agent = await system.start_agent(origin_check_interval=0.05)
+    agent = await system.start_agent(no_push=True, origin_check_interval=0.05)
     await wait_for(
         lambda: (seen := seen_at_relay(system)) is not None and seen.version == "before 2.71",
         what="the relay to know the first version",
@@ -103,7 +103,7 @@ async def test_a_relay_that_does_not_take_the_frame_never_gets_one(
     assert relay is not None
     relay.control_settings = dataclasses.replace(relay.control_settings, features=())
     monkeypatch.setattr("wire.session.m.encode", recording)
-    agent = await system.start_agent(origin_check_interval=0.05)
+    agent = await system.start_agent(no_push=True, origin_check_interval=0.05)
     agent.upstream.reprobe = 0.0
     system.sim.version = "2.76"
     await wait_for(
