@@ -1,4 +1,4 @@
-"""Signed update bundles kept by the relay, and which boxes are offered which (issue #16).
+"""Signed update bundles kept by the relay, and which boxes are offered which.
 
 The relay neither trusts nor parses a bundle: the box checks its signature with RAUC. What
 the relay keeps is bytes, their size and sha256, and the version and architecture it was told
