@@ -294,8 +294,9 @@ class AgentConfig:
     )
     error_hold: float = setting(
         60.0,
-        "on a settings error, show it on the status page this many seconds before exiting "
-        "(systemd then starts the agent again)",
+        "run by systemd (as on the box), on a settings error show it on the status page this "
+        "many seconds before exiting, and systemd starts the agent again; at a terminal the "
+        "agent says it and exits at once",
         non_negative_float,
     )
     log_level: str = setting(
