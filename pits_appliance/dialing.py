@@ -62,12 +62,19 @@ TOKEN_REFUSED = "the relay refused this box's token: ask for a new one"
 UNREACHABLE = (None, "dns", "refused", "timeout", "network")
 
 
-def wants_https(url: str) -> str:
-    """What to say when the relay's plain `url` redirects to https on the same host."""
+def wants_https(url: str, location: str | None = None) -> str:
+    """What to say when the relay's plain `url` redirects to https on the same host (to
+    `location`, whose port, a number, is kept; nothing else of it is repeated)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
+    try:
+        port = urlsplit(location).port if location else None
+    except ValueError:
+        port = None
+    if port is not None and port != 443:
+        host += f":{port}"
     return (
         f"the relay wants https: write https://{host} (not {parts.scheme}://) in CLOUD_URL in "
         "pitlink.conf"
@@ -106,7 +113,7 @@ def classify(
     answer, if any; `cloud_ca`, the CA the box was told to trust besides the public ones."""
     if status is not None and status != 599:
         if status in REDIRECTS and same_host_https(location, url):
-            return DialFailure("wants_https", wants_https(url), status)
+            return DialFailure("wants_https", wants_https(url, location), status)
         if status in (401, 403):
             reason = token_reason(body)
             return DialFailure(
