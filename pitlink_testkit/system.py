@@ -66,6 +66,7 @@ class System:
             reconnect_cap=0.5,
             origin_check_interval=30.0,
             status_pin=self.status_pin,
+            internet_check_url=None,  # tests never ask the Internet; those that need it say where
         )
         return replace(base, **overrides)
 

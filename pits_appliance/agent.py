@@ -273,7 +273,7 @@ class Agent:
                 )
                 log.info(
                     "FPVTrackside event",
-                    extra={"event": event, "event_name": self.state.origin_event_name},
+                    extra={"event_id": event, "event_name": self.state.origin_event_name},
                 )
             self.state.set("origin_event", event)
             self.watcher.set_event(event)

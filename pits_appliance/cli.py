@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import tornado.netutil
 
-from pits_appliance import ConfigError, __version__
+from pits_appliance import ConfigError, __version__, lognoise
 from pits_appliance.config import SETTINGS, AgentConfig, load_config
 from pits_appliance.metrics import AgentMetrics
 from pits_appliance.state import AgentState
@@ -108,6 +108,7 @@ async def _run(argv: Sequence[str]) -> int:
     if config.print_pits_id:
         return _print_pits_id(config)
     jsonlog.setup(config.log_level)
+    lognoise.install()
     try:
         agent = Agent(config)
     except ConfigError as exc:

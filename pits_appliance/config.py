@@ -7,6 +7,7 @@ the docs' table from it.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -115,6 +116,18 @@ def _http_url(text: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("expected an address like http://192.168.1.20:8080")
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _check_url(text: str) -> str | None:
+    """An http(s) address to probe, or None (empty: the check is off)."""
+    if not text.strip():
+        return None
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an address like http://connectivitycheck.gstatic.com/generate_204"
+        )
+    return text.strip()
 
 
 def _between(low: float, high: float, unit: str) -> Callable[[str], float]:
@@ -286,6 +299,14 @@ class AgentConfig:
         text_or_none,
         shown="from DHCP where systemd-networkd exposes it",
     )
+    internet_check_url: str | None = setting(
+        "http://connectivitycheck.gstatic.com/generate_204",
+        "a well-known address that answers an empty 204 and is not the relay, asked when the "
+        "relay's own check fails: when it answers, the Internet is fine and the status page "
+        "points at the relay or `CLOUD_URL`; empty: never asked",
+        _check_url,
+        shown="Android's, `http://connectivitycheck.gstatic.com/generate_204`",
+    )
     paused: bool = setting(False, "start with answering the relay paused", switch=True)
     print_pits_id: bool = setting(
         False,
@@ -401,6 +422,17 @@ def build_parser() -> Parser:
     return parser
 
 
+def _refuse_unknown_keys(text: str, source: str) -> None:
+    """A key no setting has, named with its line and the setting it most likely means."""
+    known = {s.key for s in SETTINGS} | IMAGE_KEYS
+    for number, line in enumerate(text.splitlines(), start=1):
+        for key in parse_conf(line, source=source):  # one line: its key, or none
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f": did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"{source} line {number}: unknown setting {key[:40]}{hint}")
+
+
 def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> AgentConfig:
     """Flags beat environment, environment beats the config file. Raises ConfigError."""
     env = os.environ if env is None else env
@@ -416,6 +448,7 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Ag
                     f"cannot read config file {config_path}: {exc.strerror}"
                 ) from None
             file_values = parse_conf(text, source=str(config_path))
+            _refuse_unknown_keys(text, str(config_path))
         values = resolve(SETTINGS, build_parser(), argv, env, file_values, ignored=IMAGE_KEYS)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None

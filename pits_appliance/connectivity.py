@@ -9,6 +9,13 @@ NetworkManager, the box asks for a URL known to answer an empty 204 (the relay's
 - `limited`: DNS works but the probe times out, is refused or fails;
 - `none`: no route, no address, or DNS fails.
 
+The relay's check alone cannot tell a dead uplink from a dead relay (or a typo in its name):
+when it fails, the box asks a well-known address that is not the relay (INTERNET_CHECK_URL,
+by default the one Android asks). When that one answers, the Internet is `full` and the
+verdict's `relay` says the trouble is the relay's: `unreachable`, or `https` when the relay's
+plain address redirects to https on the same host (CLOUD_URL should say https://). A portal
+intercepts both checks, so it is still found.
+
 The portal's address comes from the network (a redirect's Location, the RFC 8908 API) and is
 shown on the status page as a link, so only an absolute http or https URL with a host, of at
 most `MAX_PORTAL_URL` characters, is kept: anything else (`javascript:`, `data:`, a relative
@@ -25,6 +32,8 @@ from wire.errors import DamagedError
 from wire.untrusted import load_json
 
 State = Literal["full", "portal", "limited", "none", "unknown"]
+# The Internet answers but the relay does not (`unreachable`), or it wants https (`https`).
+RelayTrouble = Literal["unreachable", "https"]
 STATES: tuple[State, ...] = ("full", "portal", "limited", "none", "unknown")
 
 # What a probe attempt ended in, before any HTTP status was seen.
@@ -50,6 +59,7 @@ class Verdict:
     state: State
     portal_url: str | None = None
     detail: str = ""
+    relay: RelayTrouble | None = None
 
 
 MAX_PORTAL_URL = 2000
@@ -108,6 +118,41 @@ def combine(http: Verdict, https: Verdict | None) -> Verdict:
         return http
     order = {"portal": 0, "limited": 1, "none": 2, "full": 3, "unknown": 4}
     return min((http, https), key=lambda v: order[v.state])
+
+
+REDIRECTS = (301, 302, 307, 308)
+
+
+def same_host_https(location: str | None, url: str) -> bool:
+    """Whether a redirect's `location` is https on `url`'s own host: the relay (its front)
+    wants https, which no captive portal does for a host it does not own."""
+    if not location:
+        return False
+    target = urlsplit(location)
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return (
+        target.scheme.lower() == "https"
+        and bool(host)
+        and (target.hostname or "").rstrip(".").lower() == host
+    )
+
+
+def https_upgrade(probe: Probe, relay_url: str) -> bool:
+    """Whether the relay's plain address redirected the probe to https on the same host."""
+    return probe.status in REDIRECTS and same_host_https(probe.location, relay_url)
+
+
+def judge(relay: Verdict, elsewhere: Verdict | None) -> Verdict:
+    """The relay's verdict, weighed against a check of a site that is not the relay (None:
+    not asked). A portal intercepts both; other sites answering means the Internet is there
+    and the trouble is the relay's (down, or a wrong name in CLOUD_URL)."""
+    if relay.state == "full" or elsewhere is None:
+        return relay
+    if elsewhere.state == "full":
+        return Verdict(state="full", relay="unreachable", detail=relay.detail or relay.state)
+    if relay.state == "portal" or elsewhere.state != "portal":
+        return relay
+    return elsewhere
 
 
 def parse_captive_api(body: bytes) -> Verdict | None:

@@ -16,8 +16,10 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pits_appliance import ConfigError
+from pits_appliance.connectivity import REDIRECTS, same_host_https
 from wire.errors import CloseCode, DamagedError, TokenRefusal
 from wire.session import Closing, Policy, close_policy
 from wire.untrusted import load_json
@@ -25,6 +27,7 @@ from wire.untrusted import load_json
 Kind = Literal[
     "token",
     "not_a_relay",
+    "wants_https",
     "relay_error",
     "tls",
     "certificate",
@@ -45,14 +48,37 @@ TOKEN_WORDS: dict[str, str] = {
     "operator for a new one",
     TokenRefusal.WRONG_ROLE: "this is an admin token, not a box token: put the box's own token "
     "in pitlink.conf (TOKEN=)",
-    TokenRefusal.UNKNOWN_KEY: "the relay no longer knows the key that signed this box's token "
-    "(it was rotated out): ask for a new token",
+    TokenRefusal.UNKNOWN_KEY: "this token was made by another relay (or this relay's keys were "
+    "replaced): ask this relay's operator for a token and put it in pitlink.conf (TOKEN=)",
     TokenRefusal.NOT_YET_VALID: "the relay says this box's token is not valid yet: is the box's "
     "clock right?",
     TokenRefusal.MALFORMED: "the relay could not read this box's token: copy it again, whole, "
     "into pitlink.conf (TOKEN=)",
 }
 TOKEN_REFUSED = "the relay refused this box's token: ask for a new one"
+
+# The dial failures that may be the relay down or a wrong name in CLOUD_URL (or no Internet:
+# the connectivity check tells which, see connectivity.judge).
+UNREACHABLE = (None, "dns", "refused", "timeout", "network")
+
+
+def wants_https(url: str, location: str | None = None) -> str:
+    """What to say when the relay's plain `url` redirects to https on the same host (to
+    `location`, whose port, a number, is kept; nothing else of it is repeated)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = urlsplit(location).port if location else None
+    except ValueError:
+        port = None
+    if port is not None and port != 443:
+        host += f":{port}"
+    return (
+        f"the relay wants https: write https://{host} (not {parts.scheme}://) in CLOUD_URL in "
+        "pitlink.conf"
+    )
 
 
 @dataclass(frozen=True)
@@ -75,10 +101,19 @@ def token_reason(body: bytes | None) -> str | None:
 
 
 def classify(
-    exc: BaseException, url: str, *, status: int | None = None, body: bytes | None = None
+    exc: BaseException,
+    url: str,
+    *,
+    status: int | None = None,
+    body: bytes | None = None,
+    location: str | None = None,
+    cloud_ca: Path | None = None,
 ) -> DialFailure:
-    """The failure behind one dial's exception; `status` and `body` of an HTTP answer, if any."""
+    """The failure behind one dial's exception; `status`, `body` and `location` of an HTTP
+    answer, if any; `cloud_ca`, the CA the box was told to trust besides the public ones."""
     if status is not None and status != 599:
+        if status in REDIRECTS and same_host_https(location, url):
+            return DialFailure("wants_https", wants_https(url, location), status)
         if status in (401, 403):
             reason = token_reason(body)
             return DialFailure(
@@ -105,10 +140,16 @@ def classify(
             "page): check CLOUD_URL in pitlink.conf",
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if cloud_ca is None:
+            fix = (
+                "if the relay's operator gave you a CA file, copy it beside pitlink.conf on the "
+                "card's boot partition and name it there: CLOUD_CA=relay-ca.pem"
+            )
+        else:
+            fix = f"it does not chain to CLOUD_CA ({cloud_ca.name}) nor to a public CA"
         return DialFailure(
             "certificate",
-            f"the relay's certificate at {url} does not verify ({exc.verify_message}): the box "
-            "will not talk to it",
+            f"the relay's certificate at {url} does not verify ({exc.verify_message}): {fix}",
         )
     if isinstance(exc, ssl.SSLError) or "TLS handshake" in message or "SSL" in message:
         return DialFailure("tls", f"TLS failed with {url}: is the relay https?")

@@ -229,6 +229,7 @@ class CloudLink:
             connect_timeout=10.0,
             request_timeout=15.0,
             ssl_options=self.tls,
+            follow_redirects=False,  # never carry the token elsewhere; a redirect is reported
         )
         try:
             connecting = asyncio.ensure_future(
@@ -247,7 +248,8 @@ class CloudLink:
                 raise
         except tornado.httpclient.HTTPClientError as exc:
             body = exc.response.body if exc.response is not None else None
-            failure = classify(exc, relay_url, status=exc.code, body=body)
+            location = exc.response.headers.get("Location") if exc.response is not None else None
+            failure = classify(exc, relay_url, status=exc.code, body=body, location=location)
             if failure.kind == "token":
                 self._report(failure, relay_url)
                 # `sessions` grows whenever a dial gets past the relay's token check.
@@ -264,7 +266,7 @@ class CloudLink:
             tornado.iostream.StreamClosedError,
             tornado.websocket.WebSocketError,
         ) as exc:
-            self._report(classify(exc, relay_url), relay_url)
+            self._report(classify(exc, relay_url, cloud_ca=self.config.cloud_ca), relay_url)
             return self.backoff.next_delay()
         self._ws = ws
         # As the relay does on its end: a reply frame goes out at once, not held by Nagle's

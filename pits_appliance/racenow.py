@@ -341,6 +341,6 @@ class RaceNow:
         return True
 
     def _choose(self, race: str) -> None:
-        log.info("the race now", extra={"event": self.event, "race": race, "before": self.race})
+        log.info("the race now", extra={"event_id": self.event, "race": race, "before": self.race})
         self.race = race
         self._ended_at = None

@@ -34,6 +34,7 @@ class AgentState:
     connectivity: str = "unknown"
     connectivity_detail: str = ""
     portal_url: str | None = None
+    relay_trouble: str | None = None  # the Internet answers, the relay not (connectivity.Verdict)
     recovery_action: str | None = None
     recovery_at: float | None = None
     paused: bool = False

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from pits_appliance.config import plain_url
+from pits_appliance.dialing import UNREACHABLE, wants_https
 from pits_appliance.state import AgentState
 from pits_appliance.status_live import events_row, push_row
 from pits_appliance.status_rows import AMBER, GREEN, RED, ago
@@ -64,13 +66,12 @@ def internet_row(s: AgentState) -> dict[str, Any]:
     since = s.changed_at.get("connectivity")
     detail = f" ({s.connectivity_detail})" if s.connectivity_detail else ""
     if s.connectivity == "full":
-        return _row(
-            "internet",
-            GREEN,
-            "The Internet is reachable",
-            "The relay's check answered as it should.",
-            since,
-        )
+        text = "The relay's check answered as it should."
+        if not s.ws_connected and s.relay_trouble == "https":
+            text = "The relay's address answered, asking for https: see the relay line."
+        elif not s.ws_connected and s.relay_trouble:
+            text = "Other sites answer, the relay does not: see the relay line."
+        return _row("internet", GREEN, "The Internet is reachable", text, since)
     if s.connectivity == "portal":
         return _row(
             "internet",
@@ -146,6 +147,15 @@ def cloud_row(s: AgentState, now: float) -> dict[str, Any]:
         )
         return _row("cloud", GREEN, "Connected to the relay", ", ".join(parts) + ".", since)
     reason = s.cloud_error or "Connecting to the relay."
+    host = urlsplit(s.relay_url).hostname or s.relay_url
+    if s.relay_trouble == "https" and s.cloud_failure != "wants_https":
+        reason = wants_https(s.relay_url)
+    elif s.relay_trouble == "unreachable" and s.cloud_failure in UNREACHABLE:
+        reason = (
+            f"{reason.rstrip('.')}. Other sites answer, so the Internet is fine: check CLOUD_URL "
+            f"in pitlink.conf (is {host} the relay's address?), or call the relay's operator: "
+            "the relay may be down"
+        )
     if s.connectivity == "portal" and s.cloud_failure in (None, "not_a_relay", "timeout", "tls"):
         # What the dial met was most likely the portal's page: the portal line says what to do.
         reason = "The captive portal above is in the way: the box connects once it lets it through."
@@ -181,8 +191,18 @@ def token_row(s: AgentState, now: float) -> dict[str, Any]:
 
     While the box is connected the relay renews its token (7 days before expiry by default),
     so a token far from its end, or one whose renewal is still ahead, needs nobody. A token in
-    the last tenth of its life (at least an hour) should have been renewed by then.
+    the last tenth of its life (at least an hour) should have been renewed by then. Red, with
+    the relay's reason, while the relay refuses it, whatever its dates say.
     """
+    if not s.ws_connected and s.cloud_failure == "token" and s.cloud_error:
+        why = s.cloud_error
+        return _row(
+            "token",
+            RED,
+            "The relay refuses this box's token",
+            why[0].upper() + why[1:] + ("" if why.endswith(".") else "."),
+            s.changed_at.get("cloud_error"),
+        )
     if s.token_expires is None:
         return _row(
             "token",

@@ -34,6 +34,8 @@ from pits_appliance.connectivity import (
     captive_api_from_networkd,
     classify,
     combine,
+    https_upgrade,
+    judge,
     parse_captive_api,
 )
 from pits_appliance.httpclient import HTTPClient
@@ -184,6 +186,12 @@ class Watchdog:
         results = await asyncio.gather(*probes)
         await self._check_the_time(results)
         verdict = combine(classify(results[0]), classify(results[1]) if len(results) > 1 else None)
+        if self.https_url is None and https_upgrade(results[0], self.config.cloud_url):
+            # The relay's front answered, asking for https: the Internet is there.
+            return Verdict(state="full", relay="https", detail=f"redirected ({results[0].status})")
+        elsewhere = self.config.internet_check_url
+        if verdict.state != "full" and elsewhere:
+            verdict = judge(verdict, classify(await probe(self.client, elsewhere)))
         api = self.config.captive_portal_api or captive_api_uri()
         if api and verdict.state != "full":
             try:
@@ -225,18 +233,20 @@ class Watchdog:
 
     def record(self, verdict: Verdict) -> None:
         state = self.state
-        before = state.connectivity
+        before, relay_before = state.connectivity, state.relay_trouble
         state.set("connectivity", verdict.state)
         state.portal_url = verdict.portal_url
         state.connectivity_detail = verdict.detail
+        state.relay_trouble = verdict.relay
         for name in STATES:
             self.metrics.connectivity.labels(name).set(1 if name == verdict.state else 0)
-        if before != verdict.state:
+        if before != verdict.state or relay_before != verdict.relay:
             log.info(
                 "connectivity changed",
                 extra={
                     "from": before,
                     "to": verdict.state,
+                    "relay": verdict.relay,
                     "portal": verdict.portal_url,
                     "detail": verdict.detail,
                 },
@@ -248,6 +258,10 @@ class Watchdog:
                 self.dial()
 
     async def act(self, action: str) -> None:
+        if action == RESTART_NETWORK and self.state.relay_trouble:
+            # Other sites answer: the network is fine, restarting it would only cut the box off.
+            log.info("recovery step skipped: the Internet answers", extra={"action": action})
+            return
         self.state.recovery_action = action
         self.state.recovery_at = time.time()
         log.warning("recovery step", extra={"action": action})
@@ -287,7 +301,8 @@ class Watchdog:
             for action in self.recovery.observe(self.state.ws_connected, self.clock()):
                 await self.act(action)
             self.wall_clock.save()
-            delay = self.schedule.after(verdict.state)
+            # A relay in trouble is checked again soon, as if the Internet were not there.
+            delay = self.schedule.after("limited" if verdict.relay else verdict.state)
             if not self.state.ws_connected:
                 delay = min(delay, self.recovery_tick)
             self._wake.clear()

@@ -97,6 +97,10 @@ def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
     for proc in (agent, relay, sim):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+    # A field named like the line's own keys must not overwrite them: the event's id is its own.
+    agent_lines = [json.loads(line) for line in (tmp_path / "agent.log").read_text().splitlines()]
+    [opened] = [r for r in agent_lines if r["event"] == "FPVTrackside event"]
+    assert opened["event_id"] and opened["logger"] == "pitlink.pits.agent"
     for name in ("relay", "agent"):
         lines = (tmp_path / f"{name}.log").read_text().splitlines()
         assert lines, name
@@ -123,6 +127,24 @@ def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_key_typo_says_its_line_and_the_setting_it_means(tmp_path) -> None:
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text(
+        "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nFPVTRACSIDE=10.0.0.5:8080\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pits_appliance", "--config", str(conf), "--error-hold", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"pits-agent: {conf} line 3: unknown setting FPVTRACSIDE: did you mean FPVTRACKSIDE?\n"
+    )
 
 
 def test_a_settings_error_at_a_terminal_exits_at_once(tmp_path) -> None:

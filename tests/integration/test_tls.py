@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,6 +69,61 @@ async def test_a_certificate_the_box_cannot_verify_is_said_plainly(behind_tls, c
     assert s.relay.registry.get(s.pits_id) is None
     lines = [r for r in caplog.records if r.getMessage() == "cannot connect to the relay"]
     assert [r.kind for r in lines] == ["certificate"]
+
+
+async def test_a_private_ca_without_cloud_ca_names_it_and_tornado_warns_once_a_minute(
+    behind_tls, procs, tmp_path: Path
+) -> None:
+    """The agent as a process, as on the box: its log has one line naming CLOUD_CA=, and one
+    of tornado's `SSL Error` warnings, not one per dial and per check."""
+    s, _, url = behind_tls
+    status_port = free_port()
+    log = tmp_path / "agent.log"
+    procs.start(
+        [
+            "-m",
+            "pits_appliance",
+            "--cloud-url",
+            url,
+            "--token-file",
+            str(s.token_file),
+            "--fpvtrackside",
+            s.sim.url,
+            "--status-host",
+            "127.0.0.1",
+            "--status-port",
+            str(status_port),
+            "--reconnect-base",
+            "0.05",
+            "--reconnect-cap",
+            "0.2",
+            "--check-interval",
+            "0.5",
+            "--internet-check-url",
+            "",
+        ],
+        log,
+    )
+
+    def attempts() -> int:
+        try:
+            got = urllib.request.urlopen(f"http://127.0.0.1:{status_port}/healthz", timeout=5)
+        except urllib.error.HTTPError as exc:
+            return int(json.loads(exc.read())["reconnects"])
+        except OSError:
+            return 0
+        raise AssertionError(f"connected: {got.read()!r}")
+
+    await wait_for(lambda: attempts() >= 8, what="several dials", timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    ssl_errors = [r for r in lines if r["event"].startswith("SSL Error")]
+    assert len(ssl_errors) == 1, ssl_errors
+    assert ssl_errors[0]["logger"] == "tornado.general" and ssl_errors[0]["held_back"] == 0
+    failed = [r for r in lines if r["event"] == "cannot connect to the relay"]
+    assert len(failed) == 1, failed
+    assert failed[0]["kind"] == "certificate"
+    assert "copy it beside pitlink.conf on the card's boot partition" in failed[0]["error"]
+    assert "CLOUD_CA=relay-ca.pem" in failed[0]["error"]
 
 
 def test_a_ca_file_that_is_not_a_certificate_is_a_settings_error(tmp_path: Path) -> None:

@@ -174,6 +174,25 @@ def test_unknown_key_in_the_file_refused(tmp_path: Path) -> None:
         load_config(["--config", str(path)], env={})
 
 
+def test_a_key_typo_names_its_line_and_the_setting_it_means(tmp_path: Path) -> None:
+    path = conf(
+        tmp_path,
+        "# the box\nCLOUD_URL=https://r.example\nTOKEN_FILE=/t\n\nFPVTRACSIDE=http://10.0.0.5:8080\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--config", str(path)], env={})
+    assert str(caught.value) == (
+        f"{path} line 5: unknown setting FPVTRACSIDE: did you mean FPVTRACKSIDE?"
+    )
+
+
+def test_a_key_like_no_setting_gets_no_guess(tmp_path: Path) -> None:
+    path = conf(tmp_path, "CLOUD_URL=https://r.example\nTOKEN_FILE=/t\nZZZQQQ=1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(["--config", str(path)], env={})
+    assert str(caught.value) == f"{path} line 3: unknown setting ZZZQQQ"
+
+
 def test_line_without_equals_refused(tmp_path: Path) -> None:
     path = conf(tmp_path, "CLOUD_URL https://r.example\n")
     with pytest.raises(ConfigError, match="line 1"):

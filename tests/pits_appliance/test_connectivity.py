@@ -14,6 +14,8 @@ from pits_appliance.connectivity import (
     captive_api_from_networkd,
     classify,
     combine,
+    https_upgrade,
+    judge,
     parse_captive_api,
     portal_link,
 )
@@ -242,3 +244,47 @@ def test_the_agent_state_never_holds_a_bad_portal_url() -> None:
     state.portal_url = "http://10.0.0.1/login"
     assert state.portal_url == "http://10.0.0.1/login"
     assert AgentState(portal_url="data:,x").portal_url is None
+
+
+FULL = Verdict(state="full")
+PORTAL = Verdict(state="portal", portal_url="http://login.venue/")
+LIMITED = Verdict(state="limited", detail="connection refused")
+NONE = Verdict(state="none", detail="DNS: Name or service not known")
+
+
+@pytest.mark.parametrize(
+    ("relay", "elsewhere", "expected"),
+    [
+        (FULL, None, FULL),
+        (FULL, NONE, FULL),  # the relay's own check is what matters
+        (NONE, None, NONE),  # no second check configured: as before
+        (NONE, NONE, NONE),  # nothing answers: the Internet is not there
+        (LIMITED, NONE, LIMITED),
+        (NONE, FULL, Verdict(state="full", relay="unreachable", detail=NONE.detail)),
+        (LIMITED, FULL, Verdict(state="full", relay="unreachable", detail=LIMITED.detail)),
+        (PORTAL, PORTAL, PORTAL),  # a portal intercepts both
+        (NONE, PORTAL, PORTAL),
+        (LIMITED, PORTAL, PORTAL),
+    ],
+)
+def test_a_second_check_tells_the_relay_from_the_internet(
+    relay: Verdict, elsewhere: Verdict | None, expected: Verdict
+) -> None:
+    assert judge(relay, elsewhere) == expected
+
+
+@pytest.mark.parametrize(
+    ("probe", "upgrade"),
+    [
+        (Probe(status=301, location="https://relay.example/generate_204"), True),
+        (Probe(status=308, location="https://RELAY.example.:8443/generate_204"), True),
+        (Probe(status=302, location="https://portal.example/login"), False),
+        (Probe(status=301, location="http://relay.example/generate_204"), False),
+        (Probe(status=301), False),
+        (Probe(status=200, location="https://relay.example/"), False),
+    ],
+)
+def test_a_redirect_to_https_on_the_relays_host_is_not_a_portal(
+    probe: Probe, upgrade: bool
+) -> None:
+    assert https_upgrade(probe, "http://relay.example:8080") is upgrade

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
 import tornado.httpclient
@@ -30,7 +31,7 @@ def refusal(reason: str | None) -> bytes:
         (TokenRefusal.WRONG_ROLE, "this is an admin token, not a box token"),
         (TokenRefusal.EXPIRED, "token has expired"),
         (TokenRefusal.REVOKED, "token was revoked"),
-        (TokenRefusal.UNKNOWN_KEY, "no longer knows the key"),
+        (TokenRefusal.UNKNOWN_KEY, "this token was made by another relay"),
         (TokenRefusal.NOT_YET_VALID, "is the box's clock right?"),
         (TokenRefusal.MALFORMED, "copy it again"),
     ],
@@ -128,3 +129,36 @@ def test_the_log_says_each_change_at_once_and_again_after_a_success() -> None:
     assert log.should_log(DialFailure("refused", "b"), 2.0) is None
     log.reset()
     assert log.should_log(DialFailure("refused", "b"), 3.0) == 0
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_to_https_on_the_same_host_says_the_relay_wants_https(status: int) -> None:
+    exc = tornado.httpclient.HTTPClientError(status)
+    url = "http://relay.example:8080"
+    failure = classify(exc, url, status=status, location="https://relay.example/control")
+    assert failure.kind == "wants_https"
+    assert failure.text == (
+        "the relay wants https: write https://relay.example (not http://) in CLOUD_URL in "
+        "pitlink.conf"
+    )
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["https://portal.example/login", "http://relay.example/", None, "javascript:alert(1)"],
+)
+def test_a_redirect_elsewhere_is_not_the_relay_wanting_https(location: str | None) -> None:
+    exc = tornado.httpclient.HTTPClientError(302)
+    failure = classify(exc, "http://relay.example", status=302, location=location)
+    assert failure.kind == "not_a_relay"
+
+
+def test_a_certificate_that_does_not_verify_names_cloud_ca() -> None:
+    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    exc.verify_message = "unable to get local issuer certificate"
+    failure = classify(exc, URL)
+    assert failure.kind == "certificate"
+    assert "CLOUD_CA=relay-ca.pem" in failure.text
+    assert "beside pitlink.conf on the card's boot partition" in failure.text
+    told = classify(exc, URL, cloud_ca=Path("/boot/firmware/ours.pem"))
+    assert "does not chain to CLOUD_CA (ours.pem)" in told.text
