@@ -55,7 +55,7 @@ class FrontPageHandler(BaseHandler):
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>Pitlink relay</title>"
             "<style>body{font:16px/1.45 system-ui,sans-serif;max-width:46em;margin:1em auto;"
-            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0}"
+            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0;overflow-wrap:anywhere}"
             ".offline{color:#57606a}.offline strong{color:#cf222e}</style>"
             "<h1>Pitlink relay</h1>"
             "<p>Live FPV race data from the pits, as FPVTrackside serves it at the race.</p>"
