@@ -140,10 +140,9 @@ class Admin:
             if self.live is not None:
                 row.update(self.live(conn.pits_id))
             rows.append(row)
-        if self.cluster is not None:
-            others = await self.cluster.all_connections() or []
-            mine = {r["pitsId"] for r in rows}
-            rows.extend(r for r in others if r.get("node") != here and r["pitsId"] not in mine)
+        others = await self._others()
+        mine = {r["pitsId"] for r in rows}
+        rows.extend(r for r in others if r.get("state") != "offline" and r["pitsId"] not in mine)
         offers = self._offers()
         for row in rows:
             offered = offers.get(row["pitsId"])
@@ -163,6 +162,40 @@ class Admin:
             row["host"] = None if own is None else urlsplit(own).hostname
             row["active"] = row["pitsId"] == self.active_pits.pits_id
         return sorted(rows, key=lambda r: (r["pitsId"], str(r.get("node"))))
+
+    async def _others(self) -> list[dict[str, Any]]:
+        """What the other replicas publish (their live and offline boxes), or nothing."""
+        if self.cluster is None:
+            return []
+        here = self.node_id
+        rows = await self.cluster.all_connections() or []
+        return [r for r in rows if r.get("node") != here and isinstance(r.get("pitsId"), str)]
+
+    async def offline(self, live: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The boxes connected in the last day that are no longer (here or, as the other
+        replicas publish them, there): when each was last seen and why its link ended."""
+        now = time.time()
+        connected = {r["pitsId"] for r in (live if live is not None else await self.connections())}
+        rows: dict[str, dict[str, Any]] = {}
+        for gone in self.registry.offline.recent(now):
+            rows[gone.pits_id] = dict(gone.describe(now), node=self.node_id)
+        for row in await self._others():
+            seen = row.get("lastSeenAt")
+            if row.get("state") != "offline" or not isinstance(seen, int | float):
+                continue
+            if now - seen > self.registry.offline.keep:
+                continue
+            mine = rows.get(row["pitsId"])
+            if mine is None or mine["lastSeenAt"] < seen:
+                rows[row["pitsId"]] = dict(row, lastSeenS=round(max(0.0, now - seen), 1))
+        return sorted(
+            (r for p, r in rows.items() if p not in connected), key=lambda r: -r["lastSeenAt"]
+        )
+
+    def refused(self) -> list[dict[str, Any]]:
+        """Boxes refused at the door lately, by the pits id their token claims (not verified)."""
+        now = time.time()
+        return [r.describe(now) for r in self.registry.refused.recent(now)]
 
     async def _act(self, who: str, pits_id: str, action: Action) -> None:
         """Do it here if the pits is connected here, else send it to the replica that holds it."""
@@ -306,9 +339,12 @@ class Admin:
         return {"rollout": None if rollout is None else rollout.describe()}
 
     async def overview(self, origin: Origin | None = None) -> dict[str, Any]:
+        connections = await self.connections(origin)
         return {
             "updates": self.bundles(),
-            "connections": await self.connections(origin),
+            "connections": connections,
+            "offline": await self.offline(connections),
+            "refused": self.refused(),
             **self.active(),
             "cache": self.cache_stats(),
             "allowlist": self.allowlist(),

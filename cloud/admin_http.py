@@ -70,6 +70,8 @@ class AdminAPIHandler(AdminAuth):
     ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", re.compile(r"overview"), "overview"),
         ("GET", re.compile(r"connections"), "connections"),
+        ("GET", re.compile(r"offline"), "offline"),
+        ("GET", re.compile(r"refused"), "refused"),
         ("POST", re.compile(_PITS + r"/reconnect"), "reconnect"),
         ("POST", re.compile(_PITS + r"/pause"), "pause"),
         ("POST", re.compile(_PITS + r"/resume"), "resume"),
@@ -154,6 +156,12 @@ class AdminAPIHandler(AdminAuth):
 
     async def _connections(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         return {"connections": await self.admin.connections(self.public_origin())}
+
+    async def _offline(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"offline": await self.admin.offline()}
+
+    async def _refused(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
+        return {"refused": self.admin.refused()}
 
     async def _reconnect(self, who: str, g: dict[str, str], body: dict[str, Any]) -> Any:
         await self.admin.reconnect(who, g["pits"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -116,6 +117,21 @@ def _keygen(argv: Sequence[str]) -> int:
     return 0
 
 
+def _lifetime(text: str) -> float:
+    """A token's lifetime: a number of seconds above 0 (a token that is born expired is a
+    mistake, never what an operator wants)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
+    if not seconds >= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]} is not a lifetime: give the seconds the token is valid for, 1 or more "
+            "(86400 is a day)"
+        )
+    return seconds
+
+
 def _token(argv: Sequence[str]) -> int:
     p = Parser(
         prog="cloud-relay token",
@@ -125,7 +141,9 @@ def _token(argv: Sequence[str]) -> int:
     p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
     p.add_argument("--sub", required=True, help="the pits id, or the admin's name")
     p.add_argument("--role", choices=ROLES, default="pits")
-    p.add_argument("--ttl", type=float, default=365 * 86400, help="lifetime in s (default a year)")
+    p.add_argument(
+        "--ttl", type=_lifetime, default=365 * 86400, help="lifetime in s (default a year)"
+    )
     ns = p.parse_args(argv)
     print(KeySet.load(ns.jwks).issue(sub=ns.sub, role=ns.role, ttl=ns.ttl))
     return 0
@@ -219,7 +237,17 @@ def _bundle(argv: Sequence[str]) -> int:
     cancel.add_argument("id")
     ns = p.parse_args(argv)
     if ns.bundle_dir is None:
-        raise SettingsError("--bundle-dir (or PITLINK_BUNDLE_DIR) is required: the relay's")
+        raise SettingsError(
+            "--bundle-dir (or PITLINK_BUNDLE_DIR) is required: the folder the relay keeps its "
+            "bundles in, as given to its own --bundle-dir"
+        )
+    if ns.verb != "add" and not ns.bundle_dir.is_dir():
+        # Only `add` makes the folder: a typo in its name must not look like an empty one.
+        what = "is not a folder" if ns.bundle_dir.exists() else "does not exist"
+        raise SettingsError(
+            f"the bundle folder {ns.bundle_dir} {what}: give the relay's --bundle-dir "
+            "(`cloud-relay bundle add FILE` creates it)"
+        )
     store = BundleStore(ns.bundle_dir)
     rollouts = Rollouts(store)
     if ns.verb == "add":

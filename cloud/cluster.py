@@ -194,8 +194,12 @@ class Cluster:
 
     async def _publish_connections(self) -> None:
         more = self.describe_more or (lambda _: {})
+        now = time.time()
+        # The boxes whose link ended here lately too: every replica's admin page lists them.
+        gone = [dict(d.describe(now), node=self.node_id) for d in self.registry.offline.recent(now)]
         rows = ujson.dumps(
             [dict(c.describe(), **more(c.pits_id), node=self.node_id) for c in self.registry.live()]
+            + gone
         )
         key = f"{P}conns:{self.node_id}"
         await self.redis.call(lambda: self.redis.client.set(key, rows, ex=CONNS_TTL_S))

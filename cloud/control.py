@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from cloud.bundles import arch_of
 from cloud.keys import LEEWAY_S, Revocations
 from cloud.metrics import Metrics
+from cloud.offline import Departure, clip
 from cloud.registry import Registry
 from wire import PROTOCOL_VERSION, CloseCode, ErrorCode, ProtocolError
 from wire import messages as m
@@ -92,6 +93,20 @@ PushListener = Callable[["PitsConnection", Any], str | None]
 PUSH_TYPES = tuple(FROM_PITS.values())  # wire.push
 
 FPVTRACKSIDE_LOG_S = 60.0  # one "pits FPVTrackside changed" line a minute per connection
+
+
+def _why_we_closed(event: Closing) -> str:
+    """How a link the relay closed ended, in the words the admin page shows."""
+    if event.code == CloseCode.GOING_AWAY and event.reason.startswith("silent"):
+        return f"ping timeout: {event.reason}, closed by the relay ({event.code})"
+    return f"closed by the relay ({event.code}): {event.reason}"
+
+
+def why_peer_closed(code: int | None, reason: str | None) -> str:
+    """How a link the box (or the network) ended: its close code and reason, or none."""
+    if code is None:
+        return "connection lost without a close frame (network, or the box stopped)"
+    return f"closed by the box ({code})" + (f": {clip(reason, 120)}" if reason else "")
 
 
 def _version_of(seen: m.FpvTrackside | None) -> str | None:
@@ -255,7 +270,7 @@ class PitsConnection:
                     "closing pits connection", extra={"pits_id": self.pits_id, "code": event.code}
                 )
                 self.transport.close(event.code, event.reason)
-                self.closed()
+                self.closed(_why_we_closed(event))
 
     def start(self) -> None:
         """Send the cloud's hello; the pits must answer within the handshake timeout."""
@@ -269,8 +284,11 @@ class PitsConnection:
         """Handle one frame from the pits. Nothing a pits sends can raise out of here."""
         self._act(self.session.receive(data, self.clock()))
 
-    def closed(self) -> None:
-        """The WebSocket is gone: fail every pending fetch now, not at its deadline."""
+    def closed(self, why: str = "connection lost") -> None:
+        """The WebSocket is gone: fail every pending fetch now, not at its deadline.
+
+        `why` is how it ended, shown with the box while it is listed as offline.
+        """
         if self._gone:
             return
         self._gone = True
@@ -279,8 +297,15 @@ class PitsConnection:
             if not future.done():
                 future.set_exception(ProtocolError(ErrorCode.UNAVAILABLE, "pits connection lost"))
         self._pending.clear()
-        self.registry.unregister(self)
-        log.info("pits disconnected", extra={"pits_id": self.pits_id})
+        wall = self.wall()
+        gone = Departure(
+            pits_id=self.pits_id,
+            since=self.connected_since_wall,
+            last_seen=wall - max(0.0, self.clock() - self.last_rx),
+            error=clip(why),
+        )
+        self.registry.unregister(self, gone)
+        log.info("pits disconnected", extra={"pits_id": self.pits_id, "why": gone.error})
 
     # -- fetches ---------------------------------------------------------------------------------
 

@@ -9,7 +9,18 @@ from tornado.escape import url_escape, xhtml_escape
 
 from cloud.clients import Origin
 from cloud.http_base import BaseHandler
+from cloud.offline import Departure
 from wire.event import event_id_from_page
+
+
+def ago(seconds: float) -> str:
+    """How long ago, in the unit a person reads best."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{int(seconds)} s"
+    if seconds < 5400:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class FrontPageHandler(BaseHandler):
@@ -21,6 +32,13 @@ class FrontPageHandler(BaseHandler):
         rows = "".join(
             self._row(origin, conn.pits_id, conn.connected_since_wall, conn.pits_id == active)
             for conn in sorted(self.relay.registry.live(), key=lambda c: c.pits_id)
+        )
+        # Boxes whose link ended in the last day: listed as offline, never as live.
+        now = time.time()
+        rows += "".join(
+            self._offline_row(origin, gone, now)
+            for gone in self.relay.registry.offline.recent(now)
+            if self.relay.registry.get(gone.pits_id) is None
         )
         # With --pits-domain, each pits' own name: shown with a placeholder for the id.
         own = self.relay.pits_url("x", origin)
@@ -37,10 +55,11 @@ class FrontPageHandler(BaseHandler):
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>Pitlink relay</title>"
             "<style>body{font:16px/1.45 system-ui,sans-serif;max-width:46em;margin:1em auto;"
-            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0}</style>"
+            "padding:0 1em}code{background:#f3f3f3;padding:0 .2em}li{margin:.5em 0;overflow-wrap:anywhere}"
+            ".offline{color:#57606a}.offline strong{color:#cf222e}</style>"
             "<h1>Pitlink relay</h1>"
             "<p>Live FPV race data from the pits, as FPVTrackside serves it at the race.</p>"
-            "<h2>Connected pits</h2>"
+            "<h2>Pits</h2>"
             f"<ul id=pits>{rows or '<li>None yet: a box appears here once it connects.</li>'}</ul>"
             "<h2>Dashboards and overlays</h2>"
             "<p>Give a dashboard or a stream overlay the address "
@@ -90,6 +109,20 @@ class FrontPageHandler(BaseHandler):
         return (
             f"<li data-pits={quoted}><strong>{name}</strong>{note}, connected {minutes} min, "
             f"<span class=push>{pushing}</span>: " + " · ".join(links) + "</li>"
+        )
+
+    def _offline_row(self, origin: Origin, gone: Departure, now: float) -> str:
+        """A box no longer connected: since when, and why its link ended (its last copies are
+        still served, with their age in the headers; its live page says it is offline)."""
+        quoted = url_escape(gone.pits_id, plus=False)
+        own = self.relay.pits_url(gone.pits_id, origin)
+        root = xhtml_escape(own) if own is not None else f"/pits/{quoted}/"
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(gone.last_seen))
+        return (
+            f"<li data-pits={quoted} class=offline><strong>{xhtml_escape(gone.pits_id)}</strong> "
+            f"<span class=since>offline since {stamp} (last seen {ago(now - gone.last_seen)} "
+            f"ago)</span>, last error: <span class=error>{xhtml_escape(gone.error)}</span>: "
+            f'<a href="{root}pitlink/race">live race</a> (says how old its last copy is)</li>'
         )
 
     def _event_of(self, pits_id: str) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ from cloud.admin_http import admin_rules
 from cloud.bundle_http import BundleDownloadHandler
 from cloud.cache import Served
 from cloud.config import CloudConfig
-from cloud.control import PitsConnection
+from cloud.control import PitsConnection, why_peer_closed
 from cloud.front_page import FrontPageHandler
 from cloud.hits import DATA_HEADERS, WRITE_CHUNK
 from cloud.hosts import DNS_LABEL, HostRouting
@@ -176,6 +177,19 @@ class PitsHostRedirect(BaseHandler):
         self.finish()
 
 
+def unverified_claim(token: str) -> tuple[str | None, str | None]:
+    """The pits id (`sub`) and key id a token claims, read without checking it, or None."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError):
+        return None, None
+    return (
+        None if sub is None else str(sub),
+        None if kid is None else str(kid),
+    )
+
+
 class ControlHandler(tornado.websocket.WebSocketHandler):
     """`/control`: the pits' WebSocket. The token is checked before the upgrade."""
 
@@ -201,14 +215,35 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
             self.kid = jwt.get_unverified_header(token).get("kid")
         except TokenError as exc:
             self.relay.metrics.auth_failures.inc()
-            log.warning(
-                "control connection refused", extra={"reason": str(exc.reason), "detail": str(exc)}
-            )
+            self._refused_token(token, exc)
             self._refuse(401, ErrorCode.UNAUTHORIZED, str(exc), reason=exc.reason)
             return
         version = self.get_query_argument("version", "")
         self.version_ok = version.isdigit() and int(version) in SUPPORTED_VERSIONS
         await super().get(*args, **kwargs)
+
+    def _refused_token(self, token: str, exc: TokenError) -> None:
+        """Say which box was refused: the pits id its token claims (not verified: the token
+        was refused) and its key id, in the log and on the admin page (cloud.offline)."""
+        claimed, kid = unverified_claim(token)
+        address = self.relay.clients.address(
+            self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
+        )
+        seen = self.relay.registry.refused.note(
+            claimed=claimed, kid=kid, reason=str(exc.reason), address=address, now=time.time()
+        )
+        log.warning(
+            "control connection refused",
+            extra={
+                "reason": str(exc.reason),
+                "detail": str(exc),
+                "claimedPitsId": seen.claimed_pits_id,
+                "verified": False,
+                "kid": seen.kid,
+                "client": seen.address,
+                "count": seen.count,
+            },
+        )
 
     def _refuse(
         self, status: int, code: ErrorCode, message: str, reason: str | None = None
@@ -244,7 +279,7 @@ class ControlHandler(tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         if self.conn is not None:
-            self.conn.closed()
+            self.conn.closed(why_peer_closed(self.close_code, self.close_reason))
 
     # The transport a PitsConnection talks through.
     def send(self, text: str) -> None:

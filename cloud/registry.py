@@ -1,4 +1,5 @@
-"""Who is connected: every pits connection, and the one live connection of each pits.
+"""Who is connected: every pits connection, and the one live connection of each pits; and
+who was lately (offline boxes) or was refused at the door (cloud.offline).
 
 A newer connection of the same pits replaces the older one (closed with 4003); the replicas'
 cluster hears of each change through the hooks, and so do the features that greet a box (the
@@ -15,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from cloud.keys import Revocations
 from cloud.metrics import Metrics
+from cloud.offline import Departure, Offline, Refused
 from wire import CloseCode
 from wire.budget import Throttle
 
@@ -58,6 +60,9 @@ class Registry(Generic[C]):
         self.on_register: list[Hook] = []
         self.on_unregister: list[Hook] = []
         self.hook_log = Throttle(HOOK_LOG_INTERVAL)
+        # The boxes whose link ended in the last day (cloud.offline), for the pages.
+        self.offline = Offline()
+        self.refused = Refused()  # boxes refused at /control, by the pits id they claim
 
     def add(self, conn: C) -> None:
         self.all.add(conn)
@@ -67,15 +72,19 @@ class Registry(Generic[C]):
         """A connection finished its handshake; it replaces any older one of the same pits."""
         old = self._live.get(conn.pits_id)
         self._live[conn.pits_id] = conn
+        self.offline.back(conn.pits_id)
         if old is not None and old is not conn:
             old.close(CloseCode.REPLACED, "replaced by a newer connection of the same pits")
         self._gauge()
         self._run(self.on_register, conn.pits_id, "register")
 
-    def unregister(self, conn: C) -> None:
+    def unregister(self, conn: C, gone: Departure | None = None) -> None:
+        """A connection ended; `gone` says how, listed as offline if it was the pits' live one."""
         self.all.discard(conn)
         if self._live.get(conn.pits_id) is conn:
             del self._live[conn.pits_id]
+            if gone is not None:
+                self.offline.note(gone)
             self._run(self.on_unregister, conn.pits_id, "unregister")
         self._gauge()
 

@@ -288,3 +288,41 @@ def test_bundle_commands_refuse_in_one_line(
         "amd64",
     )
     assert made.returncode == 0, made.stderr
+
+
+@pytest.mark.parametrize("ttl", ["-100", "0", "nan", "soon"])
+def test_a_token_that_would_be_born_expired_is_refused(tmp_path: Path, ttl: str) -> None:
+    """Run as the operator runs it: one line on the terminal, exit 2, and no token printed."""
+    keygen(tmp_path / "jwks.json", "k1")
+    done = run("token", "--jwks", str(tmp_path / "jwks.json"), "--sub", "club-1", "--ttl", ttl)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.strip().splitlines()
+    assert "--ttl" in line
+    assert ("1 or more" in line) if ttl != "soon" else ("not a number of seconds" in line)
+
+
+def test_a_bundle_folder_that_is_missing_is_said_and_not_made(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    for verb in (["list"], ["withdraw", "club-1"], ["cancel", "0123456789abcdef"]):
+        done = run("bundle", "--bundle-dir", str(missing), *verb)
+        assert done.returncode == 2, verb
+        assert done.stdout == ""
+        assert done.stderr.strip() == (
+            f"cloud-relay: the bundle folder {missing} does not exist: give the relay's "
+            "--bundle-dir (`cloud-relay bundle add FILE` creates it)"
+        )
+        assert not missing.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    done = run("bundle", "--bundle-dir", str(a_file), "list")
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+
+
+def test_a_missing_bundle_dir_flag_is_a_whole_sentence() -> None:
+    done = run("bundle", "list")
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "cloud-relay: --bundle-dir (or PITLINK_BUNDLE_DIR) is required: the folder the relay "
+        "keeps its bundles in, as given to its own --bundle-dir"
+    )

@@ -304,6 +304,11 @@ def test_tick_pings_on_schedule_and_closes_a_silent_connection(
     assert [code for code, _ in transport.closes] == [1001]
     assert conn.state == "closed"
     assert registry.get("p1") is None
+    # Listed as offline: last heard from at the pong, and why its link ended.
+    [gone] = registry.offline.recent(1_700_000_000.0)
+    assert gone.pits_id == "p1"
+    assert gone.last_seen == pytest.approx(1_700_000_000.0 - 15.1)
+    assert gone.error == "ping timeout: silent for 15 s, closed by the relay (1001)"
     pings = len(transport.frames("ping"))
     clock.advance(100)
     conn.tick()  # a closed connection does nothing more
@@ -499,3 +504,22 @@ async def test_error_details_from_a_pits_are_not_passed_on(connect) -> None:
         await asyncio.wait_for(task, 1)
     assert (caught.value.code, caught.value.message) == (ErrorCode.BUSY, "go away")
     assert caught.value.details is None
+
+
+def test_a_closed_link_is_listed_offline_until_the_box_is_back(connect, registry: Registry) -> None:
+    """The box (or the network) ended it: its code and reason, or that there was no close frame;
+    a replaced connection is not offline, and a box that connects again is no longer listed."""
+    from cloud.control import why_peer_closed
+
+    conn, _ = connect("p1")
+    conn.closed(why_peer_closed(1001, "agent stopping"))
+    [gone] = registry.offline.recent(1_700_000_000.0)
+    assert (gone.pits_id, gone.error) == ("p1", "closed by the box (1001): agent stopping")
+    second, _ = connect("p1")
+    assert registry.offline.recent(1_700_000_000.0) == []
+    third, _ = connect("p1")  # replaces the second: that one is not offline
+    assert registry.offline.recent(1_700_000_000.0) == []
+    third.closed(why_peer_closed(None, None))
+    [gone] = registry.offline.recent(1_700_000_000.0)
+    assert gone.error.startswith("connection lost without a close frame")
+    assert second.state == "closed"
