@@ -36,22 +36,33 @@ CASES = _cases()
 
 
 def handler(
-    state: Path, version: str, *, running: str | None = None
+    state: Path,
+    version: str | None,
+    *,
+    running: str | None = None,
+    manifest: bytes | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """The handler as RAUC runs it for a bundle of `version`, with the box's state folder at
-    `state` and `running` in the root's version file (none when None)."""
+    """The handler as RAUC runs it for a bundle of `version` (RAUC_MF_VERSION, as RAUC 1.10
+    and later give it; None: not given) and, when `manifest` is given, with the bundle
+    mounted (RAUC 1.8 gives only that), with the box's state folder at `state` and `running`
+    in the root's version file (none when None)."""
     version_file = state.parent / "version"
     version_file.unlink(missing_ok=True)
     if running is not None:
         version_file.write_text(running + "\n")
     env = {
         "PATH": os.environ["PATH"],
-        "RAUC_MF_COMPATIBLE": "pitlink-amd64",
-        "RAUC_MF_VERSION": version,
         "RAUC_CURRENT_BOOTNAME": "A",
         "PITLINK_STATE_DIR": str(state),
         "PITLINK_VERSION_FILE": str(version_file),
     }
+    if version is not None:
+        env["RAUC_MF_VERSION"] = version
+    if manifest is not None:
+        mounted = state.parent / "bundle"
+        mounted.mkdir(exist_ok=True)
+        (mounted / "manifest.raucm").write_bytes(manifest)
+        env["RAUC_BUNDLE_MOUNT_POINT"] = str(mounted)
     return subprocess.run(
         ["bash", str(HANDLER)], env=env, capture_output=True, text=True, timeout=30
     )
@@ -170,3 +181,44 @@ def test_the_handler_reads_the_state_folder_the_agent_writes() -> None:
     unit = (REPO / "pits_appliance" / "systemd" / "pits-agent.service").read_text()
     assert " --state-dir /var/lib/pitlink " in unit
     assert 'state="${PITLINK_STATE_DIR:-/var/lib/pitlink}"' in HANDLER.read_text()
+
+
+def manifest(version: str) -> bytes:
+    return (
+        f"[update]\ncompatible=pitlink-amd64\nversion={version}\n\n[bundle]\nformat=verity\n\n"
+        "[image.rootfs]\nfilename=root.ext4\n"
+    ).encode()
+
+
+def test_the_version_is_read_from_the_bundles_own_manifest(state: Path) -> None:
+    """RAUC 1.8 gives the handler the bundle, mounted, and no RAUC_MF_VERSION."""
+    set_floor(state, "1.0.0")
+    assert allowed(handler(state, None, manifest=manifest("1.0.1")))
+    done = handler(state, None, manifest=manifest("0.9.0"))
+    assert not allowed(done)
+    assert "refused: version 0.9.0 is not newer than 1.0.0" in done.stderr
+    # As RAUC's key files are read: blanks around the key and before the value, the last
+    # `version` of [update] counts, other sections' do not.
+    odd = b"[bundle]\nversion=9.9.9\n[update]\n version = 0.5.0\nversion=  1.2.0\n[x]\nversion=0.1.0\n"
+    assert "allowed: version 1.2.0 is newer" in handler(state, None, manifest=odd).stderr
+    for broken in (
+        b"",
+        b"[update]\ncompatible=pitlink-amd64\n",
+        b"version=9.0.0\n",
+        b"\0" * 100_000,
+    ):
+        done = handler(state, None, manifest=broken)
+        assert not allowed(done), broken[:40]
+        assert "the bundle's manifest names no version" in done.stderr
+    done = handler(state, None, manifest=manifest("2.0.0\r"))
+    assert not allowed(done) and "is not a version" in done.stderr
+
+
+def test_rauc_and_the_manifest_must_agree(state: Path) -> None:
+    set_floor(state, "1.0.0")
+    assert allowed(handler(state, "2.0.0", manifest=manifest("2.0.0")))
+    done = handler(state, "2.0.0", manifest=manifest("3.0.0"))
+    assert not allowed(done)
+    assert "RAUC says version '2.0.0', the bundle's manifest '3.0.0'" in done.stderr
+    done = handler(state, None)
+    assert not allowed(done) and "RAUC gave no bundle" in done.stderr
