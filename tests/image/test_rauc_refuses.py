@@ -24,6 +24,7 @@ tests/image/test_field_update.py::test_the_build_writes_a_bundle_the_image_trust
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -276,3 +277,38 @@ def test_the_handler_is_the_one_in_the_repository(image: Path, tmp_path: Path) -
     )
     conf = root_file(image, "/etc/rauc/system.conf", tmp_path / "system.conf").read_text()
     assert "\npre-install=/usr/lib/pitlink/pitlink-preinstall\n" in conf
+
+
+@pytest.mark.timeout(4500)  # the image may be built first (arm64: up to 50 minutes)
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_each_image_trusts_its_own_bundle_and_no_other_key(arch: str, tmp_path: Path) -> None:
+    """dist/pitlink-ARCH-VERSION.raucb, as the build wrote it: the image's own root filesystem,
+    verified with the keyring inside the image (not the key the test signed with), which
+    trusts nothing else."""
+    need(shutil.which("rauc") is not None, "rauc is missing: ./scripts/test installs it")
+    image = built_image(arch)
+    version = root_file(image, "/usr/lib/pitlink/version", tmp_path / "version").read_text()
+    version = version.strip()
+    made = REPO / "dist" / f"pitlink-{arch}-{version}.raucb"
+    assert made.is_file(), sorted(p.name for p in (REPO / "dist").iterdir())
+    keyring = root_file(image, "/etc/rauc/keyring.pem", tmp_path / "keyring.pem")
+    info = subprocess.run(
+        ["rauc", "info", "--output-format=json", f"--keyring={keyring}", str(made)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert info.returncode == 0, info.stderr
+    manifest = json.loads(info.stdout)
+    assert manifest["compatible"] == f"pitlink-{arch}"
+    assert manifest["version"] == version
+    conf = root_file(image, "/etc/rauc/system.conf", tmp_path / "system.conf").read_text()
+    assert f"\ncompatible=pitlink-{arch}\n" in conf
+    assert "\npath=/etc/rauc/keyring.pem\n" in conf
+    assert "\npre-install=/usr/lib/pitlink/pitlink-preinstall\n" in conf
+    # The same bundle against a keyring of another key: refused, so the check above means it.
+    other = signing_key(tmp_path / "someone-else").cert
+    refused = subprocess.run(
+        ["rauc", "info", f"--keyring={other}", str(made)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "signature" in refused.stderr.lower(), refused.stderr
