@@ -8,7 +8,9 @@ One box, one story, in the order a box in the field could live it:
    organiser presses Install now on the status page, the box boots B on trial, finds itself
    healthy, marks B good, and says so in its hello (slot B, the new version, "good").
 3. A bundle signed with another key is refused, and neither slot is touched.
-4. A bundle is being written when the power goes (qemu killed): the box boots B again.
+4. A bundle is being written into slot A when the power goes (qemu killed once it has
+   written 256 MiB to the disk since the box said "installing": past the download, mid-slot):
+   A's entry is bad, and the boot loader starts B again.
 5. A bundle whose agent never starts is installed into A and booted on trial: the health
    check gives up, the box restarts, the boot loader finds the trial spent and starts B, and
    the box reports the rollback to the relay.
@@ -25,9 +27,11 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +49,7 @@ from appliance import (
     built_image,
     console_tail,
     partition_table,
+    plain,
     prepare_disk,
     relay_front,
     signing_key,
@@ -63,6 +68,10 @@ STATUS_PIN = "975310"  # set in pitlink.conf: tests/image/test_boot.py sees the 
 TRIAL = 90
 HEALTHY = 10
 BOOT_TIMEOUT = 420.0
+# Bytes written to the disk after the box says "installing", at which the power is cut: over
+# the bundle's size (its download may still be reaching the disk), well under the root
+# filesystem's (about 570 MiB).
+CUT_AFTER = 256 << 20
 # Downloading and installing a bundle of about 160 MB inside the emulated PC.
 INSTALL_TIMEOUT = 900.0
 
@@ -161,6 +170,26 @@ class Box:
         self.boots: list[Guest] = []
         self.restarts = 0
         self.cutting = False
+        self.qmp = folder / "qmp.sock"
+
+    def written(self) -> int:
+        """Bytes the PC has written to its disk since qemu started (qemu's own count)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(self.qmp))
+            lines = sock.makefile("rb")
+            json.loads(lines.readline())  # the greeting
+
+            def ask(command: str) -> Any:
+                sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+                while True:  # events may come first
+                    answer = json.loads(lines.readline())
+                    if "return" in answer or "error" in answer:
+                        assert "return" in answer, answer
+                        return answer["return"]
+
+            ask("qmp_capabilities")
+            return sum(int(d["stats"]["wr_bytes"]) for d in ask("query-blockstats"))
 
     @property
     def guest(self) -> Guest:
@@ -170,7 +199,9 @@ class Box:
         guest = amd64_guest(
             self.disk, self.folder / f"serial-{len(self.boots) + 1}.log", self.ports
         )
-        guest.argv.append("-no-reboot")
+        self.qmp.unlink(missing_ok=True)
+        # qemu's machine protocol, for how much the PC has written to its disk (written()).
+        guest.argv += ["-no-reboot", "-qmp", f"unix:{self.qmp},server=on,wait=off"]
         self.boots.append(guest)
         guest.start()
 
@@ -185,12 +216,14 @@ class Box:
         self.restarts += 1
         self.start()
 
-    def power_cut(self) -> None:
+    def power_cut(self, between: Callable[[], None] = lambda: None) -> None:
+        """Kill qemu, run `between` (the PC is off), and start it again."""
         self.cutting = True
         proc = self.guest.proc
         assert proc is not None and proc.poll() is None, "the PC was not running"
         proc.kill()
         self.guest.stop()
+        between()
         self.cutting = False
         self.start()
 
@@ -358,14 +391,32 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             assert "signature" in report["message"].lower(), report
 
             # -- the power goes while a bundle is being written --------------------------------------
+            # The cut comes once the PC has written CUT_AFTER bytes to its disk since the box
+            # said "installing" (RAUC checking the signature, nothing written yet): more than
+            # the whole downloaded bundle whose writing may still be under way, and less than
+            # the root filesystem RAUC writes into slot A. So RAUC is cut mid-slot.
             await api(f"bundles/{ids['bad']}/offer", {"pitsIds": [PITS_ID]})
             report = await update_state("9.1.0", "installing", "installed", "failed", "refused")
             assert report["state"] == "installing", report
+            installing = await asyncio.to_thread(pc.written)
+
+            async def into_the_slot() -> bool:
+                return await asyncio.to_thread(pc.written) - installing >= CUT_AFTER
+
+            await wait_for(into_the_slot, timeout=INSTALL_TIMEOUT, interval=0.2, what="writes")
+            cut_at = await asyncio.to_thread(pc.written) - installing
+            report = (box() or {}).get("update") or {}
+            assert report.get("state") == "installing", report  # not finished: mid-write
             before = relay.registry.get(PITS_ID)
+            entries: list[str] = []
             started = time.monotonic()
-            pc.power_cut()
+            pc.power_cut(lambda: entries.extend(boot_entries(disk)))
+            # RAUC marked A bad before writing it; B, good, boots.
+            assert entries == ["pitlink-a+0.conf", "pitlink-b.conf"], entries
             await linked("B", "9.0.0", "the box back on slot B after the power cut", since=before)
             times["back after the power cut"] = time.monotonic() - started
+            after_cut = plain(pc.guest.console())
+            assert "rauc.slot=B" in after_cut and "rauc.slot=A" not in after_cut, after_cut[-3000:]
 
             # -- a bundle whose agent never starts: tried once, then back to B ----------------------
             # The relay offered the bad bundle again when the box came back, and the box may be
@@ -405,7 +456,8 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
                     f"\nupdates (amd64, TCG): bundles made in {made:.0f} s ("
                     f"{good.stat().st_size / 1e6:.0f} MB); "
                     + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
-                    + f"; {pc.restarts} restarts"
+                    + f"; {pc.restarts} restarts; cut {cut_at / 2**20:.0f} MiB into the"
+                    " install"
                 )
         except BaseException:
             print(f"serial console (end):\n{console_tail(pc.console(), 150)}", file=sys.stderr)
@@ -415,6 +467,17 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
                 watcher.cancel()
             http.close()
             pc.stop()
+
+
+def boot_entries(disk: Path) -> list[str]:
+    """The boot entries on the disk's boot partition (read with mtools while qemu is off)."""
+    start = partition_table(disk).partitions[0].start
+    listing = subprocess.run(
+        ["mdir", "-b", "-i", f"{disk}@@{start}", "::/loader/entries"],
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, capture_output=True, text=True,
+        timeout=60, check=True,
+    ).stdout  # fmt: skip
+    return sorted(line.rsplit("/", 1)[-1] for line in listing.splitlines() if line.strip())
 
 
 def image_version(image: Path) -> str:
