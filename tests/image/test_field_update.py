@@ -399,12 +399,14 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             report = await update_state("9.1.0", "installing", "installed", "failed", "refused")
             assert report["state"] == "installing", report
             installing = await asyncio.to_thread(pc.written)
+            writing = time.monotonic()
 
             async def into_the_slot() -> bool:
                 return await asyncio.to_thread(pc.written) - installing >= CUT_AFTER
 
             await wait_for(into_the_slot, timeout=INSTALL_TIMEOUT, interval=0.2, what="writes")
             cut_at = await asyncio.to_thread(pc.written) - installing
+            times["installing until the cut"] = time.monotonic() - writing
             report = (box() or {}).get("update") or {}
             assert report.get("state") == "installing", report  # not finished: mid-write
             before = relay.registry.get(PITS_ID)
