@@ -64,7 +64,8 @@ say "updates: RAUC, two root slots, the trial boot"
 # RAUC's settings are part of the read-only root, the same on every box: the slots are
 # named by links pitlink-slot-links makes at boot, the boot loader is driven by
 # pitlink-slots (systemd-boot's boot counting on a PC, U-Boot's boot script on a Raspberry
-# Pi), and RAUC keeps what it knows of the slots on the state partition.
+# Pi), RAUC keeps what it knows of the slots on the state partition, and a bundle goes in only
+# when pitlink-preinstall finds its version newer than the newest this box has run.
 mkdir -p "$root/etc/rauc"
 install -m 0644 "${PITLINK_KEYRING:?}" "$root/etc/rauc/keyring.pem"
 cat >"$root/etc/rauc/system.conf" <<CONF
@@ -78,6 +79,7 @@ statusfile=/var/lib/pitlink/rauc.status
 
 [handlers]
 bootloader-custom-backend=/usr/lib/pitlink/pitlink-slots
+pre-install=/usr/lib/pitlink/pitlink-preinstall
 
 [keyring]
 path=/etc/rauc/keyring.pem

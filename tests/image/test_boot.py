@@ -47,6 +47,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -60,7 +61,9 @@ from appliance import (
     BUILT,
     COMMON,
     RELAY_IN_GUEST,
+    REPO,
     SIM_IN_GUEST,
+    TEST_KEY_DIR,
     Front,
     Guest,
     Plug,
@@ -78,6 +81,7 @@ from appliance import (
     prepare_disk,
     relay_front,
     reported,
+    signing_key,
 )
 
 from pitlink_testkit.fpvtrackside import Simulator
@@ -212,6 +216,10 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
         ).encode()
         disk = tmp_path / "disk.img"
         await asyncio.to_thread(prepare_disk, image.path, disk, conf, front.ca.ca)
+        if arch == "amd64":
+            # Bundles the box's own RAUC must refuse (the self-test hook hands them to it).
+            for name, bundle in (await asyncio.to_thread(refused_bundles, tmp_path)).items():
+                await asyncio.to_thread(fat_put, disk, bundle, name)
 
         ports = Ports(
             status=free_port(), tls=front.tls, plain=front.plain, sim=urlsplit(sim.url).port or 0
@@ -323,6 +331,8 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             rss = re.search(r"agent rss_kib=(\d+)", console)
             assert rss is not None, "the self-test hook prints the agent's memory use"
             check_inside(console, PITS_ID, watchdog=WATCHDOG[arch])
+            if arch == "amd64":
+                check_refusals(console)
             if arch == "arm64":
                 # The boot script picked slot A of this very card, as flashed.
                 root_a = partition_table(disk).partitions[1].uuid
@@ -365,3 +375,50 @@ def made_pin(now: bytes, flashed: bytes) -> str:
     found = re.fullmatch(r"# The status page's PIN[^\r\n]*\r\nSTATUS_PIN=([0-9]{6})\r\n", added)
     assert found is not None, added
     return found.group(1)
+
+
+# Handed to the box's own RAUC by the self-test hook, which must refuse each: a `verity` bundle
+# signed with the key the image trusts, for the other architecture; and one for this one but
+# older than the version the box runs, which the image's pre-install handler refuses (RAUC
+# opens a `verity` bundle with device-mapper, which tests/image/test_rauc_refuses.py does not
+# have on the machine running the tests).
+REFUSED = {
+    "pitlink-selftest-arm64.raucb": ("pitlink-arm64", "9.0.0"),
+    "pitlink-selftest-older.raucb": ("pitlink-amd64", "0.0.1"),
+}
+
+
+def refused_bundles(folder: Path) -> dict[str, Path]:
+    """The bundles of REFUSED: a small root filesystem each, made with image/make-bundle."""
+    tree = folder / "refused-tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot" / "vmlinuz").write_bytes(os.urandom(1 << 20))
+    fs = folder / "refused.ext4"
+    subprocess.run(
+        ["mke2fs", "-q", "-t", "ext4", "-d", str(tree), str(fs), "8M"], check=True, timeout=60
+    )
+    key = signing_key(TEST_KEY_DIR)
+    made = {}
+    for name, (compatible, version) in REFUSED.items():
+        out = folder / name
+        subprocess.run(
+            [str(REPO / "image" / "make-bundle"), "--root", str(fs),
+             "--arch", compatible.removeprefix("pitlink-"), "--version", version,
+             "--key", str(key.key), "--cert", str(key.cert), "--out", str(out)],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        made[name] = out
+    return made
+
+
+def check_refusals(console: str) -> None:
+    """What the box's RAUC said of each bundle of REFUSED: refused, and slot B untouched."""
+    arm64 = reported(console, "rauc install pitlink-selftest-arm64.raucb:")
+    assert re.match(r"exit [1-9]", arm64), arm64
+    assert "compatible" in arm64.lower() and "pitlink-arm64" in arm64, arm64
+    older = reported(console, "rauc install pitlink-selftest-older.raucb:")
+    assert re.match(r"exit [1-9]", older), older
+    assert "pre-install handler" in older.lower(), older
+    handler = reported(console, "rauc handler said:")
+    assert "refused: version 0.0.1 is not newer than " in handler, handler
+    assert reported(console, "slot B") == "bad"  # as flashed: nothing was written to it

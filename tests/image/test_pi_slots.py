@@ -159,7 +159,7 @@ def test_what_lies_past_4_kib_of_the_file_is_not_read(esp: Path) -> None:
 @pytest.mark.parametrize("args, complaint", WRONG_SLOT_QUESTIONS)
 def test_wrong_questions_get_a_clear_answer(esp: Path, args: list[str], complaint: str) -> None:
     done = slots(esp, *args)
-    assert done.returncode != 0
+    assert done.returncode == 2
     assert complaint in done.stderr
     assert (esp / "pitlink-boot.txt").read_text() == FLASHED
 
