@@ -1,4 +1,4 @@
-"""Upstream drift: each FPVTrackside body checked against its endpoint's JSON Schema (issue 18).
+"""Upstream drift: each FPVTrackside body checked against its endpoint's JSON Schema.
 
 The schemas (cloud/schemas/, drafted by scripts/draft_schemas.py from a real event and the
 simulator) say what Pitlink and the dashboards rely on: the required fields, their types, ids

@@ -1,5 +1,5 @@
 """Rollouts in waves: a bundle offered to a few boxes first, to the rest once those are good,
-and halted as soon as one of them rolls back (issue #27).
+and halted as soon as one of them rolls back.
 
 A rollout is a record in the bundle folder (`rollouts.json`, bundle id → record), written
 under the folder's lock like the offers, so that it survives a restart of the relay, the CLI

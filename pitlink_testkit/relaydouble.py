@@ -1,7 +1,7 @@
 """A relay's control WebSocket the test plays: it says hello with the features it is given,
 answers pings, keeps every frame the box sends, and sends what the test says.
 
-For the box's push frames while the real relay learns them (issue 26), and for what no real
+For the box's push frames while the real relay learns them, and for what no real
 relay would send.
 """
 

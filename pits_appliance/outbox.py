@@ -1,7 +1,7 @@
 """The frames going up the live link, and how many of their bytes are not sent yet.
 
 Everything the box says to the relay (replies to fetches, update reports, which FPVTrackside,
-and the pushes of issue 26) goes through here, written at once. Tornado's WebSocket buffers
+and the pushes of the live feed) goes through here, written at once. Tornado's WebSocket buffers
 whatever the uplink cannot take yet without a bound, so the bytes written and not yet handed
 to the kernel are counted (`unsent`): a pushed `change` is held back while they pass
 `max_backlog` (a slow venue uplink), and the watcher pushes that file's newest body at a

@@ -1,4 +1,4 @@
-"""Draft the JSON Schemas of FPVTrackside's endpoints from event folders (issue 18).
+"""Draft the JSON Schemas of FPVTrackside's endpoints from event folders.
 
     .venv/bin/python scripts/draft_schemas.py [WEB_ROOT ...] [--simulated-steps N] [--out DIR]
 

@@ -107,7 +107,7 @@ def hit(settings: Settings) -> Outcome:
     with Stack(settings.tmp) as stack:
         sim = event_sim(stack)
         relay, path, body = _caching_relay(stack, keys, sim=sim)
-        # The same relay with no schema check (issue 18): bodies are checked once each when
+        # The same relay with no schema check: bodies are checked once each when
         # they arrive, so hits must run as fast with the check as without it.
         unchecked, _, _ = _caching_relay(
             stack, keys, None, "unchecked", "--no-schema-check", sim=sim
