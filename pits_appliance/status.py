@@ -294,9 +294,14 @@ class PinHandler(_Base):
         self.finish({"error": verdict.message})
 
 
+MAX_PIN_TEXT = 64  # a PIN is 6 to 12 digits: anything much longer is no PIN, never counted
+
+
 def _pin_in(body: bytes) -> str | None:
-    """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}`."""
-    return _field_in(body, "pin")
+    """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}` with
+    text of a PIN's length at most."""
+    pin = _field_in(body, "pin")
+    return pin if pin is not None and len(pin) <= MAX_PIN_TEXT else None
 
 
 def _field_in(body: bytes, key: str) -> str | None:

@@ -284,6 +284,10 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             f"FPVTRACKSIDE=http://{SIM_IN_GUEST}\n"
             f"UPDATE_TRIAL_SECONDS={TRIAL}\nUPDATE_HEALTHY_SECONDS={HEALTHY}\n"
             f"STATUS_PIN={STATUS_PIN}\n"
+            # The simulator's race never ends and the test's own fetches count as spectators:
+            # the box would wait for the race to end (tests/integration/test_update_race.py
+            # shows it does). Here the update itself is under test.
+            "UPDATE_DURING_RACES=yes\n"
         ).encode()
         disk = tmp_path / "disk.img"
         await asyncio.to_thread(prepare_disk, image, disk, conf, front.ca.ca, selftest=False)
