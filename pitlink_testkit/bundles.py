@@ -20,7 +20,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from wire.messages import Offer
+from wire.messages import Offer, UpdateReport
 
 FAKE_RAUC = Path(__file__).resolve().parent.parent / "tests" / "pits_appliance" / "fake_rauc.py"
 
@@ -210,3 +210,36 @@ def report_states(reports: list[Any]) -> list[str]:
         if not out or out[-1] != r.state:
             out.append(r.state)
     return out
+
+
+def make_updater(
+    state_dir: Path,
+    rauc: FakeRauc,
+    url: str = "",
+    *,
+    version: str,
+    compatible: str,
+    slot: str | None = "A",
+    **kw: object,
+) -> tuple[Any, list[UpdateReport]]:
+    """An Updater (pits_appliance.update) driving the stand-in `rauc`, its reports collected:
+    fetching bundles from `url` with token `tok-1`, retrying quickly."""
+    from pits_appliance.rauc import Rauc
+    from pits_appliance.update import Updater
+
+    sent: list[UpdateReport] = []
+    settings: dict[str, object] = {
+        "state_dir": state_dir,
+        "slot": slot,
+        "version": version,
+        "compatible": compatible,
+        "rauc": Rauc(rauc.command),
+        "reboot": rauc.reboot,
+        "relay_url": lambda: url,
+        "token": lambda: "tok-1",
+        "retry_base": 0.02,
+        **kw,
+    }
+    updater = Updater(**settings)  # type: ignore[arg-type]
+    updater.send = sent.append
+    return updater, sent

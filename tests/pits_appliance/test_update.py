@@ -18,6 +18,7 @@ from pitlink_testkit.bundles import (
     offer_for,
     report_states,
 )
+from pitlink_testkit.bundles import make_updater as shared_updater
 from pitlink_testkit.waiting import wait_for
 from pits_appliance import update_local
 from pits_appliance.rauc import (
@@ -58,22 +59,15 @@ async def served() -> AsyncIterator[tuple[Served, BundleServer]]:
 def make_updater(
     tmp_path: Path, rauc: FakeRauc, url: str = "", *, slot: str | None = "A", **kw: object
 ) -> tuple[Updater, list[UpdateReport]]:
-    sent: list[UpdateReport] = []
-    settings: dict[str, object] = {
-        "state_dir": tmp_path / "state",
-        "slot": slot,
-        "version": OLD,
-        "compatible": COMPAT,
-        "rauc": Rauc(rauc.command),
-        "reboot": rauc.reboot,
-        "relay_url": lambda: url,
-        "token": lambda: "tok-1",
-        "retry_base": 0.02,
-        **kw,
-    }
-    updater = Updater(**settings)  # type: ignore[arg-type]
-    updater.send = sent.append
-    return updater, sent
+    kw.setdefault("version", OLD)
+    return shared_updater(
+        tmp_path / "state",
+        rauc,
+        url,
+        slot=slot,
+        compatible=COMPAT,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def final(updater: Updater, *states: str):

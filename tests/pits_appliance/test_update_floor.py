@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pitlink_testkit.bundles import BundleServer, FakeRauc, Served, make_bundle, offer_for
+from pitlink_testkit.bundles import make_updater as shared_updater
 from pitlink_testkit.waiting import wait_for
-from pits_appliance.rauc import Rauc
 from pits_appliance.update import Updater
 from pits_appliance.update_floor import FLOOR, PERMIT, Floor, refusal
 from wire.messages import Offer, UpdateReport
@@ -34,22 +34,8 @@ async def served() -> AsyncIterator[tuple[Served, BundleServer]]:
 def make(
     tmp_path: Path, rauc: FakeRauc, url: str = "", **kw: object
 ) -> tuple[Updater, list[UpdateReport]]:
-    sent: list[UpdateReport] = []
-    settings: dict[str, object] = {
-        "state_dir": tmp_path / "state",
-        "slot": "A",
-        "version": OLD,
-        "compatible": COMPAT,
-        "rauc": Rauc(rauc.command),
-        "reboot": rauc.reboot,
-        "relay_url": lambda: url,
-        "token": lambda: "tok-1",
-        "retry_base": 0.02,
-        **kw,
-    }
-    updater = Updater(**settings)  # type: ignore[arg-type]
-    updater.send = sent.append
-    return updater, sent
+    kw.setdefault("version", OLD)
+    return shared_updater(tmp_path / "state", rauc, url, compatible=COMPAT, **kw)  # type: ignore[arg-type]
 
 
 def floor_file(tmp_path: Path) -> Path:
