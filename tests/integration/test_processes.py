@@ -112,18 +112,23 @@ def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
         assert new_token not in text and token_file.read_text().strip() not in text
 
 
-def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
-    conf = tmp_path / "pitlink.conf"
-    conf.write_text(
-        "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nPING_INTERVAL=soon\n"
-    )
-    done = subprocess.run(
+def run_agent_once(conf: Path) -> subprocess.CompletedProcess[str]:
+    """The agent with this pitlink.conf, at a terminal: it says what is wrong and exits."""
+    return subprocess.run(
         [sys.executable, "-m", "pits_appliance", "--config", str(conf), "--error-hold", "0"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
     )
+
+
+def test_agent_with_a_bad_config_says_so_in_one_line(tmp_path) -> None:
+    conf = tmp_path / "pitlink.conf"
+    conf.write_text(
+        "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nPING_INTERVAL=soon\n"
+    )
+    done = run_agent_once(conf)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
     assert "PING_INTERVAL" in done.stderr and "Traceback" not in done.stderr
@@ -134,13 +139,7 @@ def test_a_key_typo_says_its_line_and_the_setting_it_means(tmp_path) -> None:
     conf.write_text(
         "CLOUD_URL=https://relay.example\nTOKEN_FILE=/nonexistent\nFPVTRACSIDE=10.0.0.5:8080\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pits_appliance", "--config", str(conf), "--error-hold", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    done = run_agent_once(conf)
     assert done.returncode == 2
     assert done.stderr == (
         f"pits-agent: {conf} line 3: unknown setting FPVTRACSIDE: did you mean FPVTRACKSIDE?\n"
