@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from pitlink_testkit.pages import watch_errors
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from wire import CloseCode
@@ -17,11 +18,7 @@ from wire import CloseCode
 async def page(browser: Browser, system: System):
     context = await browser.new_context(viewport={"width": 1024, "height": 768})
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: dialog.accept())  # every confirmation says yes
-    page.errors = errors
+    watch_errors(page)
     yield page
     await context.close()
 

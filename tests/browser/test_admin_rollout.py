@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from pitlink_testkit.fleet import NEW, OLD, Fleet
+from pitlink_testkit.pages import watch_errors
 from pitlink_testkit.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -29,11 +30,7 @@ async def fleet(tmp_path: Path, sim) -> AsyncIterator[Fleet]:
 async def page(browser: Browser, fleet: Fleet) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.errors = errors  # type: ignore[attr-defined]
+    watch_errors(page)
     await page.goto(f"{fleet.s.url}/admin")
     await page.fill("#token", fleet.s.keys.issue(sub="alice", role="admin", ttl=600))
     await page.click("text=Sign in")

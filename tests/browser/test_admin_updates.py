@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from pitlink_testkit.control import close_opened, open_control
+from pitlink_testkit.pages import watch_errors
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from wire import messages as m
@@ -30,11 +31,7 @@ async def relay(tmp_path: Path, sim) -> AsyncIterator[System]:
 async def page(browser: Browser, relay: System) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.errors = errors  # type: ignore[attr-defined]
+    watch_errors(page)
     yield page
     await context.close()
 

@@ -18,6 +18,7 @@ import tornado.web
 from playwright.async_api import Browser, Page, expect
 
 from pitlink_testkit.loopback import serving
+from pitlink_testkit.pages import watch_errors
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.agent import Agent
@@ -62,10 +63,7 @@ async def evil(system: System, hostile_origin: str, tmp_path: Path) -> AsyncIter
 async def page(browser: Browser) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1024, "height": 768})
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.errors = errors  # type: ignore[attr-defined]
+    watch_errors(page, accept_dialogs=False)
     yield page
     await context.close()
 

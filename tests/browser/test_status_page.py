@@ -17,6 +17,7 @@ import tornado.netutil
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from pitlink_testkit.loopback import free_port
+from pitlink_testkit.pages import watch_errors
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.cli import BrokenSettings
@@ -43,11 +44,7 @@ ARGS = [
 async def page(browser: Browser):
     context = await browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
     page = await context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.errors = errors
+    watch_errors(page)
     yield page
     await context.close()
 
