@@ -47,8 +47,8 @@ from pitlink_testkit.fpvtrackside_web import (
     CONTENT_TYPES,
     IDLE_TIMEOUT_S,
     SERVER_HEADER,
+    CountingServer,
     Reply,
-    _CountingServer,
     _Handler,
     filler,
     find_event_id,
@@ -173,7 +173,7 @@ class Simulator:
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
-        self._server: _CountingServer | None = None
+        self._server: CountingServer | None = None
         self._accepted_before = 0  # connections counted by a server already stopped
         self._task: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None
@@ -230,7 +230,7 @@ class Simulator:
         if self._server is not None or self._closing.is_set():
             raise RuntimeError("a simulator starts once")
         sockets = tornado.netutil.bind_sockets(port, address=host)
-        self._server = _CountingServer(self.make_app(), idle_connection_timeout=self.idle_timeout)
+        self._server = CountingServer(self.make_app(), idle_connection_timeout=self.idle_timeout)
         self._server.add_sockets(sockets)
         self._address = (host, sockets[0].getsockname()[1])
         if self._live is not None and self.lap_interval is not None:

@@ -176,7 +176,7 @@ class _Handler(tornado.web.RequestHandler):
                     await self.finish()
 
 
-class _CountingServer(tornado.httpserver.HTTPServer):
+class CountingServer(tornado.httpserver.HTTPServer):
     """Tornado's HTTP server, counting the TCP connections it accepts."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]

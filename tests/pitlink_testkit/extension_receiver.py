@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import tornado.netutil
 import tornado.web
 
 from pitlink_testkit.fpvtrackside import ExtensionSettings, Simulator
+from pitlink_testkit.fpvtrackside_web import CountingServer
 
 PATH = "/fpvtrackside/events"
 # Short Hello retries; every other constant FPVTrackside's own.
@@ -55,7 +55,7 @@ class Receiver:
         self.on_event: Callable[[dict[str, Any]], None] | None = None
         self.open = self.events_open = self.max_open = self.max_events_open = 0
         self.url = ""
-        self.server: _Server | None = None
+        self.server: CountingServer | None = None
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         return [p.event for p in self.puts if kind is None or p.event.get("type") == kind]
@@ -72,18 +72,6 @@ class Receiver:
         if self.server is None:
             return 0
         return sum(1 for stream in self.server.streams if not stream.closed())
-
-
-class _Server(tornado.httpserver.HTTPServer):
-    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        super().initialize(*args, **kwargs)
-        self.accepted = 0
-        self.streams: weakref.WeakSet[tornado.iostream.IOStream] = weakref.WeakSet()
-
-    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
-        self.accepted += 1
-        self.streams.add(stream)
-        super().handle_stream(stream, address)
 
 
 class _Handler(tornado.web.RequestHandler):
@@ -140,7 +128,7 @@ async def receiving(port: int = 0, **server_settings: Any) -> AsyncIterator[Rece
     app = tornado.web.Application(
         [(r"/.*", _Handler, {"receiver": receiver})], log_function=lambda handler: None
     )
-    receiver.server = server = _Server(app, **server_settings)
+    receiver.server = server = CountingServer(app, **server_settings)
     server.add_sockets(sockets)
     receiver.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}{PATH}"
     try:
