@@ -43,7 +43,8 @@ access_log = logging.getLogger("tornado.access")
 PAGE = resources.files("pits_appliance").joinpath("static/status.html").read_bytes()
 ACTION_HEADER = "X-Pitlink-Action"
 SESSION_COOKIE = "pitlink_session"
-MAX_PIN_BODY = 1024  # {"pin": "<12 digits>"} or {"bundle": "<a name on the USB stick>"}
+MAX_PIN_BODY = 256  # {"pin": "<12 digits>"} and then some: anything longer is no PIN
+MAX_ACTION_BODY = 1024  # {"bundle": "<a name on the USB stick>"}
 
 
 class StatusSource(Protocol):
@@ -178,7 +179,7 @@ class ActionHandler(_Base):
                 self.set_status(409)
                 result.setdefault("message", "Not possible now.")
         elif action == "downgrade":
-            name = _field_in(self.request.body, "bundle")
+            name = _field_in(self.request.body, "bundle", MAX_ACTION_BODY)
             downgrade = getattr(self.agent, "downgrade", None)
             result = (
                 downgrade(name)
@@ -294,19 +295,14 @@ class PinHandler(_Base):
         self.finish({"error": verdict.message})
 
 
-MAX_PIN_TEXT = 64  # a PIN is 6 to 12 digits: anything much longer is no PIN, never counted
-
-
 def _pin_in(body: bytes) -> str | None:
-    """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}` with
-    text of a PIN's length at most."""
-    pin = _field_in(body, "pin")
-    return pin if pin is not None and len(pin) <= MAX_PIN_TEXT else None
+    """The PIN in a request's body, or None when the body is not `{"pin": "<text>"}`."""
+    return _field_in(body, "pin", MAX_PIN_BODY)
 
 
-def _field_in(body: bytes, key: str) -> str | None:
+def _field_in(body: bytes, key: str, limit: int) -> str | None:
     """`key`'s text in a small JSON body `{key: "<text>"}`; None for anything else."""
-    if len(body) > MAX_PIN_BODY:
+    if len(body) > limit:
         return None
     try:
         doc = json.loads(body)
