@@ -189,3 +189,20 @@ def test_a_state_restored_from_redis_gives_the_snapshot(feed: Feed) -> None:
         fresh = Feed(metrics=Metrics(), wall=lambda: 0.0)
         fresh.channel("p1").restore(damaged)
         assert fresh.channels["p1"].epoch is None
+
+
+def test_a_replay_past_its_byte_bound_is_a_snapshot() -> None:
+    """Events all still held but more bytes than half a subscriber's unsent bound: the
+    subscriber gets where things stand, not a backlog it would be dropped for."""
+    feed = Feed(metrics=Metrics(), wall=lambda: 1.0, max_unsent=4000)
+    feed.opened("p1", since=1.0, pushing=True)
+    big = {"type": "DetectionExt", "pad": "x" * 500}
+    for _ in range(3):
+        feed.publish("p1", "fpvtrackside", big)
+    epoch = feed.channels["p1"].epoch
+    replayed = events(feed.join("p1", Listener(), f"{epoch}-1"))
+    assert [k for _, k, _ in replayed] == ["fpvtrackside"] * 3  # about 1.6 KB: replayed
+    for _ in range(3):
+        feed.publish("p1", "fpvtrackside", big)
+    cut = events(feed.join("p1", Listener("192.0.2.2"), f"{epoch}-1"))
+    assert [k for _, k, _ in cut][:2] == ["pits", "race"]  # about 3.2 KB > 2,000: a snapshot
