@@ -44,7 +44,12 @@ async def hello_with(port: int, token: str) -> str:
     try:
         return json.loads(await ws.read_message())["type"]
     finally:
+        # Read to the end of the closing handshake: asyncio.run ends the loop as soon as this
+        # returns, and a socket still open then is left to the garbage collector, whose
+        # ResourceWarning fails whichever later test it happens to land in.
         ws.close()
+        while await asyncio.wait_for(ws.read_message(), 5) is not None:
+            pass
 
 
 def test_relay_and_agent_processes_end_to_end(tmp_path, procs) -> None:
