@@ -51,8 +51,14 @@
     return `${Math.floor(minutes / 60)} h ago`;
   }
 
-  function show(kind, text) {
+  // Kept in the document (hidden while all is well), where a page that rewrites its body
+  // does not take it away by accident.
+  function attach() {
     if (!host.isConnected) document.documentElement.append(host);
+  }
+
+  function show(kind, text) {
+    attach();
     host.dataset.state = kind;
     host.style.setProperty("display", "block", "important");
     bar.className = kind === "offline" ? "bar" : "bar stale";
@@ -60,7 +66,8 @@
   }
 
   function hide() {
-    host.dataset.state = "";
+    attach();
+    host.dataset.state = "fresh";
     host.style.setProperty("display", "none", "important");
     bar.textContent = "";
   }
