@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 
 from cloud.cache import Served
 from cloud.hosts import HostRouting
@@ -31,6 +32,8 @@ MAX_PAGE_BYTES = 1024 * 1024  # pages larger than this pass unchanged (the defau
 # Bumped whenever the tag changes, so that no ETag of an old marked body is reused.
 VERSION = b"pitlink-age-notice/1"
 BODY_END = b"</body"
+# What a base may be, written into the page as it is: the relay's paths of a pits id.
+BASE = re.compile(r"/(?:pits/[A-Za-z0-9][A-Za-z0-9._-]{0,63}/)?")
 
 
 def pits_base(pits_id: str, host: str | None, hosts: HostRouting | None) -> str:
@@ -66,8 +69,9 @@ class AgeNotice:
         return f'"sha256:{digest.hexdigest()}"'
 
     def mark(self, body: bytes, pits_etag: str, base: str) -> tuple[bytes, str] | None:
-        """(the page with the tag, its ETag), or None for a page left as it is (too large)."""
-        if len(body) > self.max_bytes:
+        """(the page with the tag, its ETag), or None for a page left as it is (too large, or a
+        base that is not one of the relay's paths: nothing else is written into a page)."""
+        if len(body) > self.max_bytes or not BASE.fullmatch(base):
             return None
         tag = self.tag(base)
         # The last `</body` (as HTML reads it, in any case): one inside a script or a comment

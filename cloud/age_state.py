@@ -114,6 +114,7 @@ class BoxAge:
         if gone is not None:
             return False, gone.last_seen
         channel = self.channels(pits_id)  # another replica holds it, or held it
-        if channel is not None and channel.known:
+        # Known from a `pits` event, or connected as far as the holder's signs of life say.
+        if channel is not None and (channel.known or channel.connected):
             return channel.connected, channel.since
         return False, None

@@ -8,7 +8,8 @@ request is such a hit and, if it is, gives the status, headers and body to write
 leaving) returns None and goes to the application as before, so every rule is still decided in
 one place. The headers are exactly those the handler writes for a hit (tests compare both).
 
-Per entry, not per request: the content type, the ETag and the constant headers. Per request:
+Per entry, not per request: the content type, the ETag and the constant headers, and for a
+page the body with the relay's age notice (cloud.age_notice) and its own ETag. Per request:
 `Age`, `Cache-Control` (both follow the entry's age), `Date` (per second) and `X-Request-Id`
 (a per-process random prefix and a counter: unique, the same 32 hex digits as before, with no
 call for random bytes per request). Hits are counted in `pitlink_cache_hits_total`, not logged:

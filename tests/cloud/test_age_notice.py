@@ -106,3 +106,10 @@ def test_the_base_is_the_pits_host_or_its_path() -> None:
     assert pits_base("club-1", "relay.example", hosts) == "/pits/club-1/"
     assert pits_base("club-1", "club-2.relay.example", hosts) == "/pits/club-1/"
     assert pits_base("club-1", "club-1.relay.example", None) == "/pits/club-1/"
+
+
+@pytest.mark.parametrize(
+    "base", ["", "pits/p1/", "/pits/p1", '/pits/"><script>/', "/pits/a/b/", "//evil.example/"]
+)
+def test_nothing_but_the_relays_paths_is_written_into_a_page(base: str) -> None:
+    assert AgeNotice().mark(PAGE, etag_of(PAGE), base) is None

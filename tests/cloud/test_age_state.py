@@ -90,6 +90,8 @@ def test_a_box_another_replica_holds(registry: Registry) -> None:
     channel = Channel("p2")
     age = box_age(registry, wall, {"p2": channel})
     assert age.describe("p2")["connected"] is False  # nothing heard yet
+    channel.connected = True  # the holder's sign of life, heard by a replica started late
+    assert age.describe("p2")["connected"] is True
     channel.apply("pits", {"connected": True, "since": 1_700_000_050.0})
     assert age.describe("p2")["connected"] is True
     channel.apply("pits", {"connected": False, "since": 1_700_000_090.0})
