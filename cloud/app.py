@@ -18,6 +18,8 @@ import tornado.web
 
 from cloud.active import ActivePits
 from cloud.admin import Admin, PublicAllowlist
+from cloud.age_notice import AgeNotice
+from cloud.age_state import BoxAge, StaleAnswers
 from cloud.bundles import BundleStore
 from cloud.cache import Cache
 from cloud.clients import Clients, Origin, PublicAddress, parse_networks
@@ -158,6 +160,17 @@ class CloudRelay:
         )
         if self.cluster is not None:
             self.cluster.describe_more = self.live.push.describe
+        # The age notice on pits' HTML pages (cloud.age_notice), and what its script asks.
+        self.age_notice = (
+            None if config.no_age_notice else AgeNotice(max_bytes=config.age_notice_max_bytes)
+        )
+        self.box_age = BoxAge(
+            registry=self.registry,
+            channels=self.live.feed.channels.get,
+            stale=StaleAnswers(wall=time.time),
+            poll=config.age_notice_poll,
+            wall=time.time,
+        )
         self.renewals = Renewals(
             self.keystore, once=None if self.cluster is None else self.cluster.limits.claim_once
         )
@@ -204,6 +217,7 @@ class CloudRelay:
             admin_host=config.admin_host if config.admin_port is None else None,
             hosts=self.hosts,
             pits_moved=self.pits_moved,
+            notice=self.age_notice,
             max_prepared=config.cache_max_entries,
             wall=time.time,
         )

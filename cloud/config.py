@@ -124,6 +124,20 @@ class CloudConfig:
         "(for comparisons; the live feed then tells only of boxes connecting and going)",
         switch=True,
     )
+    no_age_notice: bool = setting(
+        False,
+        "do not add the relay's age notice (a bar saying the box is offline, or the copies old) "
+        "to pits' HTML pages: they are then served byte for byte",
+        switch=True,
+    )
+    age_notice_poll: float = setting(
+        10.0, "seconds between the age notice's looks at its box's state", positive_float
+    )
+    age_notice_max_bytes: int = setting(
+        1 * MIB,
+        "largest pits HTML page the age notice is added to; larger ones are served unchanged",
+        positive_int,
+    )
     ttl: tuple[tuple[str, float], ...] = setting(
         (),
         "freshness for matching paths (`*` one segment, `**` any depth); repeatable",

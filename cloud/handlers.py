@@ -23,6 +23,8 @@ import ujson
 
 from cloud import TokenError
 from cloud.admin_http import admin_rules
+from cloud.age_http import AgeHandler
+from cloud.age_notice import AGE_PAGE, pits_base
 from cloud.bundle_http import BundleDownloadHandler
 from cloud.cache import Served
 from cloud.config import CloudConfig
@@ -99,6 +101,15 @@ class DataHandler(BaseHandler):
             # The relay maps the code to a status itself (wire.errors.HTTP_STATUS).
             self.write_json_error(exc.code, exc.message)
             return
+        if served.status == 200:
+            age = max(0.0, self.relay.clock() - served.fetched_at)
+            self.relay.box_age.stale.saw(
+                pits_id, cache=served.cache, reason=served.stale_reason, age=age
+            )
+            notice = self.relay.age_notice
+            if notice is not None:
+                base = pits_base(pits_id, self.request.host, self.relay.router.hosts)
+                served = notice.served(served, path, base)
         await self._write_served(served, path, head=head)
 
     async def _write_served(self, served: Served, path: str, *, head: bool) -> None:
@@ -374,6 +385,7 @@ def public_application(layout: Layout) -> tornado.web.Application:
         (r"/control", ControlHandler, args),
         (r"/pits-api/bundles/([0-9a-f]{16})", BundleDownloadHandler, args),
         (r"/pits/[^/]+" + RACE_PAGE, RacePageHandler, args),
+        (r"/pits/[^/]+" + AGE_PAGE, AgeHandler, args),
         (r"/pits/.*", DataHandler, args),
         (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
         (r"/healthz", HealthHandler, args),
@@ -395,6 +407,7 @@ def public_application(layout: Layout) -> tornado.web.Application:
             DNS_LABEL.pattern + r"\." + domain,
             [
                 (RACE_PAGE, RacePageHandler, args),
+                (AGE_PAGE, AgeHandler, args),
                 (r"/(?:events|httpfiles)(?:/.*)?", DataHandler, args),
                 (r"/[^/]*/?", DataHandler, args),  # the page, and where pushState left it
                 catch_all,
@@ -407,7 +420,9 @@ def public_application(layout: Layout) -> tornado.web.Application:
                 (r"/pits/.*", PitsHostRedirect, args),
                 (r"/(?:events|httpfiles)(?:/.*)?", PitsHostRedirect, args),
             ]
-            own = [rule for rule in public if rule[1] not in (DataHandler, RacePageHandler)]
+            own = [
+                rule for rule in public if rule[1] not in (DataHandler, RacePageHandler, AgeHandler)
+            ]
             app.add_handlers(domain, [*moved, *own, *admin_rules(args), catch_all])
     return app
 

@@ -8,7 +8,8 @@ request is such a hit and, if it is, gives the status, headers and body to write
 leaving) returns None and goes to the application as before, so every rule is still decided in
 one place. The headers are exactly those the handler writes for a hit (tests compare both).
 
-Per entry, not per request: the content type, the ETag and the constant headers. Per request:
+Per entry, not per request: the content type, the ETag and the constant headers, and for a
+page the body with the relay's age notice (cloud.age_notice) and its own ETag. Per request:
 `Age`, `Cache-Control` (both follow the entry's age), `Date` (per second) and `X-Request-Id`
 (a per-process random prefix and a counter: unique, the same 32 hex digits as before, with no
 call for random bytes per request). Hits are counted in `pitlink_cache_hits_total`, not logged:
@@ -25,6 +26,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cloud.age_notice import AgeNotice, pits_base
 from cloud.cache import Entry
 from cloud.clients import Clients
 from cloud.drain import Drain
@@ -93,6 +95,8 @@ class Prepared:
     """The part of a hit's response that is the same for every request of one entry."""
 
     etag: str  # of the entry it was made for: the same ETag, the same bytes and headers
+    body: bytes  # the entry's, or with the age notice (cloud.age_notice)
+    served_etag: str  # the ETag answered: the entry's, or the changed body's
     ok: bytes  # status line and the constant headers of a 200
     not_modified: bytes  # the same for a 304: no Content-Type, no Content-Length
 
@@ -133,6 +137,7 @@ class Hits:
         admin_host: str | None = None,
         hosts: HostRouting | None = None,
         pits_moved: bool = False,
+        notice: AgeNotice | None = None,
         wall: Callable[[], float],
         max_prepared: int = 10_000,
     ):
@@ -146,10 +151,11 @@ class Hits:
         self.admin_host = admin_host
         self.hosts = hosts
         self.pits_moved = pits_moved  # the relay's own name sends pits paths on (cloud.app)
+        self.notice = notice  # adds the age notice to HTML pages (None: --no-age-notice)
         self.max_prepared = max_prepared
         self.ids = RequestIds()
         self._dates = _Dates(wall)
-        self._prepared: dict[tuple[str, str], Prepared] = {}
+        self._prepared: dict[tuple[str, str, str], Prepared] = {}
         self._paths: dict[str, str] = {}
 
     def answer(
@@ -182,8 +188,11 @@ class Hits:
         entry, ttl, now = found
         if len(entry.body) > WRITE_CHUNK:
             return None  # written in pieces, each with its deadline, by the application
-        prepared = self._prepare(pits_id, path, entry)
-        if prepared is None:
+        # A page gets the age notice, which names the pits' base as this host sees it.
+        notice = self.notice is not None and self.notice.applies(path)
+        base = pits_base(pits_id, host, self.hosts) if notice else ""
+        prepared = self._prepare(pits_id, path, entry, base)
+        if prepared is None or len(prepared.body) > WRITE_CHUNK:
             return None
         ip = self.clients.key(remote_ip, headers.get("X-Forwarded-For"))
         if self.client_limits.check_here(ip) != 0.0:
@@ -198,11 +207,11 @@ class Hits:
             f"Cache-Control: public, max-age={max(0, math.ceil(ttl - age))}\r\n"
             f"{close}\r\n"
         ).encode("latin-1")
-        if etag_matches(headers.get("If-None-Match"), entry.etag):
+        if etag_matches(headers.get("If-None-Match"), prepared.served_etag):
             return Hit(304, prepared.not_modified + middle)
         if method == "HEAD":
             return Hit(200, prepared.ok + middle)
-        return Hit(200, b"".join((prepared.ok, middle, entry.body)))
+        return Hit(200, b"".join((prepared.ok, middle, prepared.body)))
 
     def _normalized(self, raw_path: str) -> str:
         """normalize_path, remembered for the paths seen (it is a pure function of the path)."""
@@ -215,8 +224,9 @@ class Hits:
                 self._paths[raw_path] = path
         return path
 
-    def _prepare(self, pits_id: str, path: str, entry: Entry) -> Prepared | None:
-        key = (pits_id, path)
+    def _prepare(self, pits_id: str, path: str, entry: Entry, base: str) -> Prepared | None:
+        """`base`: the pits' base for the age notice of a page, else empty (no notice)."""
+        key = (pits_id, path, base)
         prepared = self._prepared.get(key)
         if prepared is not None and prepared.etag == entry.etag:
             return prepared
@@ -224,19 +234,25 @@ class Hits:
             return None  # (never so: the relay computes them) the application's checks apply
         if len(self._prepared) >= self.max_prepared:
             self._prepared.clear()  # entries evicted from the cache leave theirs here
+        body, etag = entry.body, entry.etag
+        marked = None if not base or self.notice is None else self.notice.mark(body, etag, base)
+        if marked is not None:
+            body, etag = marked
         common = [("Server", self.server), *CORS_HEADERS.items(), *DATA_HEADERS.items()]
         # "Etag": the spelling Tornado's headers give the handler's answer (names are
         # case-insensitive, but the two paths send the same bytes).
-        described = [("X-Pitlink-Cache", "HIT"), ("Etag", entry.etag)]
+        described = [("X-Pitlink-Cache", "HIT"), ("Etag", etag)]
         prepared = self._prepared[key] = Prepared(
             etag=entry.etag,
+            body=body,
+            served_etag=etag,
             ok=b"HTTP/1.1 200 OK\r\n"
             + _lines(
                 [
                     *common,
                     ("Content-Type", content_type_for_path(path)),
                     *described,
-                    ("Content-Length", str(len(entry.body))),
+                    ("Content-Length", str(len(body))),
                 ]
             ),
             not_modified=b"HTTP/1.1 304 Not Modified\r\n" + _lines([*common, *described]),

@@ -13,6 +13,8 @@ import ujson
 from tornado.ioloop import IOLoop
 
 from cloud.admin import Admin
+from cloud.age_notice import AgeNotice
+from cloud.age_state import BoxAge
 from cloud.cache import Cache
 from cloud.clients import Clients, Origin, PublicAddress
 from cloud.control import PitsConnection, Transport
@@ -51,6 +53,8 @@ class RelayParts(Protocol):
     stalls: Stalls
     router: Router
     port: int | None  # the public listener's
+    age_notice: AgeNotice | None  # None: pits' pages are served unchanged (--no-age-notice)
+    box_age: BoxAge
 
     def route(self, path: str, host: str | None = None) -> tuple[str, str]: ...
 
