@@ -1,0 +1,70 @@
+"""The relay's container image, built once a run (scripts/build-relay-image, cached by its
+inputs), and the containers each test starts from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pitlink_testkit import podman
+
+REPO = Path(__file__).resolve().parents[2]
+# Cold, on 2 cores: about a minute with Debian's packages and the wheels in build/relay-image/,
+# three or four without them; cached, a second.
+BUILD_TIMEOUT = 900.0
+# Seconds the build took in this run, for the figure the tests print.
+BUILT: dict[str, float] = {}
+
+
+def need(ok: bool, why: str) -> None:
+    """Skip where a tool is missing, but fail in CI, where ./scripts/test installs them."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def version() -> str:
+    for line in (REPO / "setup.cfg").read_text().splitlines():
+        if line.startswith("version"):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError("setup.cfg has no version")
+
+
+@pytest.fixture(scope="session")
+def relay_image() -> str:
+    """The image pitlink-relay:VERSION in podman's store, and dist/pitlink-relay-VERSION.tar."""
+    need(podman.missing() is None, podman.missing() or "")
+    need(
+        shutil.which("mmdebstrap") is not None,
+        "mmdebstrap is not installed: ./scripts/test installs it",
+    )
+    need(os.geteuid() == 0, "the image is built and run by rootful podman: run the tests as root")
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(REPO / "scripts" / "build-relay-image")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-relay-image failed:\n{done.stderr[-4000:]}")
+    BUILT["relay"] = time.monotonic() - started
+    print(f"\nscripts/build-relay-image took {BUILT['relay']:.0f} s; its last words:")
+    print("\n".join(done.stderr.strip().splitlines()[-2:]))
+    return f"pitlink-relay:{version()}"
+
+
+@pytest.fixture
+def containers(relay_image: str) -> Iterator[podman.Containers]:
+    """Containers and volumes of the relay's image, removed when the test ends."""
+    with podman.containers(relay_image) as made:
+        yield made
