@@ -8,34 +8,17 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from container_tools import REPO, need, version
 
 from pitlink_testkit import podman
 
-REPO = Path(__file__).resolve().parents[2]
 # Cold, on 2 cores: about a minute with Debian's packages and the wheels in build/relay-image/,
 # three or four without them; cached, a second.
 BUILD_TIMEOUT = 900.0
 # Seconds the build took in this run, for the figure the tests print.
 BUILT: dict[str, float] = {}
-
-
-def need(ok: bool, why: str) -> None:
-    """Skip where a tool is missing, but fail in CI, where ./scripts/test installs them."""
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
-
-
-def version() -> str:
-    for line in (REPO / "setup.cfg").read_text().splitlines():
-        if line.startswith("version"):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError("setup.cfg has no version")
 
 
 @pytest.fixture(scope="session")

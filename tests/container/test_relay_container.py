@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import tornado.httpclient
+from container_tools import REPO
 
 from pitlink_testkit import podman
 from pitlink_testkit.fpvtrackside import Simulator
@@ -24,7 +25,6 @@ from pits_appliance.config import AgentConfig
 from wire.canonical import canonical_json
 
 pytestmark = pytest.mark.image
-REPO = Path(__file__).resolve().parents[2]
 # Each test's own time, past the image's build (a session fixture with its own bound).
 TIMEOUT = pytest.mark.timeout(120, func_only=True)
 UID = 10001
