@@ -104,12 +104,25 @@ async def _serve_one(config: CloudConfig, sockets: list[socket.socket] | None = 
     return 0
 
 
+def _jwks_flag(p: Parser) -> None:
+    """--jwks, by default the serve's own PITLINK_JWKS: in the container image that names the
+    key set in its volume, so `cloud-relay keygen` there needs no flag."""
+    env = os.environ.get("PITLINK_JWKS") or None
+    p.add_argument(
+        "--jwks",
+        type=Path,
+        required=env is None,
+        default=env,
+        help="the key set file (JWKS) (default: PITLINK_JWKS)",
+    )
+
+
 def _keygen(argv: Sequence[str]) -> int:
     p = Parser(
         prog="cloud-relay keygen",
         description="Create the key set, or put a new signing key first (older keys still verify).",
     )
-    p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
+    _jwks_flag(p)
     p.add_argument("--kid", help="the new key's id (default: random)")
     ns = p.parse_args(argv)
     kid = keygen(ns.jwks, ns.kid)
@@ -138,7 +151,7 @@ def _token(argv: Sequence[str]) -> int:
         description="Print a signed token: for a box (--role pits, --sub its pits id) or for "
         "an operator of the admin page (--role admin).",
     )
-    p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
+    _jwks_flag(p)
     p.add_argument("--sub", required=True, help="the pits id, or the admin's name")
     p.add_argument("--role", choices=ROLES, default="pits")
     p.add_argument(
@@ -154,7 +167,7 @@ def _revoke(argv: Sequence[str]) -> int:
         prog="cloud-relay revoke",
         description="Refuse a token from now on; a running relay picks the change up by itself.",
     )
-    p.add_argument("--jwks", type=Path, required=True, help="the key set file (JWKS)")
+    _jwks_flag(p)
     p.add_argument(
         "--revoked", type=Path, help="the revocation list (default: JWKS name + .revoked)"
     )

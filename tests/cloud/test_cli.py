@@ -68,6 +68,34 @@ def test_keygen_via_main_rotates(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert jwt.get_unverified_header(out.strip())["kid"] == "new"
 
 
+def test_key_commands_take_the_key_set_from_the_environment(tmp_path: Path) -> None:
+    """PITLINK_JWKS, which serve reads, names the key set for keygen, token and revoke too
+    (the container image sets it); without it or --jwks each says what it needs."""
+    jwks = tmp_path / "jwks.json"
+
+    def with_env(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PITLINK_")}
+        return subprocess.run(
+            [sys.executable, "-m", "cloud", *args],
+            cwd=REPO,
+            env={**env, "PITLINK_JWKS": str(jwks)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert with_env("keygen", "--kid", "envkey").returncode == 0
+    issued = with_env("token", "--sub", "club-42")
+    assert issued.returncode == 0, issued.stderr
+    assert KeySet.load(jwks).verify(issued.stdout.strip(), role="pits")["sub"] == "club-42"
+    revoked = with_env("revoke", "--sub", "club-42")
+    assert revoked.returncode == 0, revoked.stderr
+    assert (tmp_path / "jwks.json.revoked").is_file()
+    missing = run("token", "--sub", "club-42")
+    assert missing.returncode == 2
+    assert "--jwks" in missing.stderr
+
+
 @pytest.mark.parametrize("role", ["pits", "admin"])
 def test_token_via_main(tmp_path: Path, capsys: pytest.CaptureFixture[str], role: str) -> None:
     jwks = tmp_path / "jwks.json"
