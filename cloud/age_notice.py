@@ -9,8 +9,9 @@ bar across the top of the page when the box is offline or the relay serves old c
 
 Only 200 answers of paths served as HTML are touched, and only up to `max_bytes`: a bigger page
 passes unchanged, as does everything else (JSON, scripts, images) byte for byte. The changed
-body has an ETag of its own, derived from the pits' ETag and the tag, so a conditional request
-works and the pits' ETag is never given for a body it does not describe.
+body has an ETag of its own, the hash of the changed body as for every body the relay serves,
+so a conditional request works and the pits' ETag is never given for a body it does not
+describe.
 
 A courtesy for honest pages: the page is the pits' own and runs in the same document, so it can
 hide or imitate the bar. The response headers (`Age`, `X-Pitlink-Stale`) are the authority.
@@ -19,18 +20,16 @@ hide or imitate the bar. The response headers (`Age`, `X-Pitlink-Stale`) are the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 
 from cloud.cache import Served
 from cloud.hosts import HostRouting
 from cloud.routing import RELAY_SPACE
+from wire.canonical import etag_of
 from wire.mediatypes import HTML, content_type_for_path
 
 AGE_PAGE = RELAY_SPACE + r"/age(?:\.js)?"  # a route, after the pits' base: the state, the script
 MAX_PAGE_BYTES = 1024 * 1024  # pages larger than this pass unchanged (the default setting)
-# Bumped whenever the tag changes, so that no ETag of an old marked body is reused.
-VERSION = b"pitlink-age-notice/1"
 BODY_END = b"</body"
 # What a base may be, written into the page as it is: the relay's paths of a pits id.
 BASE = re.compile(r"/(?:pits/[A-Za-z0-9][A-Za-z0-9._-]{0,63}/)?")
@@ -61,14 +60,7 @@ class AgeNotice:
         (a pits id is letters, digits, `.`, `_` and `-`), never anything from the page."""
         return f'<script src="{base}pitlink/age.js" defer></script>'.encode("ascii")
 
-    @staticmethod
-    def etag(pits_etag: str, tag: bytes) -> str:
-        """The changed body's ETag: a function of the pits' ETag and the tag alone, so every
-        replica gives the same one, and it never equals the pits' own."""
-        digest = hashlib.sha256(b"\n".join((VERSION, pits_etag.encode("latin-1"), tag)))
-        return f'"sha256:{digest.hexdigest()}"'
-
-    def mark(self, body: bytes, pits_etag: str, base: str) -> tuple[bytes, str] | None:
+    def mark(self, body: bytes, base: str) -> tuple[bytes, str] | None:
         """(the page with the tag, its ETag), or None for a page left as it is (too large, or a
         base that is not one of the relay's paths: nothing else is written into a page)."""
         if len(body) > self.max_bytes or not BASE.fullmatch(base):
@@ -78,13 +70,15 @@ class AgeNotice:
         # earlier on does not matter; a page without one gets the tag at its end.
         at = body.lower().rfind(BODY_END)
         marked = body + tag if at < 0 else b"".join((body[:at], tag, body[at:]))
-        return marked, self.etag(pits_etag, tag)
+        # As every ETag the relay gives: the body's own hash (the same on every replica, never
+        # the pits' own, which describes another body).
+        return marked, etag_of(marked)
 
     def served(self, served: Served, path: str, base: str) -> Served:
         """`served` with the notice when it is a page the notice is for, else as it is."""
         if served.status != 200 or served.etag is None or not self.applies(path):
             return served
-        marked = self.mark(served.body, served.etag, base)
+        marked = self.mark(served.body, base)
         if marked is None:
             return served
         body, etag = marked

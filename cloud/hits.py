@@ -235,7 +235,7 @@ class Hits:
         if len(self._prepared) >= self.max_prepared:
             self._prepared.clear()  # entries evicted from the cache leave theirs here
         body, etag = entry.body, entry.etag
-        marked = None if not base or self.notice is None else self.notice.mark(body, etag, base)
+        marked = None if not base or self.notice is None else self.notice.mark(body, base)
         if marked is not None:
             body, etag = marked
         common = [("Server", self.server), *CORS_HEADERS.items(), *DATA_HEADERS.items()]
