@@ -7,6 +7,7 @@ so the tests prove the file an operator copies.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 from pathlib import Path
@@ -56,8 +57,13 @@ def nginx_config(
         example = example.replace("listen 443 ssl;", f"listen {listen}:{plain};")
         example = re.sub(r"\n    ssl_[^\n]*;", "", example)
     conf = folder / "nginx.conf"
+    # Run as root (as the tests are), nginx's workers would be `nobody`, who cannot reach the
+    # temporary folders under the test's own (pytest's are private to root): a body too big
+    # for the memory buffers, such as an update bundle read slowly by an emulated box, would
+    # fail with "Permission denied". The workers run as the tests' user instead.
+    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"daemon off;\npid {folder}/nginx.pid;\nerror_log {folder}/nginx-error.log warn;\n"
+        f"daemon off;\n{user}pid {folder}/nginx.pid;\nerror_log {folder}/nginx-error.log warn;\n"
         "events { worker_connections 1024; }\n"
         "http {\n  access_log off;\n"
         f"  client_body_temp_path {folder}/body;\n  proxy_temp_path {folder}/proxy;\n"
