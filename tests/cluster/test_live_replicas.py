@@ -132,13 +132,15 @@ async def test_a_replica_that_starts_late_knows_where_things_stand(
 
         await wait_for(saved, what="A to save the state")
         sub = await pair.feed(c)
-        await sub.wait_event("change")
-        assert [e.kind for e in sub.events] == ["pits", "race", "change"]
-        assert sub.events[0].data["connected"] is True
-        assert sub.of("race")[0].data == {"path": RACE}
-        assert sub.of("change")[0].data["etag"] == etag
-        assert {e.id for e in sub.events} == {f"{channel.epoch}-3"}
-        await sub.close()
+        try:
+            await sub.wait_event("change")
+            assert [e.kind for e in sub.events] == ["pits", "race", "change"]
+            assert sub.events[0].data["connected"] is True
+            assert sub.of("race")[0].data == {"path": RACE}
+            assert sub.of("change")[0].data["etag"] == etag
+            assert {e.id for e in sub.events} == {f"{channel.epoch}-3"}
+        finally:
+            await sub.close()  # a failure above must not leave its socket to a later test
     finally:
         await c.stop()
 
