@@ -7,6 +7,7 @@ read and written inside the disk image with mtools, at the offset the partition 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -467,6 +468,79 @@ def amd64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
     return Guest(argv, serial)
 
 
+# The Raspberry Pi 3 Model B's device tree, as the firmware would choose it.
+PI3_DTB = "bcm2837-rpi-3-b.dtb"
+
+
+def prepare_pi_card(disk: Path) -> Path:
+    """Make the card ready for qemu's emulated Raspberry Pi 3, once (its slots' states are kept
+    from boot to boot): what config.txt starts (U-Boot) and the Pi 3's device tree copied out
+    into a folder for qemu, which stands in for the GPU firmware; the watchdog's driver kept
+    unloaded; the card a power of two in size. Returns the folder."""
+    boot = disk.parent / "boot"
+    boot.mkdir()
+    config = fat_get(disk, "config.txt").decode()
+    kernel = re.search(r"^kernel=(\S+)$", config, re.M)
+    assert kernel is not None, config
+    for name in (kernel.group(1), PI3_DTB):
+        (boot / name).write_bytes(fat_get(disk, name))
+    (boot / "kernel").write_text(kernel.group(1))
+    # qemu's emulated watchdog resets the board the moment the driver arms it, where the real
+    # one waits for its timeout: on the emulated board only, the driver stays unloaded, through
+    # the boot script's place for more kernel options (pitlink-slots keeps it when it writes).
+    # (tests/image/test_pi_files.py checks that the card enables it on every board.)
+    states = fat_get(disk, "pitlink-boot.txt") + b"pitlink_args=modprobe.blacklist=bcm2835_wdt\n"
+    (boot / "pitlink-boot.txt").write_bytes(states)
+    fat_put(disk, boot / "pitlink-boot.txt", "pitlink-boot.txt")
+    # qemu's SD card must be a power of two in size, as real cards nearly are.
+    os.truncate(disk, 1 << (disk.stat().st_size - 1).bit_length())
+    return boot
+
+
+def pi_guest(disk: Path, boot: Path, serial: Path, ports: Ports) -> Guest:
+    """The card (made ready by prepare_pi_card) in qemu's emulated Raspberry Pi 3: U-Boot, which
+    runs the card's boot.scr, which starts a slot's kernel, with the Pi 3's device tree as the
+    firmware would pass it, the card as its SD card, and a USB network adapter on its USB
+    controller.
+
+    Without its watchdog's driver the emulated Pi cannot restart itself: Linux ends with
+    "reboot: Restarting system" and the board stays there (a real Pi resets). Whoever restarts
+    it (tests/image/updating.py's Box) watches for that line."""
+    for tool in ("qemu-system-aarch64", "socat"):
+        need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
+    # qemu's monitor on a socket, to plug the network adapter in (below).
+    monitor = disk.parent / "monitor.sock"
+    monitor.unlink(missing_ok=True)
+    common = list(COMMON)
+    common[common.index("-monitor") + 1] = f"unix:{monitor},server=on,wait=off"
+    argv = [
+        "qemu-system-aarch64",
+        *common,
+        "-machine", "raspi3b",
+        # qemu stands in for the GPU firmware: it loads what config.txt names, and the device
+        # tree, and passes the latter's address as the firmware does.
+        "-kernel", str(boot / (boot / "kernel").read_text()),
+        "-dtb", str(boot / PI3_DTB),
+        "-drive", f"file={disk},format=raw,if=sd",
+        "-netdev", netdev(ports),
+        # The first serial port is the PL011 (Bluetooth's on a Pi 3), the second the mini UART
+        # on the GPIO header: U-Boot's console, and the kernel's console=ttyS1.
+        "-serial", "null", "-serial", f"file:{serial}",
+    ]  # fmt: skip
+    # The Pi 3's own Ethernet is a chip on its USB bus, which qemu does not model; a USB network
+    # adapter is what a Pi 3 A+ or Zero 2 W would use. It is plugged in once U-Boot has handed
+    # over to the kernel: U-Boot scans the USB bus at start and, after that, qemu's model of
+    # the Pi's USB controller never shows Linux a device that was there all along ("Not
+    # connected"), where a real Pi's controller is reset by Linux and finds it.
+    plug = Plug("Starting kernel", "device_add usb-net,netdev=net0,id=usbnet", monitor)
+    return Guest(argv, serial, plug)
+
+
+def arm64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
+    """A copy of the Pi's card made ready and started once (see pi_guest)."""
+    return pi_guest(disk, prepare_pi_card(disk), serial, ports)
+
+
 @dataclass
 class Front:
     """The relay behind nginx with TLS, and the CA that signed nginx's certificate."""
@@ -476,6 +550,33 @@ class Front:
     tls: int
     plain: int
     not_before: float  # the certificate's first valid second
+    conf: Path  # nginx's configuration
+    nginx: asyncio.subprocess.Process | None = None
+
+    async def take_away(self) -> None:
+        """nginx stopped: the relay out of the boxes' reach (both its ports refuse)."""
+        if self.nginx is not None:
+            await stop_nginx(self.nginx)
+            self.nginx = None
+
+    async def bring_back(self) -> None:
+        """nginx started again on the same ports, and answering."""
+        if self.nginx is None:
+            self.nginx = await start_nginx(self.conf)
+        await wait_for(self.answers, what="nginx in front of the relay")
+
+    async def answers(self) -> bool:
+        try:
+            # Plain HTTP answers only the connectivity check: everything else is a redirect to
+            # https, as deploy/nginx-pitlink.conf has it.
+            got = await self.system.http.fetch(
+                f"http://127.0.0.1:{self.plain}/generate_204",
+                raise_error=False,
+                follow_redirects=False,
+            )
+        except OSError:
+            return False
+        return got.code == 204
 
 
 @contextlib.asynccontextmanager
@@ -493,25 +594,13 @@ async def relay_front(
     )
     tls, plain = free_port(), free_port()
     conf = nginx_config(tmp_path, upstreams=[s.relay_port], plain=plain, tls=tls, certificate=ca)
-    nginx = await start_nginx(conf)
-
-    async def up() -> bool:
-        try:
-            # Plain HTTP answers only the connectivity check: everything else is a redirect to
-            # https, as deploy/nginx-pitlink.conf has it.
-            got = await s.http.fetch(
-                f"http://127.0.0.1:{plain}/generate_204", raise_error=False, follow_redirects=False
-            )
-        except OSError:
-            return False
-        return got.code == 204
-
+    front = Front(system=s, ca=ca, tls=tls, plain=plain, not_before=not_before, conf=conf)
     try:
-        await wait_for(up, what="nginx in front of the relay")
-        yield Front(system=s, ca=ca, tls=tls, plain=plain, not_before=not_before)
+        await front.bring_back()
+        yield front
     finally:
         await s.close()
-        await stop_nginx(nginx)
+        await front.take_away()
 
 
 def prepare_disk(image: Path, disk: Path, conf: bytes, ca: Path, *, selftest: bool = True) -> None:

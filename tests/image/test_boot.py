@@ -46,7 +46,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -59,23 +58,20 @@ import pytest
 import tornado.httpclient
 from appliance import (
     BUILT,
-    COMMON,
     RELAY_IN_GUEST,
     REPO,
     SIM_IN_GUEST,
     TEST_KEY_DIR,
     Front,
     Guest,
-    Plug,
     Ports,
     amd64_guest,
+    arm64_guest,
     built_image,
     check_inside,
     console_tail,
     fat_get,
     fat_put,
-    need,
-    netdev,
     partition_table,
     plain,
     prepare_disk,
@@ -95,61 +91,9 @@ PITS_ID = "club-42"
 # Software emulation is slow: the amd64 box answers about a minute after qemu starts, arm64
 # later; more on a busy machine.
 BOOT_TIMEOUT = {"amd64": 420.0, "arm64": 900.0}
-# The Raspberry Pi 3 Model B's device tree, as the firmware would choose it.
-PI3_DTB = "bcm2837-rpi-3-b.dtb"
 # What the box's hardware watchdog looks like from inside: qemu's PC has one (i6300esb); the
 # emulated Pi's stays unloaded (see arm64_guest).
 WATCHDOG = {"amd64": "active", "arm64": "none"}
-
-
-def arm64_guest(disk: Path, serial: Path, ports: Ports) -> Guest:
-    """The card in qemu's emulated Raspberry Pi 3: what config.txt starts (U-Boot, which runs
-    the card's boot.scr, which starts slot A's kernel), with the Pi 3's device tree as the
-    firmware would pass it, the card as its SD card, and a USB network adapter on its USB
-    controller."""
-    for tool in ("qemu-system-aarch64", "socat"):
-        need(shutil.which(tool) is not None, f"{tool} is missing: ./scripts/test installs it")
-    boot = disk.parent / "boot"
-    boot.mkdir()
-    config = fat_get(disk, "config.txt").decode()
-    kernel = re.search(r"^kernel=(\S+)$", config, re.M)
-    assert kernel is not None, config
-    for name in (kernel.group(1), PI3_DTB):
-        (boot / name).write_bytes(fat_get(disk, name))
-    # qemu's emulated watchdog resets the board the moment the driver arms it, where the real
-    # one waits for its timeout: on the emulated board only, the driver stays unloaded, through
-    # the boot script's place for more kernel options.
-    # (tests/image/test_pi_files.py checks that the card enables it on every board.)
-    states = fat_get(disk, "pitlink-boot.txt") + b"pitlink_args=modprobe.blacklist=bcm2835_wdt\n"
-    (boot / "pitlink-boot.txt").write_bytes(states)
-    fat_put(disk, boot / "pitlink-boot.txt", "pitlink-boot.txt")
-    # qemu's SD card must be a power of two in size, as real cards nearly are.
-    os.truncate(disk, 1 << (disk.stat().st_size - 1).bit_length())
-    # qemu's monitor on a socket, to plug the network adapter in (below).
-    monitor = disk.parent / "monitor.sock"
-    common = list(COMMON)
-    common[common.index("-monitor") + 1] = f"unix:{monitor},server=on,wait=off"
-    argv = [
-        "qemu-system-aarch64",
-        *common,
-        "-machine", "raspi3b",
-        # qemu stands in for the GPU firmware: it loads what config.txt names, and the device
-        # tree, and passes the latter's address as the firmware does.
-        "-kernel", str(boot / kernel.group(1)),
-        "-dtb", str(boot / PI3_DTB),
-        "-drive", f"file={disk},format=raw,if=sd",
-        "-netdev", netdev(ports),
-        # The first serial port is the PL011 (Bluetooth's on a Pi 3), the second the mini UART
-        # on the GPIO header: U-Boot's console, and the kernel's console=ttyS1.
-        "-serial", "null", "-serial", f"file:{serial}",
-    ]  # fmt: skip
-    # The Pi 3's own Ethernet is a chip on its USB bus, which qemu does not model; a USB network
-    # adapter is what a Pi 3 A+ or Zero 2 W would use. It is plugged in once U-Boot has handed
-    # over to the kernel: U-Boot scans the USB bus at start and, after that, qemu's model of
-    # the Pi's USB controller never shows Linux a device that was there all along ("Not
-    # connected"), where a real Pi's controller is reset by Linux and finds it.
-    plug = Plug("Starting kernel", "device_add usb-net,netdev=net0,id=usbnet", monitor)
-    return Guest(argv, serial, plug)
 
 
 GUESTS: dict[str, Callable[[Path, Path, Ports], Guest]] = {
@@ -216,10 +160,9 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
         ).encode()
         disk = tmp_path / "disk.img"
         await asyncio.to_thread(prepare_disk, image.path, disk, conf, front.ca.ca)
-        if arch == "amd64":
-            # Bundles the box's own RAUC must refuse (the self-test hook hands them to it).
-            for name, bundle in (await asyncio.to_thread(refused_bundles, tmp_path)).items():
-                await asyncio.to_thread(fat_put, disk, bundle, name)
+        # Bundles the box's own RAUC must refuse (the self-test hook hands them to it).
+        for name, bundle in (await asyncio.to_thread(refused_bundles, tmp_path, arch)).items():
+            await asyncio.to_thread(fat_put, disk, bundle, name)
 
         ports = Ports(
             status=free_port(), tls=front.tls, plain=front.plain, sim=urlsplit(sim.url).port or 0
@@ -331,8 +274,7 @@ async def test_image_boots_serves_the_status_page_relays_and_restarts_the_agent(
             rss = re.search(r"agent rss_kib=(\d+)", console)
             assert rss is not None, "the self-test hook prints the agent's memory use"
             check_inside(console, PITS_ID, watchdog=WATCHDOG[arch])
-            if arch == "amd64":
-                check_refusals(console)
+            check_refusals(console, arch)
             if arch == "arm64":
                 # The boot script picked slot A of this very card, as flashed.
                 root_a = partition_table(disk).partitions[1].uuid
@@ -382,14 +324,19 @@ def made_pin(now: bytes, flashed: bytes) -> str:
 # older than the version the box runs, which the image's pre-install handler refuses (RAUC
 # opens a `verity` bundle with device-mapper, which tests/image/test_rauc_refuses.py does not
 # have on the machine running the tests).
-REFUSED = {
-    "pitlink-selftest-arm64.raucb": ("pitlink-arm64", "9.0.0"),
-    "pitlink-selftest-older.raucb": ("pitlink-amd64", "0.0.1"),
-}
+OTHER_ARCH = {"amd64": "arm64", "arm64": "amd64"}
 
 
-def refused_bundles(folder: Path) -> dict[str, Path]:
-    """The bundles of REFUSED: a small root filesystem each, made with image/make-bundle."""
+def refused(arch: str) -> dict[str, tuple[str, str]]:
+    """Name on the boot partition: (the bundle's compatible, its version)."""
+    return {
+        "pitlink-selftest-other.raucb": (f"pitlink-{OTHER_ARCH[arch]}", "9.0.0"),
+        "pitlink-selftest-older.raucb": (f"pitlink-{arch}", "0.0.1"),
+    }
+
+
+def refused_bundles(folder: Path, arch: str) -> dict[str, Path]:
+    """The bundles of refused(arch): a small root filesystem each, made with image/make-bundle."""
     tree = folder / "refused-tree"
     (tree / "boot").mkdir(parents=True)
     (tree / "boot" / "vmlinuz").write_bytes(os.urandom(1 << 20))
@@ -399,7 +346,7 @@ def refused_bundles(folder: Path) -> dict[str, Path]:
     )
     key = signing_key(TEST_KEY_DIR)
     made = {}
-    for name, (compatible, version) in REFUSED.items():
+    for name, (compatible, version) in refused(arch).items():
         out = folder / name
         subprocess.run(
             [str(REPO / "image" / "make-bundle"), "--root", str(fs),
@@ -411,11 +358,11 @@ def refused_bundles(folder: Path) -> dict[str, Path]:
     return made
 
 
-def check_refusals(console: str) -> None:
-    """What the box's RAUC said of each bundle of REFUSED: refused, and slot B untouched."""
-    arm64 = reported(console, "rauc install pitlink-selftest-arm64.raucb:")
-    assert re.match(r"exit [1-9]", arm64), arm64
-    assert "compatible" in arm64.lower() and "pitlink-arm64" in arm64, arm64
+def check_refusals(console: str, arch: str) -> None:
+    """What the box's RAUC said of each bundle of refused(arch): refused, and slot B untouched."""
+    other = reported(console, "rauc install pitlink-selftest-other.raucb:")
+    assert re.match(r"exit [1-9]", other), other
+    assert "compatible" in other.lower() and f"pitlink-{OTHER_ARCH[arch]}" in other, other
     older = reported(console, "rauc install pitlink-selftest-older.raucb:")
     assert re.match(r"exit [1-9]", older), older
     assert "pre-install handler" in older.lower(), older
