@@ -10,8 +10,6 @@ from __future__ import annotations
 from importlib import resources
 
 from cloud.http_base import BaseHandler
-from wire import ErrorCode, ProtocolError
-from wire.paths import normalize_path
 
 SCRIPT = resources.files("cloud").joinpath("static", "age.js").read_bytes()
 
@@ -20,15 +18,8 @@ class AgeHandler(BaseHandler):
     """The box's state as JSON (`.../pitlink/age`), or the script (`.../pitlink/age.js`)."""
 
     def get(self, *args: str) -> None:
-        try:
-            found = self.relay.router.relay_path(
-                normalize_path(self.request.path), self.request.host
-            )
-        except ProtocolError as exc:
-            self.write_json_error(exc.code, exc.message)
-            return
-        if found is None:
-            self.write_json_error(ErrorCode.DENIED, "no pits is served here", 404)
+        pits_id = self.relay_pits()
+        if pits_id is None:
             return
         self.set_header("X-Content-Type-Options", "nosniff")
         if self.request.path.endswith(".js"):
@@ -37,6 +28,6 @@ class AgeHandler(BaseHandler):
             self.finish(SCRIPT)
             return
         self.set_header("Cache-Control", "no-store")
-        self.finish(self.relay.box_age.describe(found[0]))
+        self.finish(self.relay.box_age.describe(pits_id))
 
     head = get

@@ -25,10 +25,11 @@ from cloud.ratelimit import SharedLimiter
 from cloud.registry import Registry
 from cloud.relay import Relay
 from cloud.routing import Router
-from wire import ErrorCode
+from wire import ErrorCode, ProtocolError
 from wire.budget import Throttle
 from wire.errors import HTTP_STATUS
 from wire.errors import retry_after as clamp_retry_after
+from wire.paths import normalize_path
 
 log = logging.getLogger("pitlink.cloud.http")
 access_log = logging.getLogger("tornado.access")
@@ -188,6 +189,21 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.relay.clients.key(
             self.request.remote_ip or "", self.request.headers.get("X-Forwarded-For")
         )
+
+    def relay_pits(self) -> str | None:
+        """The pits whose `/pitlink/` space this request's path is in (its own host with
+        `--pits-domain`, else under `/pits/<id>/`); None, the error written, when there is none."""
+        try:
+            found = self.relay.router.relay_path(
+                normalize_path(self.request.path), self.request.host
+            )
+        except ProtocolError as exc:
+            self.write_json_error(exc.code, exc.message)
+            return None
+        if found is None:
+            self.write_json_error(ErrorCode.DENIED, "no pits is served here", 404)
+            return None
+        return found[0]
 
     def write_json_error(
         self,

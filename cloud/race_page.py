@@ -12,8 +12,6 @@ from importlib import resources
 
 from cloud.http_base import BaseHandler
 from cloud.routing import RELAY_SPACE
-from wire import ErrorCode, ProtocolError
-from wire.paths import normalize_path
 
 STATIC = resources.files("cloud").joinpath("static")
 PAGE = STATIC.joinpath("race.html").read_bytes()
@@ -29,15 +27,8 @@ class RacePageHandler(BaseHandler):
     """The page (`.../pitlink/race`) or its script (`.../pitlink/race.js`)."""
 
     def get(self, *args: str) -> None:
-        try:
-            found = self.relay.router.relay_path(
-                normalize_path(self.request.path), self.request.host
-            )
-        except ProtocolError as exc:
-            self.write_json_error(exc.code, exc.message)
-            return
-        if found is None:
-            self.write_json_error(ErrorCode.DENIED, "no pits is served here", 404)
+        pits_id = self.relay_pits()
+        if pits_id is None:
             return
         script = self.request.path.endswith(".js")
         self.set_header(

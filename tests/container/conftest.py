@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from container_tools import REPO, need, version
+from container_tools import REPO, version
 
 from pitlink_testkit import podman
+from pitlink_testkit.needs import need
 
 # From nothing, on 2 cores with a nearby mirror: about a minute (56 s measured); cached, under a
 # second. The bound leaves room for a slow mirror.

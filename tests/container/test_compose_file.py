@@ -12,9 +12,10 @@ import subprocess
 from typing import Any
 
 import pytest
-from container_tools import REPO, need, version
+from container_tools import REPO, version
 
 from cloud.config import SETTINGS, config_from_args
+from pitlink_testkit.needs import need
 
 DEPLOY = REPO / "deploy"
 PITLINK_ENV = re.compile(r"\bPITLINK_[A-Z0-9_]+")

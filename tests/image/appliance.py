@@ -26,6 +26,7 @@ import pytest
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port
+from pitlink_testkit.needs import need
 from pitlink_testkit.nginx import nginx_config, start_nginx, stop_nginx
 from pitlink_testkit.system import System
 from pitlink_testkit.tls import RelayCA, make_ca
@@ -50,15 +51,6 @@ BUILT: dict[str, float] = {}
 # Under software emulation: amd64 builds in 3 to 8 minutes here; arm64 runs its packages'
 # scripts and PyInstaller through qemu-user, several times slower.
 BUILD_TIMEOUT = {"amd64": 900, "arm64": 3000}
-
-
-def need(ok: bool, why: str) -> None:
-    """Skip where a tool is missing, but fail in CI, where ./scripts/test installs them."""
-    if ok:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(why)
-    pytest.skip(why)
 
 
 def newest_input() -> float:
