@@ -63,21 +63,23 @@ from appliance import (
     SIM_IN_GUEST,
     TEST_KEY_DIR,
     Front,
+    built_image,
+    fat_get,
+    fat_put,
+    partition_table,
+    prepare_disk,
+    relay_front,
+    signing_key,
+)
+from guests import (
     Guest,
     Ports,
     amd64_guest,
     arm64_guest,
-    built_image,
     check_inside,
     console_tail,
-    fat_get,
-    fat_put,
-    partition_table,
     plain,
-    prepare_disk,
-    relay_front,
     reported,
-    signing_key,
 )
 
 from pitlink_testkit.fpvtrackside import Simulator

@@ -7,7 +7,8 @@ One box, one story, in the order a box in the field could live it:
    downloads it over HTTPS with its own token, RAUC checks and writes it into slot B, the
    organiser presses Install now on the status page, the box boots B on trial, finds itself
    healthy, marks B good, and says so in its hello (slot B, the new version, "good").
-3. A bundle signed with another key is refused, and neither slot is touched.
+3. A bundle signed with another key is refused, and neither slot is touched; the same bundle
+   on a USB stick plugged into the running box is found there and refused the same way.
 4. A bundle is being written into slot A when the power goes (qemu killed once it has
    written 256 MiB to the disk since the box said "installing": past the download, mid-slot):
    A's entry is bad, and the boot loader starts B again.
@@ -31,16 +32,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from appliance import (
-    Ports,
-    amd64_guest,
     built_image,
-    console_tail,
     partition_table,
-    plain,
     prepare_disk,
     relay_front,
 )
-from updating import Box, Updates, box_conf, image_bundles, image_version
+from guests import (
+    Ports,
+    amd64_guest,
+    console_tail,
+    plain,
+)
+from updating import Box, Updates, box_conf, image_bundles, image_version, usb_stick
 
 from pitlink_testkit.fpvtrackside import Simulator
 from pitlink_testkit.loopback import free_port
@@ -106,10 +109,7 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             # -- a good bundle, through the relay -------------------------------------------------
             started = time.monotonic()
             await u.offer(ids["good"])
-            report = await u.update_state(
-                "9.0.0", "installed", "failed", "refused", timeout=INSTALL_TIMEOUT
-            )
-            assert report["state"] == "installed", report
+            await u.installed("9.0.0", "B", timeout=INSTALL_TIMEOUT)
             times["download and install"] = time.monotonic() - started
             before = u.connection()
             started = time.monotonic()
@@ -128,6 +128,16 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
             report = await u.update_state(
                 "9.0.5", "refused", "failed", "installed", timeout=INSTALL_TIMEOUT
             )
+            assert report["state"] == "refused", report
+            assert "signature" in report["message"].lower(), report
+
+            # -- the same bundle on a USB stick, plugged in ----------------------------------------
+            # udev mounts the stick read-only at /media/usb, the agent finds the bundle there
+            # and hands it to RAUC, which refuses it as it did the download; the box says so to
+            # the relay (a local bundle's version is "?" until RAUC has read it).
+            stick = await asyncio.to_thread(usb_stick, bundles["foreign"], tmp_path / "stick.img")
+            pc.plug_stick(stick, "stick")
+            report = await u.update_state("?", "refused", "failed", timeout=INSTALL_TIMEOUT)
             assert report["state"] == "refused", report
             assert "signature" in report["message"].lower(), report
 
@@ -184,10 +194,7 @@ async def test_a_box_updates_through_the_relay_rolls_back_a_bad_slot_and_survive
                 )
 
             await wait_for(taken, timeout=120, interval=0.5, what="the box to take the new offer")
-            report = await u.update_state(
-                "9.1.0", "installed", "failed", "refused", timeout=INSTALL_TIMEOUT
-            )
-            assert report["state"] == "installed", report
+            await u.installed("9.1.0", "A", timeout=INSTALL_TIMEOUT)
             before = u.connection()
             started = time.monotonic()
             await u.install_now()

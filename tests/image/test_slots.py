@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 from appliance import (
-    OVMF,
     SLOTS_SCRIPT,
     WRONG_SLOT_QUESTIONS,
     built_image,
@@ -27,6 +26,7 @@ from appliance import (
 )
 from appliance import run_slots as slots
 from appliance import slots_out as out
+from guests import OVMF
 
 
 def entry(slot: str, sort_key: str) -> str:

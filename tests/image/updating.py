@@ -26,21 +26,30 @@ from appliance import (
     REPO,
     SIM_IN_GUEST,
     TEST_KEY_DIR,
-    Guest,
     partition_table,
     signing_key,
 )
+from guests import Guest
 
 from pitlink_testkit.system import System
 from pitlink_testkit.waiting import wait_for
 
-# What a broken bundle's agent does instead of the agent's work.
+# What a broken bundle's agent does instead of the agent's work: files written into the
+# bundle's root filesystem (path: text; every one executable).
+AGENT = "/opt/pitlink/pits-agent/pits-agent"
 BROKEN = {
     # exits at once, every time systemd starts it
-    "exits": "#!/bin/sh\necho 'a broken agent' >&2\nexit 1\n",
+    "exits": {AGENT: "#!/bin/sh\necho 'a broken agent' >&2\nexit 1\n"},
     # starts and is never heard of again: no READY=1, no watchdog pings, no status page, no
     # link (systemd's start timeout and watchdog restart it, again and again)
-    "hangs": "#!/bin/sh\necho 'a hung agent' >&2\nexec sleep 1000000\n",
+    "hangs": {AGENT: "#!/bin/sh\necho 'a hung agent' >&2\nexec sleep 1000000\n"},
+    # the real agent, running and answering on its status page, but dialling a relay that is
+    # not there (its environment beats pitlink.conf): it never links
+    "never-links": {
+        "/etc/systemd/system/pits-agent.service.d/never-links.conf": (
+            "[Service]\nEnvironment=PITLINK_CLOUD_URL=https://10.0.2.100:9\n"
+        )
+    },
 }
 
 
@@ -101,13 +110,14 @@ def bundle(
         "rm /usr/lib/pitlink/version",
         f"write {out.parent / 'version'} /usr/lib/pitlink/version",
     ]
-    if broken is not None:
-        (out.parent / "agent").write_text(BROKEN[broken])
-        agent = "/opt/pitlink/pits-agent/pits-agent"
+    for n, (path, text) in enumerate(BROKEN[broken].items() if broken else ()):
+        (out.parent / f"broken-{n}").write_text(text)
+        folder = path.rsplit("/", 1)[0]
         commands += [
-            f"rm {agent}",
-            f"write {out.parent / 'agent'} {agent}",
-            f"set_inode_field {agent} mode 0100755",
+            # the agent replaced; anything else is new, in a folder of its own
+            f"rm {path}" if path == AGENT else f"mkdir {folder}",
+            f"write {out.parent / f'broken-{n}'} {path}",
+            f"set_inode_field {path} mode 0100755",
         ]
     debugfs(fs, *commands)
     key = signing_key(key_dir)
@@ -156,23 +166,59 @@ def image_bundles(
     return made
 
 
-def box_conf(token: str, *, pin: str, trial: int, healthy: int) -> bytes:
+def box_conf(
+    token: str, *, pin: str, trial: int, healthy: int, scan: int = 60, update_dir: str = "",
+    routed: bool = False,
+) -> bytes:  # fmt: skip
     """The pitlink.conf of a box in an update test: the relay behind TLS, the simulator, a
-    short trial boot (the defaults are 600 s and 60 s), the status page's PIN."""
+    short trial boot (the defaults are 600 s and 60 s), the status page's PIN, a look for
+    bundles in the update folders every `scan` seconds (and those folders, if given).
+
+    `routed`: the box's own address and a gateway, as at a venue with a router. qemu's
+    restricted network hands out an address and no gateway, and the health check counts a box
+    that never had a default route as one with no network to link over, whose trial slot is
+    good when its agent answers (image/rootfs/usr/lib/pitlink/pitlink-health)."""
+    static = "STATIC_ADDRESS=10.0.2.15/24\nSTATIC_GATEWAY=10.0.2.2\n" if routed else ""
     return (
-        f"CLOUD_URL=https://{RELAY_IN_GUEST}\nCLOUD_CA=relay-ca.pem\nTOKEN={token}\n"
+        static + f"CLOUD_URL=https://{RELAY_IN_GUEST}\nCLOUD_CA=relay-ca.pem\nTOKEN={token}\n"
         f"FPVTRACKSIDE=http://{SIM_IN_GUEST}\n"
         f"UPDATE_TRIAL_SECONDS={trial}\nUPDATE_HEALTHY_SECONDS={healthy}\n"
-        f"STATUS_PIN={pin}\n"
+        f"UPDATE_SCAN_INTERVAL={scan}\nSTATUS_PIN={pin}\n"
         # The simulator's race never ends and the test's own fetches count as spectators:
         # the box would wait for the race to end (tests/integration/test_update_race.py
         # shows it does). Here the update itself is under test.
-        "UPDATE_DURING_RACES=yes\n"
+        "UPDATE_DURING_RACES=yes\n" + (f"UPDATE_DIR={update_dir}\n" if update_dir else "")
     ).encode()
 
 
+def state_put(disk: Path, folder: str, *bundles: Path, remove: tuple[str, ...] = ()) -> None:
+    """Bundles copied into `folder` on the card's state partition (the box is off), and the
+    files named in `remove` taken out of it."""
+    state = partition_table(disk).partitions[3]
+    commands = [f"mkdir {folder}"] if not remove else []
+    commands += [f"rm {folder}/{name}" for name in remove]
+    commands += [f"write {bundle} {folder}/{bundle.name}" for bundle in bundles]
+    debugfs(Path(f"{disk}?offset={state.start}"), *commands)
+
+
+def usb_stick(bundle: Path, out: Path) -> Path:
+    """A USB stick's image (FAT32, as sticks come) holding `bundle` and nothing else."""
+    size_kib = bundle.stat().st_size // 1024 + (64 << 10)
+    out.unlink(missing_ok=True)
+    subprocess.run(
+        ["mkfs.fat", "-F", "32", "-n", "STICK", "-C", str(out), str(size_kib)],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    subprocess.run(
+        ["mcopy", "-i", str(out), str(bundle), f"::{bundle.name}"],
+        env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}, check=True, capture_output=True,
+        timeout=300,
+    )  # fmt: skip
+    return out
+
+
 # What Linux prints as it restarts the board. The emulated Pi stays there (see
-# appliance.pi_guest); the PC's qemu, started with -no-reboot, ends.
+# guests.pi_guest); the PC's qemu, started with -no-reboot, ends.
 RESTARTING = "reboot: Restarting system"
 
 
@@ -224,6 +270,15 @@ class Box:
         guest.argv += ["-no-reboot", "-qmp", f"unix:{self.qmp},server=on,wait=off"]
         self.boots.append(guest)
         guest.start()
+
+    def plug_stick(self, stick: Path, name: str) -> None:
+        """`stick` (usb_stick) plugged into the running box's USB 3 port through qemu's
+        monitor (the emulated PC's: guests.amd64_guest), read-only."""
+        guest = self.guest
+        said = guest.monitor(f"drive_add 0 if=none,id={name},file={stick},format=raw,readonly=on")
+        assert said == "OK", said
+        said = guest.monitor(f"device_add usb-storage,drive={name},id={name},bus=xhci.0")
+        assert said == "", said
 
     def poll(self) -> None:
         """Start the box again when it restarted itself."""
@@ -335,6 +390,13 @@ class Updates:
         row = self.box()
         assert row is not None
         return dict(row["update"])
+
+    async def installed(self, version: str, slot: str, *, timeout: float) -> dict[str, Any]:
+        """The box's report that `version` is installed into `slot` (not failed or refused)."""
+        report = await self.update_state(version, "installed", "failed", "refused", timeout=timeout)
+        assert report["state"] == "installed", report
+        assert f"slot {slot}" in report["message"], report
+        return report
 
     def reports(self, state: str) -> float:
         """How many reports in `state` the relay has had from boxes."""
