@@ -193,12 +193,29 @@ def box_conf(
 
 def state_put(disk: Path, folder: str, *bundles: Path, remove: tuple[str, ...] = ()) -> None:
     """Bundles copied into `folder` on the card's state partition (the box is off), and the
-    files named in `remove` taken out of it."""
+    files named in `remove` taken out of it.
+
+    After a power cut the partition's journal waits to be replayed (the box mounts it
+    read-write), and the kernel would replay it over what debugfs wrote: so the partition is
+    copied out, its journal replayed by e2fsck (which cannot reopen a partition inside a disk
+    image after a replay), written to, and copied back."""
     state = partition_table(disk).partitions[3]
+    fs = disk.parent / "state.ext4"
+    with disk.open("rb") as src, fs.open("wb") as dst:
+        src.seek(state.start)
+        dst.write(src.read(state.size))
+    checked = subprocess.run(
+        ["e2fsck", "-fy", str(fs)], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode in (0, 1), checked.stdout + checked.stderr  # 1: mended
     commands = [f"mkdir {folder}"] if not remove else []
     commands += [f"rm {folder}/{name}" for name in remove]
     commands += [f"write {bundle} {folder}/{bundle.name}" for bundle in bundles]
-    debugfs(Path(f"{disk}?offset={state.start}"), *commands)
+    debugfs(fs, *commands)
+    with fs.open("rb") as src, disk.open("r+b") as dst:
+        dst.seek(state.start)
+        dst.write(src.read())
+    fs.unlink()
 
 
 def usb_stick(bundle: Path, out: Path) -> Path:
