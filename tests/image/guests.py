@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +47,6 @@ class Guest:
         self.serial = serial
         self.monitor_socket = monitor  # qemu's monitor, where argv opens it (with_monitor)
         self.plug = plug
-        self.plugged = ""  # what qemu's monitor answered the plug's command
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -61,7 +61,9 @@ class Guest:
             if proc.poll() is not None:
                 return
             time.sleep(0.2)
-        self.plugged = self.monitor(plug.command)
+        said = self.monitor(plug.command)
+        if said:  # qemu says nothing when the device is added: this is why it was not
+            print(f"qemu refused {plug.command!r}: {said}", file=sys.stderr)
 
     def monitor(self, command: str) -> str:
         """`command` given to qemu's monitor (HMP); what it answered."""

@@ -77,12 +77,19 @@ def root_filesystem(image: Path, out: Path) -> None:
     ).stdout  # fmt: skip
     blocks = int(re.search(r"^Block count:\s+(\d+)", head, re.M).group(1))  # type: ignore[union-attr]
     size = int(re.search(r"^Block size:\s+(\d+)", head, re.M).group(1))  # type: ignore[union-attr]
-    with image.open("rb") as src, out.open("wb") as dst:
-        src.seek(part.start)
-        left = blocks * size
+    copy_range(image, part.start, blocks * size, out, 0)
+
+
+def copy_range(src: Path, start: int, length: int, dst: Path, at: int) -> None:
+    """`length` bytes of `src` from `start` written into `dst` (made if missing) at `at`."""
+    with src.open("rb") as read, dst.open("r+b" if dst.exists() else "wb") as write:
+        read.seek(start)
+        write.seek(at)
+        left = length
         while left:
-            chunk = src.read(min(left, 8 << 20))
-            dst.write(chunk)
+            chunk = read.read(min(left, 8 << 20))
+            assert chunk, f"{src} ends before {start + length}"
+            write.write(chunk)
             left -= len(chunk)
 
 
@@ -201,20 +208,20 @@ def state_put(disk: Path, folder: str, *bundles: Path, remove: tuple[str, ...] =
     image after a replay), written to, and copied back."""
     state = partition_table(disk).partitions[3]
     fs = disk.parent / "state.ext4"
-    with disk.open("rb") as src, fs.open("wb") as dst:
-        src.seek(state.start)
-        dst.write(src.read(state.size))
+    fs.unlink(missing_ok=True)
+    copy_range(disk, state.start, state.size, fs, 0)
     checked = subprocess.run(
         ["e2fsck", "-fy", str(fs)], capture_output=True, text=True, timeout=120
     )
     assert checked.returncode in (0, 1), checked.stdout + checked.stderr  # 1: mended
-    commands = [f"mkdir {folder}"] if not remove else []
+    there = subprocess.run(
+        ["debugfs", "-R", f"stat {folder}", str(fs)], capture_output=True, text=True, timeout=60
+    )
+    commands = [f"mkdir {folder}"] if "File not found" in there.stderr else []
     commands += [f"rm {folder}/{name}" for name in remove]
     commands += [f"write {bundle} {folder}/{bundle.name}" for bundle in bundles]
     debugfs(fs, *commands)
-    with fs.open("rb") as src, disk.open("r+b") as dst:
-        dst.seek(state.start)
-        dst.write(src.read())
+    copy_range(fs, 0, state.size, disk, state.start)
     fs.unlink()
 
 
