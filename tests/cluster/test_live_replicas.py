@@ -4,6 +4,7 @@ that starts late knows where things stand; Redis down never stops a replica's ow
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -126,11 +127,13 @@ async def test_a_replica_that_starts_late_knows_where_things_stand(
     await wait_for(lambda: channel.n == 3, what="the change on A")
     c = await start_replica(pair.s, redis_server.url, "C")
     try:
-
+        # A saves a pits' state at most once a second: an earlier one (the box connected, no
+        # change yet) may be there first.
         async def saved() -> bool:
-            return bool(await c.cluster.redis.client.get(f"pitlink:feed:{PITS}"))
+            raw = await c.cluster.redis.client.get(f"pitlink:feed:{PITS}")
+            return bool(raw) and json.loads(raw)["n"] == 3
 
-        await wait_for(saved, what="A to save the state")
+        await wait_for(saved, what="A to save the state with the change")
         sub = await pair.feed(c)
         try:
             await sub.wait_event("change")

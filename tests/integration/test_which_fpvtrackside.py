@@ -49,7 +49,14 @@ async def test_the_hello_says_which_fpvtrackside(system: System) -> None:
     assert seen_at_relay(system) == m.FpvTrackside(
         version="2.71 to 2.75", server="Microsoft-HTTPAPI/2.0", traits=("json-typed",)
     )
-    (row,) = await connections(system)
+
+    # The link the agent dropped may still be in the registry for a moment (the hello above can
+    # be its hello), so the admin's list is read once the new link is in it.
+    async def one_row() -> dict[str, Any] | None:
+        rows = await connections(system)
+        return rows[0] if len(rows) == 1 else None
+
+    row = await wait_for(one_row, what="the link in the admin's list")
     assert row["fpvtrackside"] == {
         "version": "2.71 to 2.75",
         "server": "Microsoft-HTTPAPI/2.0",
