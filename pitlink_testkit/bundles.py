@@ -105,7 +105,8 @@ class FakeRauc:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
 
     def verbs(self) -> list[str]:
-        return [call[0] for call in self.calls()]
+        """What the box asked RAUC to do with bundles (its `status` reads left out)."""
+        return [call[0] for call in self.calls() if call[0] != "status"]
 
     def set_status(self, *, booted: str, boot_status: str) -> None:
         other = {"A": "B", "B": "A"}[booted]

@@ -118,7 +118,10 @@ class Updater(RestartSide, HoldSide, UsbSide):
         self.pending: Pending | None = None
         self.restart_requested = False
         self.restarting = False
-        self.awaiting_good = False
+        self.awaiting_good = False  # restarted into an update, waiting to hear it is good
+        self.on_trial = False  # the slot running is not marked good: nothing is installed
+        self.trial_known = False  # RAUC has answered (it may not be up when the agent starts)
+        self.after_good: Offer | None = None  # an offer held until it is
         self._offer: Offer | None = None
         self._job: asyncio.Task[None] | None = None
         self._installing = False
@@ -211,8 +214,7 @@ class Updater(RestartSide, HoldSide, UsbSide):
                 "The agent restarted before the update was done; nothing changed. It carries "
                 "on when the relay offers the update again.",
             )
-        if self.awaiting_good:
-            await self.check_good()
+        await self.check_good()
         self.on_change()
 
     # -- offers ---------------------------------------------------------------------------------
@@ -220,12 +222,14 @@ class Updater(RestartSide, HoldSide, UsbSide):
     @property
     def busy(self) -> bool:
         job = self._job is not None and not self._job.done()
-        return job or self._installing or self.pending is not None or self.restarting
+        trial = self.awaiting_good or self.on_trial
+        return job or trial or self._installing or self.pending is not None or self.restarting
 
     def offer(self, offer: Offer) -> None:
         """An offer from the relay: start on it, replace a pending download, or withdraw one."""
         working = self._job is not None and not self._job.done()
         if offer.bundle is None:
+            self.after_good = None
             if working and not self._installing and self._offer is not None:
                 assert self._job is not None
                 self._job.cancel()
@@ -259,6 +263,14 @@ class Updater(RestartSide, HoldSide, UsbSide):
         if why is not None:
             self._refused.add(offer.bundle)
             self._set("refused", offer.version, why)
+            return
+        if self.awaiting_good or self.on_trial:
+            if self.after_good != offer:
+                log.info(
+                    "update offer held: this slot is on trial until it is marked good",
+                    extra={"bundle": offer.bundle, "version": offer.version},
+                )
+            self.after_good = offer
             return
         if working:
             assert self._job is not None
@@ -378,10 +390,12 @@ class Updater(RestartSide, HoldSide, UsbSide):
             await self.restart(reason)
         if now >= self._next_scan:
             self._next_scan = now + self.scan_interval
+            if self.why_not is None and (
+                self.awaiting_good or self.on_trial or not self.trial_known
+            ):
+                await self.check_good()
             await self.scan_local()
             await self.look_usb()
-            if self.awaiting_good:
-                await self.check_good()
 
     async def run(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from typing import Any
 from pits_appliance.rauc import Rauc, RaucError, clean
 from pits_appliance.update_files import RECORD, Pending, UpdateFiles
 from pits_appliance.update_race import RaceGate
+from wire.messages import Offer
 
 log = logging.getLogger("pitlink.pits.update")
 
@@ -87,6 +88,9 @@ class RestartSide:
     restart_requested: bool
     restarting: bool
     awaiting_good: bool
+    on_trial: bool
+    trial_known: bool
+    after_good: Offer | None
     race: RaceGate | None
     _wake: asyncio.Event
 
@@ -95,6 +99,9 @@ class RestartSide:
         raise NotImplementedError
 
     def _set(self, state: str, version: str, message: str = "") -> None:
+        raise NotImplementedError
+
+    def offer(self, offer: Offer) -> None:
         raise NotImplementedError
 
     def _outcome(self, record: dict[str, Any]) -> None:
@@ -106,13 +113,21 @@ class RestartSide:
             self.files.remove(RECORD)
 
     async def check_good(self) -> None:
-        """After a restart into the new slot: has the box marked it good yet?"""
+        """Is the slot running marked good yet? Until it is (a trial boot after an update, or
+        any boot RAUC does not count good), nothing is installed: RAUC would write the other
+        slot, the one the box falls back to. An offer that came meanwhile is taken now."""
         try:
             status = await self.rauc.boot_status()
         except RaucError as exc:
             log.warning("cannot read RAUC's status", extra={"error": exc.message})
             return
-        if status["boot_status"] == "good" and status["booted"] == self.slot:
+        was, self.trial_known = self.on_trial, True
+        self.on_trial = status["booted"] == self.slot and status["boot_status"] != "good"
+        if self.on_trial:
+            if not was:
+                log.info("slot on trial: no update is installed until it is marked good")
+            return
+        if self.awaiting_good:
             self.awaiting_good = False
             self._set(
                 "good",
@@ -120,6 +135,11 @@ class RestartSide:
                 f"Version {self.version} is running in slot {self.slot} and is marked good.",
             )
             self.files.remove(RECORD)
+        elif was:
+            log.info("slot marked good: updates go on")
+        if self.after_good is not None:
+            held, self.after_good = self.after_good, None
+            self.offer(held)
 
     def install_now(self) -> dict[str, Any]:
         """The organiser's Install now: restart into the installed slot."""

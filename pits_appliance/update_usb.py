@@ -44,6 +44,7 @@ class UsbSide:
     rauc: Rauc
     floor: Floor | None
     why_not: str | None
+    on_trial: bool
     on_change: Callable[[], None]
     _usb_seen: dict[tuple[str, int, float], UsbBundle]
 
@@ -108,6 +109,12 @@ class UsbSide:
             return {"ok": False, "message": "That bundle is not on the USB stick."}
         if chosen.version == self.version:
             return {"ok": False, "message": f"Version {chosen.version} is already running."}
+        if self.on_trial:
+            return {
+                "ok": False,
+                "message": "This slot is on trial: the box marks it good after it has run well "
+                "for a few minutes. Choose the bundle again then.",
+            }
         if self.busy:
             return {"ok": False, "message": "Another update is under way; wait for it to end."}
         try:
