@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pitlink_testkit.bundles import (
-    BundleServer,
     FakeRauc,
-    Served,
     make_bundle,
     offer_for,
     report_states,
@@ -46,14 +43,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Served, BundleServer]]:
-    s = Served(token="tok-1")
-    server = BundleServer(s)
-    yield s, server
-    await server.close()
 
 
 def make_updater(

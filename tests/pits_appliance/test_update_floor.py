@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from pitlink_testkit.bundles import BundleServer, FakeRauc, Served, make_bundle, offer_for
+from pitlink_testkit.bundles import FakeRauc, make_bundle, offer_for
 from pitlink_testkit.bundles import make_updater as shared_updater
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.update import Updater
@@ -21,14 +20,6 @@ from wire.messages import Offer, UpdateReport
 COMPAT = "pitlink-amd64"
 OLD, MID, NEW = "0.1.0+20261101T1200", "0.2.0+20261129T1612", "0.3.0+20261201T0900"
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Served, BundleServer]]:
-    s = Served(token="tok-1")
-    server = BundleServer(s)
-    yield s, server
-    await server.close()
 
 
 def make(

@@ -10,15 +10,12 @@ the test sets (the image's health check marks the slot good on a real box)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pitlink_testkit.bundles import (
-    BundleServer,
     FakeRauc,
-    Served,
     make_bundle,
     make_updater,
     offer_for,
@@ -26,19 +23,12 @@ from pitlink_testkit.bundles import (
 )
 from pitlink_testkit.waiting import wait_for
 from pits_appliance.update import Updater
+from pits_appliance.update_floor import PERMIT
 from wire.messages import Offer, UpdateReport
 
 COMPAT = "pitlink-amd64"
 OLD, NEW, NEWER = "0.1.0+20261101T1200", "0.2.0+20261129T1612", "0.3.0+20261207T1200"
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[Served, BundleServer]]:
-    s = Served(token="tok-1")
-    server = BundleServer(s)
-    yield s, server
-    await server.close()
 
 
 def on_trial_in_b(
@@ -147,7 +137,7 @@ async def test_the_downgrade_action_says_the_slot_is_on_trial(tmp_path: Path) ->
     answer = updater.downgrade("old.raucb")
     assert answer["ok"] is False and "on trial" in answer["message"]
     assert rauc.verbs() == ["info"]  # the stick's bundle read for the page, nothing installed
-    assert not (tmp_path / "state" / "downgrade-permit").exists()
+    assert not (tmp_path / "state" / PERMIT).exists()  # no downgrade permitted
 
 
 async def test_a_box_that_cannot_read_raucs_status_is_not_held(tmp_path: Path) -> None:
